@@ -1,0 +1,5 @@
+"""python -m kvmgr: the kvmgr command."""
+
+from kvmgr.cli import main
+
+raise SystemExit(main())

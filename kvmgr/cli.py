@@ -1,0 +1,98 @@
+"""The `kvmgr` command and its subcommands.
+
+Exit status, shared by every subcommand: 0 success, 1 a negative verdict (not linearizable, a FAIL),
+2 usage error or malformed input, 3 a server could not be reached, started or listened for.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from kvmgr import __version__
+from kvmgr.config import (
+    DEFAULT_ADDRESS,
+    MAX_KEY_BYTES,
+    MAX_VALUE_BYTES,
+    Limits,
+    configured_authkey,
+    generated_authkey,
+    is_loopback,
+    parse_address,
+)
+from kvmgr.errors import ConfigError, HistoryError, KvmgrError, ScenarioError, ServerUnavailable
+
+EXIT_OK, EXIT_NEGATIVE, EXIT_USAGE, EXIT_UNAVAILABLE = 0, 1, 2, 3
+
+
+def command_serve(args: argparse.Namespace) -> int:
+    """Run a server in this process until quit, SIGTERM or SIGINT."""
+    from kvmgr.server import serve
+
+    address = parse_address(args.address)
+    authkey = configured_authkey(args.authkey_file)
+    if authkey is None:
+        if not is_loopback(address):
+            raise ConfigError(
+                f"refusing to listen on non-loopback {args.address} with a generated authkey: "
+                "set $KVMGR_AUTHKEY or pass --authkey-file"
+            )
+        authkey, path = generated_authkey()
+        print(f"kvmgr: authkey in {path} (clients on this machine read it from there)", file=sys.stderr, flush=True)
+    limits = Limits(args.max_key_bytes, args.max_value_bytes)
+    try:
+        return serve(address, authkey, limits)
+    except OSError as exc:
+        raise ServerUnavailable(f"cannot listen on {args.address}: {exc.strerror or exc}") from None
+
+
+def add_serve(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("serve", help="run a kvmgr server", description="Run a kvmgr server until quit, SIGTERM or SIGINT.")
+    parser.add_argument(
+        "--address", default=DEFAULT_ADDRESS,
+        help=f"HOST:PORT (port 0 picks a free one) or a Unix socket path (default {DEFAULT_ADDRESS})",
+    )
+    parser.add_argument("--authkey-file", type=Path, help="read the authkey from this file (else $KVMGR_AUTHKEY, else a generated one)")
+    parser.add_argument("--max-key-bytes", type=int, default=MAX_KEY_BYTES, help="longest key accepted, in UTF-8 bytes (default %(default)s)")
+    parser.add_argument("--max-value-bytes", type=int, default=MAX_VALUE_BYTES, help="largest value, in bytes (default %(default)s)")
+    parser.set_defaults(handler=command_serve)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The `kvmgr` argument parser with every subcommand."""
+    parser = argparse.ArgumentParser(prog="kvmgr", description=__doc__.split("\n")[0], epilog=__doc__.split("\n\n", 1)[1])
+    parser.add_argument("--version", action="version", version=f"kvmgr {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in SUBCOMMANDS:
+        add(subparsers)
+    return parser
+
+
+SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [add_serve]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the kvmgr console script and python -m kvmgr."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format=f"kvmgr {args.command}: %(message)s", stream=sys.stderr)
+    try:
+        return args.handler(args)
+    except (ConfigError, ScenarioError, HistoryError) as exc:
+        return _fail(args, exc, EXIT_USAGE)
+    except ServerUnavailable as exc:
+        return _fail(args, exc, EXIT_UNAVAILABLE)
+    except KvmgrError as exc:
+        return _fail(args, exc, EXIT_UNAVAILABLE)
+    except KeyboardInterrupt:
+        return 130
+
+
+def _fail(args: argparse.Namespace, exc: Exception, status: int) -> int:
+    if args.debug:
+        raise exc
+    print(f"kvmgr {args.command}: error: {exc}", file=sys.stderr, flush=True)
+    return status

@@ -1,0 +1,251 @@
+"""The driver: start a server, run a scenario with every actor as its own OS process, verify shutdown, report.
+
+Exit status: 0 every row passed, 1 a row failed, 2 bad usage or an invalid scenario file,
+3 the server could not be started.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import psutil
+from tabulate import tabulate
+
+from kvmgr.errors import ScenarioError, ServerUnavailable
+from kvmgr.processes import ProcessGroup, ServerProcess, child_environment, python_module
+from kvmgr.scenarios import Scenario, Step, load_scenario, seed_scenario_path
+
+ACTOR_TIMEOUT = 20.0
+SHUTDOWN_TIMEOUT = 2.0
+HEADERS = ("step", "actor(s)", "operation", "key", "value", "expected", "actual", "result")
+
+
+@dataclass
+class Row:
+    """One line of the results table."""
+
+    step: str
+    actors: str
+    operation: str
+    key: str
+    value: str
+    expected: str
+    actual: str
+    passed: bool
+
+    def cells(self) -> list[str]:
+        """The row as table cells."""
+        return [self.step, self.actors, self.operation, self.key, self.value, self.expected, self.actual, "PASS" if self.passed else "FAIL"]
+
+
+@dataclass
+class ActorOutcome:
+    """What one actor process reported."""
+
+    actor: str
+    status: str
+    result: Any = None
+    error: str | None = None
+    message: str = ""
+
+    def text(self) -> str:
+        """The outcome as a table cell."""
+        if self.status == "ok":
+            return _cell(self.result)
+        return f"{self.error}: {self.message}" if self.message else str(self.error)
+
+
+def actor_arguments(step: Step, actor: str, server: ServerProcess) -> list[str]:
+    """The command line that makes one actor run one step."""
+    argv = ["--name", actor, "--address", server.address_text, "--json", "--op", step.op]
+    if step.key is not None:
+        argv += ["--key", step.key]
+    value = step.value_for(actor)
+    if value is not None:
+        argv += ["--value", value]
+    if step.op == "cas":
+        argv += ["--absent"] if step.absent else ["--expected", step.expected]
+    if step.keys is not None:
+        argv += ["--pairs", json.dumps(list(step.keys))]
+    if step.pairs is not None:
+        argv += ["--pairs", json.dumps(step.pairs)]
+    if len(step.actors) > 1:
+        argv += ["--barrier", f"step-{step.number}", "--parties", str(len(step.actors))]
+    return python_module("kvmgr.client", *argv)
+
+
+def run_actors(group: ProcessGroup, step: Step, server: ServerProcess) -> list[ActorOutcome]:
+    """Launch one process per actor of the step and collect what each reported."""
+    env = child_environment(server.authkey)
+    launched = [(actor, group.launch(actor_arguments(step, actor, server), env)) for actor in step.actors]
+    return [_collect(actor, process) for actor, process in launched]
+
+
+def _collect(actor: str, process: psutil.Popen) -> ActorOutcome:
+    try:
+        stdout, stderr = process.communicate(timeout=ACTOR_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.communicate()
+        return ActorOutcome(actor, "error", error="Timeout", message=f"no answer within {ACTOR_TIMEOUT:g}s")
+    lines = stdout.decode(errors="replace").strip().splitlines()
+    try:
+        report = json.loads(lines[-1])
+    except (IndexError, json.JSONDecodeError):
+        message = stderr.decode(errors="replace").strip().splitlines()
+        return ActorOutcome(actor, "error", error=f"exit {process.returncode}", message=message[-1] if message else "")
+    return ActorOutcome(actor, report["status"], report.get("result"), report.get("error"), report.get("message", ""))
+
+
+def judge(step: Step, outcomes: list[ActorOutcome]) -> list[Row]:
+    """A row per actor: PASS when its outcome meets the step's expectation."""
+    results = {json.dumps(o.result, sort_keys=True) for o in outcomes if o.status == "ok"}
+    same = not step.same_result or (len(results) == 1 and all(o.status == "ok" for o in outcomes))
+    rows = []
+    for outcome in outcomes:
+        if step.expect_kind == "expect_error":
+            passed = outcome.status == "error" and outcome.error == step.expect
+        else:
+            passed = outcome.status == "ok" and step.accepts(outcome.result) and same
+        actual = outcome.text() + ("" if same else " (actors disagree)")
+        rows.append(Row(
+            str(step.number), _actors_cell(step, outcome.actor), step.op, step.key or "", _cell(step.value_for(outcome.actor)),
+            step.describe_expectation(), actual, passed,
+        ))
+    return rows
+
+
+def _actors_cell(step: Step, actor: str) -> str:
+    if len(step.actors) == 1:
+        return actor
+    return f"{actor} (with {', '.join(a for a in step.actors if a != actor)})"
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def check_shutdown(server: ServerProcess, children: list[psutil.Process]) -> list[Row]:
+    """Rows proving the server exited with status 0, left no children and no longer listens."""
+    try:
+        status = server.process.wait(timeout=SHUTDOWN_TIMEOUT)
+    except psutil.TimeoutExpired:
+        status = None
+    leftover = [child.pid for child in children if child.is_running()]
+    listening = is_listening(server.address)
+    exit_text = f"exit {status}" if status is not None else f"still running after {SHUTDOWN_TIMEOUT:g}s"
+    listen_text = "listening" if listening else "not listening"
+    return [
+        _check_row("server exits with status 0", "0", exit_text, status == 0),
+        _check_row("server leaves no child processes", "none", ", ".join(map(str, leftover)) or "none", not leftover),
+        _check_row(f"server stops listening on {server.address_text}", "not listening", listen_text, not listening),
+    ]
+
+
+def _check_row(what: str, expected: str, actual: str, passed: bool) -> Row:
+    return Row("shutdown", "driver", what, "", "", expected, actual, passed)
+
+
+def is_listening(address: Any) -> bool:
+    """True if some process on this machine listens on address (a TCP (host, port) or a Unix socket path)."""
+    if isinstance(address, str):
+        return any(c.laddr == address for c in psutil.net_connections(kind="unix"))
+    return any(
+        c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == address[1]
+        for c in psutil.net_connections(kind="tcp")
+    )
+
+
+@dataclass
+class Report:
+    """The outcome of one scenario run."""
+
+    scenario: str
+    path: str
+    rows: list[Row]
+    seconds: float
+
+    @property
+    def passed(self) -> bool:
+        """True when every row passed."""
+        return all(row.passed for row in self.rows)
+
+    def table(self) -> str:
+        """The results table."""
+        return tabulate([row.cells() for row in self.rows], headers=HEADERS)
+
+    def to_json(self) -> str:
+        """The machine-readable report."""
+        rows = [dict(asdict(row), result="PASS" if row.passed else "FAIL") for row in self.rows]
+        document = {"scenario": self.scenario, "file": self.path, "passed": self.passed, "seconds": round(self.seconds, 3), "rows": rows}
+        return json.dumps(document, indent=2)
+
+
+def run_scenario(scenario: Scenario, server_address: str = "127.0.0.1:0") -> Report:
+    """Start a server, run every step, make sure the server quits, and check how it shut down."""
+    started = time.monotonic()
+    rows: list[Row] = []
+    with ProcessGroup() as group:
+        server = group.start_server(server_address)
+        children: list[psutil.Process] = []
+        for step in scenario.steps:
+            if step.op == "quit":
+                children = server.process.children(recursive=True)
+            rows += judge(step, run_actors(group, step, server))
+            if step.op == "quit" and any(row.passed for row in rows[-len(step.actors):]):
+                break
+        else:
+            children = server.process.children(recursive=True)
+            closing = _closing_quit(len(scenario.steps) + 1)
+            rows += judge(closing, run_actors(group, closing, server))
+        rows += check_shutdown(server, children)
+    return Report(scenario.name, scenario.path, rows, time.monotonic() - started)
+
+
+def _closing_quit(number: int) -> Step:
+    return Step(number, "driver quits the server", ("driver",), "quit", expect="Server Quitting..!")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The run_driver.py argument parser."""
+    parser = argparse.ArgumentParser(
+        prog="run_driver.py", description=__doc__.split("\n")[0], epilog=__doc__.split("\n\n", 1)[1],
+    )
+    parser.add_argument("--scenario", type=Path, default=None, help="a scenario TOML file (default: the shipped seed scenario)")
+    parser.add_argument("--address", default="127.0.0.1:0", help="where the driver's server listens (default: a free loopback port)")
+    parser.add_argument("--json", action="store_true", help="print a machine-readable report instead of the table")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of run_driver.py."""
+    args = build_parser().parse_args(argv)
+    try:
+        scenario = load_scenario(args.scenario or seed_scenario_path())
+        report = run_scenario(scenario, args.address)
+    except ScenarioError as exc:
+        print(f"run_driver.py: error: {exc}", file=sys.stderr)
+        return 2
+    except ServerUnavailable as exc:
+        print(f"run_driver.py: error: {exc}", file=sys.stderr)
+        return 3
+    except KeyboardInterrupt:
+        return 130
+    if args.json:
+        print(report.to_json())
+    else:
+        print(f"scenario {report.scenario} ({report.path})")
+        print(report.table())
+        passed = sum(row.passed for row in report.rows)
+        verdict = "PASS" if report.passed else "FAIL"
+        print(f"{verdict}: {passed}/{len(report.rows)} rows passed in {report.seconds:.2f}s")
+    return 0 if report.passed else 1

@@ -1,0 +1,54 @@
+"""Every exception kvmgr raises, under one base class: KvmgrError."""
+
+from __future__ import annotations
+
+
+class KvmgrError(Exception):
+    """Base class of every kvmgr error."""
+
+
+class KeyNotFound(KvmgrError, KeyError):
+    """The key is not in the store."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = key
+
+    def __str__(self) -> str:
+        return f"Invalid Key:{self.key}"
+
+
+class InvalidKey(KvmgrError, TypeError):
+    """A key is not a non-empty str, or is longer than the server allows."""
+
+
+class InvalidValue(KvmgrError, TypeError):
+    """A value is not str or bytes, or is larger than the server allows."""
+
+
+class ServerUnavailable(KvmgrError, ConnectionError):
+    """The server could not be reached, or did not answer within the timeout."""
+
+
+class AuthenticationFailed(KvmgrError, ConnectionError):
+    """The server rejected our authkey (or we rejected the server's)."""
+
+
+class OutcomeUnknown(ServerUnavailable):
+    """The connection broke after a request was sent: it may or may not have taken effect."""
+
+
+class ConfigError(KvmgrError, ValueError):
+    """A bad address, authkey source or option."""
+
+
+class ScenarioError(KvmgrError, ValueError):
+    """A scenario file is malformed: names the file, the step and the problem."""
+
+
+class HistoryError(KvmgrError, ValueError):
+    """A history file is malformed: names the line and the problem."""
+
+
+class ProtocolError(KvmgrError):
+    """A peer sent bytes that are not a kvmgr request or reply (or pickled something other than plain data)."""

@@ -1,0 +1,130 @@
+"""The one helper for launching and reaping processes: servers, actors and stress workers.
+
+Every process goes into a ProcessGroup, and leaving the group's `with` block reaps all of them on every
+exit path (normal return, exception, Ctrl-C): terminate, wait, then kill whatever is still alive.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import select
+import subprocess
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import psutil
+
+from kvmgr.config import AUTHKEY_ENV, Address, parse_address
+from kvmgr.errors import ServerUnavailable
+
+READY_PREFIX = "kvmgr listening on "
+READY_TIMEOUT = 15.0
+REAP_TIMEOUT = 3.0
+
+
+def python_module(module: str, *args: str) -> list[str]:
+    """argv that runs `python -m module args` with this interpreter."""
+    return [sys.executable, "-m", module, *args]
+
+
+def child_environment(authkey: str | None, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """This process's environment plus the authkey for a child (never on its command line)."""
+    env = dict(os.environ)
+    if authkey is not None:
+        env[AUTHKEY_ENV] = authkey
+    env.update(extra or {})
+    return env
+
+
+def reap(process: psutil.Popen | psutil.Process, timeout: float = REAP_TIMEOUT) -> None:
+    """Terminate a process and its descendants, wait for them, kill any that linger."""
+    try:
+        family = [*process.children(recursive=True), process]
+    except psutil.NoSuchProcess:
+        family = [process]
+    for member in family:
+        _signal(member, "terminate")
+    _, alive = psutil.wait_procs(family, timeout=timeout)
+    for member in alive:
+        _signal(member, "kill")
+    psutil.wait_procs(alive, timeout=timeout)
+    if isinstance(process, psutil.Popen):
+        for stream in (process.stdin, process.stdout, process.stderr):
+            if stream is not None:
+                stream.close()
+
+
+def _signal(process: psutil.Process, how: str) -> None:
+    with contextlib.suppress(psutil.NoSuchProcess):
+        getattr(process, how)()
+
+
+def read_line(process: psutil.Popen, deadline: float) -> str | None:
+    """One line of the process's stdout before the deadline, or None on timeout or end of output."""
+    fd = process.stdout.fileno()
+    line = b""
+    while not line.endswith(b"\n"):
+        remaining = deadline - time.monotonic()
+        if remaining <= 0 or not select.select([fd], [], [], remaining)[0]:
+            return None
+        byte = os.read(fd, 1)
+        if not byte:
+            return None
+        line += byte
+    return line.decode().rstrip("\n")
+
+
+@dataclass
+class ServerProcess:
+    """A kvmgr server this process started: its process handle, address and authkey."""
+
+    process: psutil.Popen
+    address: Address
+    address_text: str
+    authkey: str
+
+
+class ProcessGroup:
+    """Processes launched together and reaped together."""
+
+    def __init__(self) -> None:
+        self.processes: list[psutil.Popen] = []
+
+    def launch(self, argv: Sequence[str], env: Mapping[str, str] | None = None, *, capture: bool = True) -> psutil.Popen:
+        """Start a process (stdout and stderr piped when capture) and track it."""
+        pipe = subprocess.PIPE if capture else None
+        process = psutil.Popen(list(argv), env=dict(env) if env else None, stdin=subprocess.DEVNULL, stdout=pipe, stderr=pipe)
+        self.processes.append(process)
+        return process
+
+    def start_server(self, address: str = "127.0.0.1:0", authkey: str | None = None, extra_args: Sequence[str] = ()) -> ServerProcess:
+        """Start `kvmgr serve` with the authkey in its environment and wait for its ready line."""
+        from kvmgr.config import fresh_authkey
+
+        key = authkey or fresh_authkey()
+        argv = python_module("kvmgr", "serve", "--address", address, *extra_args)
+        process = psutil.Popen(argv, env=child_environment(key), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE)
+        self.processes.append(process)
+        line = read_line(process, time.monotonic() + READY_TIMEOUT)
+        if line is None or not line.startswith(READY_PREFIX):
+            status = process.poll()
+            reason = f"exited with status {status}" if status is not None else f"no ready line within {READY_TIMEOUT:g}s"
+            raise ServerUnavailable(f"kvmgr server on {address} did not start: {reason}")
+        process.stdout.close()
+        text = line.removeprefix(READY_PREFIX)
+        return ServerProcess(process, parse_address(text), text, key)
+
+    def reap_all(self) -> None:
+        """Reap every process of the group."""
+        for process in reversed(self.processes):
+            reap(process)
+        self.processes.clear()
+
+    def __enter__(self) -> ProcessGroup:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.reap_all()

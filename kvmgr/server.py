@@ -1,0 +1,236 @@
+"""The server process: a multiprocessing.managers.Server that hosts one Store, and graceful shutdown."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import socket
+import struct
+import sys
+import threading
+from multiprocessing import connection, process
+from multiprocessing.managers import Server
+
+from kvmgr import wire
+from kvmgr.config import DEFAULT_LIMITS, HANDSHAKE_TIMEOUT, Address, Limits, address_family, format_address
+from kvmgr.errors import KvmgrError, ProtocolError
+from kvmgr.store import Store
+
+log = logging.getLogger("kvmgr.server")
+DRAIN_TIMEOUT = 1.0
+LISTEN_BACKLOG = 512
+
+
+def set_socket_timeout(conn: connection.Connection, seconds: float) -> None:
+    """Bound every blocking read and write on conn by `seconds` (0 = no bound), at the kernel level."""
+    seconds_part = int(seconds)
+    timeval = struct.pack("ll", seconds_part, int((seconds - seconds_part) * 1e6))
+    sock = socket.socket(fileno=conn.fileno())
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeval)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, timeval)
+    finally:
+        sock.detach()
+
+
+def open_listener(address: Address) -> socket.socket:
+    """A listening socket on address (a Unix socket when it is a path)."""
+    family = address_family(address)
+    if family == socket.AF_UNIX and os.path.exists(address):
+        _remove_stale_socket(address)
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        if family != socket.AF_UNIX:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(LISTEN_BACKLOG)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def _remove_stale_socket(path: str) -> None:
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(path)
+    except OSError:
+        os.unlink(path)  # nobody listens there: a leftover of a crashed server
+    else:
+        raise KvmgrError(f"another server is already listening on {path}")
+    finally:
+        probe.close()
+
+
+class StoreServer(Server):
+    """The manager's Server with a Store registered as `get_store`, bounded handshakes and a graceful stop.
+
+    It keeps the stdlib protocol (create/incref/accept_connection/...), so plain BaseManager proxies work,
+    and adds `open_store`: one round trip that returns the store's ident and starts serving calls.
+    """
+
+    public = [*Server.public, wire.OPEN_STORE]
+
+    def __init__(self, address: Address, authkey: bytes, limits: Limits = DEFAULT_LIMITS) -> None:
+        self.stop_event = threading.Event()
+        self.store = Store(limits, on_quit=self.stop_event.set)
+        self.store_ident = f"{id(self.store):x}"  # the ident Server.create gives it
+        # The attributes multiprocessing.managers.Server's own methods rely on:
+        self.registry = {wire.TYPEID: (lambda: self.store, wire.EXPOSED, None, None)}
+        self.authkey = process.AuthenticationString(authkey)
+        self.socket = open_listener(address)
+        self.address = self.socket.getsockname()
+        if isinstance(self.address, tuple):
+            self.address = self.address[:2]
+        self.id_to_obj = {"0": (None, (), None), self.store_ident: (self.store, set(wire.EXPOSED), None)}
+        self.id_to_refcount = {self.store_ident: 1}  # the server's own reference: never disposed of
+        self.id_to_local_proxy_obj = {}
+        self.mutex = threading.Lock()
+        self._in_flight = 0
+        self._idle = threading.Condition()
+
+    def serve_until_stopped(self) -> None:
+        """Accept connections until quit or a signal, then stop gracefully."""
+        accepter = threading.Thread(target=self.accepter, name="kvmgr-accepter", daemon=True)
+        accepter.start()
+        while not self.stop_event.wait(0.5):
+            pass
+        self.close()
+        accepter.join(DRAIN_TIMEOUT)
+
+    def close(self) -> None:
+        """Stop accepting, let calls in flight finish (bounded), close the listening socket."""
+        self.stop_event.set()
+        with contextlib.suppress(OSError):
+            self.socket.shutdown(socket.SHUT_RDWR)  # wakes the accepter thread
+        self.socket.close()
+        if isinstance(self.address, str) and os.path.exists(self.address):
+            os.unlink(self.address)
+        with self._idle:
+            self._idle.wait_for(lambda: self._in_flight == 0, timeout=DRAIN_TIMEOUT)
+
+    def accepter(self) -> None:
+        """Hand each new connection to its own thread until the server stops."""
+        while not self.stop_event.is_set():
+            try:
+                sock, peer = self.socket.accept()
+            except OSError:
+                continue
+            sock.setblocking(True)
+            conn = connection.Connection(sock.detach())
+            name = format_address(peer) if peer else "unix-peer"
+            threading.Thread(target=self.handle_request, args=(conn, name), daemon=True).start()
+
+    def handle_request(self, conn: connection.Connection, peer: str = "?") -> None:
+        """Authenticate a new connection within HANDSHAKE_TIMEOUT, then run the one request it makes."""
+        try:
+            self._handle_request(conn, peer)
+        finally:
+            conn.close()
+
+    def _handle_request(self, conn: connection.Connection, peer: str) -> None:
+        set_socket_timeout(conn, HANDSHAKE_TIMEOUT)
+        try:
+            connection.deliver_challenge(conn, self.authkey)
+            connection.answer_challenge(conn, self.authkey)
+            _, funcname, args, kwargs = wire.load_request(conn.recv_bytes(wire.MAX_MESSAGE_BYTES))
+        except connection.AuthenticationError:
+            log.warning("rejected peer %s: wrong authkey", peer)
+            return
+        except (OSError, EOFError, ProtocolError) as exc:
+            log.warning("rejected peer %s: %s", peer, _reason(exc))
+            return
+        set_socket_timeout(conn, 0)
+        if funcname not in self.public:
+            conn.send_bytes(wire.dump((wire.ERROR, ProtocolError(f"unknown server function {funcname!r}"))))
+            return
+        try:
+            result = getattr(self, funcname)(conn, *args, **kwargs)
+        except Exception as exc:
+            reply = (wire.ERROR, _sendable(exc))
+        else:
+            reply = (wire.RETURN, result)
+        if funcname not in ("accept_connection", wire.OPEN_STORE, "shutdown"):
+            conn.send_bytes(wire.dump(reply))
+
+    def open_store(self, conn: connection.Connection) -> None:
+        """Reply with the store's ident, then serve calls on this connection."""
+        conn.send_bytes(wire.dump((wire.RETURN, self.store_ident)))
+        self.serve_client(conn)
+
+    def shutdown(self, conn: connection.Connection) -> None:
+        """The stdlib manager's shutdown request: acknowledge, then stop like quit."""
+        conn.send_bytes(wire.dump((wire.RETURN, None)))
+        self.stop_event.set()
+
+    def serve_client(self, conn: connection.Connection) -> None:
+        """Answer calls on one connection until the peer leaves or the server stops."""
+        recv_bytes, send_bytes = conn.recv_bytes, conn.send_bytes
+        while True:
+            try:
+                request = recv_bytes(wire.MAX_MESSAGE_BYTES)
+            except (EOFError, OSError):
+                return
+            if self.stop_event.is_set():
+                return
+            self._begin_call()
+            try:
+                send_bytes(self.dispatch(request))
+            except OSError:
+                return
+            finally:
+                self._end_call()
+
+    def dispatch(self, request: bytes) -> bytes:
+        """Run one call and return the encoded reply; errors become ("#ERROR", exception)."""
+        try:
+            ident, method, args, kwargs = wire.load_request(request)
+            obj, exposed, _ = self.id_to_obj[ident]
+            if method not in exposed:
+                raise AttributeError(f"method {method!r} is not exposed; exposed are {sorted(exposed)}")
+            reply = (wire.RETURN, getattr(obj, method)(*args, **kwargs))
+        except Exception as exc:
+            reply = (wire.ERROR, _sendable(exc))
+        try:
+            return wire.dump(reply)
+        except Exception as exc:
+            return wire.dump((wire.ERROR, KvmgrError(f"cannot send the result: {exc}")))
+
+    def _begin_call(self) -> None:
+        with self._idle:
+            self._in_flight += 1
+
+    def _end_call(self) -> None:
+        with self._idle:
+            self._in_flight -= 1
+            if self._in_flight == 0:
+                self._idle.notify_all()
+
+
+def _sendable(exc: Exception) -> Exception:
+    """exc itself when the client can unpickle it (a kvmgr or built-in exception), else a KvmgrError."""
+    module = type(exc).__module__
+    if module in ("kvmgr.errors", "builtins"):
+        return exc
+    return KvmgrError(f"{type(exc).__name__}: {exc}")
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, BlockingIOError):
+        return f"no handshake within {HANDSHAKE_TIMEOUT:g}s"
+    if isinstance(exc, EOFError):
+        return "closed the connection during the handshake"
+    return str(exc) or type(exc).__name__
+
+
+def serve(address: Address, authkey: bytes, limits: Limits = DEFAULT_LIMITS) -> int:
+    """Run a server until quit, SIGTERM or SIGINT; print the ready line once listening. Returns the exit status."""
+    server = StoreServer(address, authkey, limits)
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: server.stop_event.set())
+    print(f"kvmgr listening on {format_address(server.address)}", flush=True)
+    server.serve_until_stopped()
+    sys.stdout.flush()
+    return 0

@@ -1,0 +1,154 @@
+"""Store: the shared dict and the lock that serializes every operation on it. No sockets, no processes."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterable, Mapping
+
+from kvmgr.config import DEFAULT_LIMITS, Limits
+from kvmgr.errors import InvalidKey, InvalidValue, KeyNotFound, KvmgrError
+
+Value = str | bytes
+QUIT_MESSAGE = "Server Quitting..!"
+RENDEZVOUS_TIMEOUT = 30.0
+
+
+class Store:
+    """A key-value map whose methods each run under one lock, so every operation is atomic."""
+
+    def __init__(self, limits: Limits = DEFAULT_LIMITS, on_quit: Callable[[], None] = lambda: None) -> None:
+        self._data: dict[str, Value] = {}
+        self._lock = threading.Lock()
+        self._limits = limits
+        self._on_quit = on_quit
+        self._barriers: dict[str, threading.Barrier] = {}
+        self._barriers_lock = threading.Lock()
+
+    def store(self, key: str, value: Value) -> str:
+        """Set key to value; return "saved" if the key was new, "updated" if it overwrote a value."""
+        self._check_key(key)
+        self._check_value(value)
+        with self._lock:
+            existed = key in self._data
+            self._data[key] = value
+        return "updated" if existed else "saved"
+
+    def get(self, key: str) -> Value:
+        """Return the value of key; raise KeyNotFound if it is absent."""
+        self._check_key(key)
+        with self._lock:
+            try:
+                return self._data[key]
+            except KeyError:
+                raise KeyNotFound(key) from None
+
+    def delete(self, key: str) -> bool:
+        """Remove key; return True if it existed."""
+        self._check_key(key)
+        with self._lock:
+            return self._data.pop(key, None) is not None
+
+    def exists(self, key: str) -> bool:
+        """True if key is in the store."""
+        self._check_key(key)
+        with self._lock:
+            return key in self._data
+
+    def keys(self) -> list[str]:
+        """Every key, sorted."""
+        with self._lock:
+            return sorted(self._data)
+
+    def size(self) -> int:
+        """How many keys the store holds."""
+        with self._lock:
+            return len(self._data)
+
+    def cas(self, key: str, expected: Value | None, value: Value) -> bool:
+        """Set key to value only if it currently holds expected (None: only if absent); True if it swapped."""
+        self._check_key(key)
+        if expected is not None:
+            self._check_value(expected)
+        self._check_value(value)
+        with self._lock:
+            if self._data.get(key) != expected:
+                return False
+            self._data[key] = value
+            return True
+
+    def get_many(self, keys: Iterable[str]) -> dict[str, Value]:
+        """The values of those keys that are present, in one atomic step."""
+        keys = self._check_key_list(keys)
+        with self._lock:
+            data = self._data
+            return {key: data[key] for key in keys if key in data}
+
+    def store_many(self, mapping: Mapping[str, Value]) -> dict[str, str]:
+        """Store every pair in one atomic step; return key -> "saved"/"updated"."""
+        if not isinstance(mapping, Mapping):
+            raise InvalidValue(f"store_many takes a dict of key -> value, not {type(mapping).__name__}")
+        for key, value in mapping.items():
+            self._check_key(key)
+            self._check_value(value)
+        with self._lock:
+            data = self._data
+            outcome = {key: "updated" if key in data else "saved" for key in mapping}
+            data.update(mapping)
+        return outcome
+
+    def quit(self) -> str:
+        """Ask the server to shut down gracefully; return the confirmation message."""
+        self._on_quit()
+        return QUIT_MESSAGE
+
+    def rendezvous(self, name: str, parties: int, timeout: float = RENDEZVOUS_TIMEOUT) -> int:
+        """Wait until `parties` callers have arrived under `name`, then release them all at once.
+
+        Used by the driver to fire concurrent steps at the same moment; it never holds the data lock.
+        """
+        if not isinstance(name, str) or not isinstance(parties, int) or parties < 1:
+            raise InvalidValue("rendezvous takes a name (str) and a number of parties (int >= 1)")
+        barrier = self._barrier(name, parties)
+        try:
+            return barrier.wait(timeout=min(float(timeout), RENDEZVOUS_TIMEOUT))
+        except threading.BrokenBarrierError:
+            raise KvmgrError(f"rendezvous {name!r}: not all {parties} parties arrived within {timeout}s") from None
+
+    def _barrier(self, name: str, parties: int) -> threading.Barrier:
+        with self._barriers_lock:
+            barrier = self._barriers.get(name)
+            if barrier is None or barrier.broken:
+                barrier = self._barriers[name] = threading.Barrier(parties)
+            if barrier.parties != parties:
+                raise InvalidValue(f"rendezvous {name!r} was opened for {barrier.parties} parties, not {parties}")
+            return barrier
+
+    def _check_key(self, key: object) -> None:
+        if not isinstance(key, str) or not key:
+            raise InvalidKey(f"key must be a non-empty str, not {_describe(key)}")
+        if len(key.encode("utf-8", "surrogatepass")) > self._limits.max_key_bytes:
+            raise InvalidKey(f"key is longer than {self._limits.max_key_bytes} bytes")
+
+    def _check_value(self, value: object) -> None:
+        if isinstance(value, str):
+            size = len(value.encode("utf-8", "surrogatepass"))
+        elif isinstance(value, bytes):
+            size = len(value)
+        else:
+            raise InvalidValue(f"value must be str or bytes, not {_describe(value)}")
+        if size > self._limits.max_value_bytes:
+            raise InvalidValue(f"value is larger than {self._limits.max_value_bytes} bytes")
+
+    def _check_key_list(self, keys: object) -> list[str]:
+        if isinstance(keys, str | bytes) or not isinstance(keys, Iterable):
+            raise InvalidKey(f"get_many takes a list of keys, not {_describe(keys)}")
+        keys = list(keys)
+        for key in keys:
+            self._check_key(key)
+        return keys
+
+
+def _describe(thing: object) -> str:
+    if isinstance(thing, str):
+        return "an empty str"
+    return type(thing).__name__

@@ -1,0 +1,81 @@
+"""The wire contract: the typeid, the exposed methods, message kinds and the restricted unpicklers.
+
+Requests are pickled tuples (ident, method, args, kwargs); replies are ("#RETURN", result) or
+("#ERROR", exception), exactly as multiprocessing.managers sends them, so a stdlib proxy can talk to us.
+"""
+
+from __future__ import annotations
+
+import builtins
+import io
+import pickle
+from typing import Any
+
+from kvmgr import errors
+
+TYPEID = "get_store"
+OPEN_STORE = "open_store"
+EXPOSED = (
+    "store", "get", "delete", "exists", "keys", "size", "cas",
+    "get_many", "store_many", "quit", "rendezvous",
+)
+RETURN = "#RETURN"
+ERROR = "#ERROR"
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+
+_ERROR_CLASSES = {
+    name: cls for name, cls in vars(errors).items() if isinstance(cls, type) and issubclass(cls, Exception)
+}
+_BUILTIN_EXCEPTIONS = {
+    name: cls for name, cls in vars(builtins).items() if isinstance(cls, type) and issubclass(cls, BaseException)
+}
+
+
+class _PlainUnpickler(pickle.Unpickler):
+    """Unpickles built-in data only (str, bytes, numbers, None, tuples, lists, dicts, sets): never a class."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        raise errors.ProtocolError(f"refused to unpickle {module}.{name}: only plain built-in data is accepted")
+
+
+class _ReplyUnpickler(pickle.Unpickler):
+    """Unpickles a server's reply: plain data plus kvmgr and built-in exceptions."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        if module == "kvmgr.errors" and name in _ERROR_CLASSES:
+            return _ERROR_CLASSES[name]
+        if module == "builtins" and name in _BUILTIN_EXCEPTIONS:
+            return _BUILTIN_EXCEPTIONS[name]
+        raise errors.ProtocolError(f"refused to unpickle {module}.{name} in a reply")
+
+
+def load_request(data: bytes) -> tuple[str, str, tuple, dict]:
+    """Decode a request a peer sent; raise ProtocolError unless it is (ident, method, args, kwargs) of plain data."""
+    try:
+        request = _PlainUnpickler(io.BytesIO(data)).load()
+    except errors.ProtocolError:
+        raise
+    except Exception as exc:
+        raise errors.ProtocolError(f"unreadable request: {exc}") from None
+    if not (isinstance(request, tuple) and len(request) == 4):
+        raise errors.ProtocolError("a request must be a tuple (ident, method, args, kwargs)")
+    ident, method, args, kwargs = request
+    if not isinstance(method, str) or not isinstance(args, tuple | list) or not isinstance(kwargs, dict | None):
+        raise errors.ProtocolError("a request must be a tuple (ident, method, args, kwargs)")
+    return ident, method, tuple(args), kwargs or {}
+
+
+def load_reply(data: bytes) -> tuple[str, Any]:
+    """Decode a server's reply."""
+    try:
+        kind, result = _ReplyUnpickler(io.BytesIO(data)).load()
+    except errors.ProtocolError:
+        raise
+    except Exception as exc:
+        raise errors.ProtocolError(f"unreadable reply: {exc}") from None
+    return kind, result
+
+
+def dump(message: object) -> bytes:
+    """Encode a request or reply."""
+    return pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
