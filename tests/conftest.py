@@ -1,0 +1,84 @@
+"""Fixtures: a real kvmgr server on a free loopback port, and a check that no process of ours outlives the session."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+import kvmgr
+from kvmgr.processes import ProcessGroup, ServerProcess, child_environment, python_module
+
+ROOT = Path(__file__).resolve().parent.parent
+SESSION_MARK = "KVMGR_TEST_SESSION"
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Mark every process this session starts (children inherit the environment) so leftovers can be found."""
+    os.environ[SESSION_MARK] = uuid.uuid4().hex
+
+
+def processes_of_this_session() -> list[psutil.Process]:
+    """Processes other than this one that carry this session's mark."""
+    mark = os.environ[SESSION_MARK]
+    found = []
+    for process in psutil.process_iter():
+        if process.pid == os.getpid():
+            continue
+        try:
+            if process.environ().get(SESSION_MARK) == mark:
+                found.append(process)
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+    return found
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_orphans() -> Iterator[None]:
+    """Fail the session if any process we started is still running at its end."""
+    yield
+    leftovers = [p for p in processes_of_this_session() if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    for process in leftovers:
+        process.kill()
+    assert not leftovers, f"processes left behind: {[' '.join(p.cmdline()) for p in leftovers]}"
+
+
+@pytest.fixture
+def group() -> Iterator[ProcessGroup]:
+    """A process group reaped when the test ends."""
+    with ProcessGroup() as processes:
+        yield processes
+
+
+@pytest.fixture
+def server(group: ProcessGroup) -> ServerProcess:
+    """A real kvmgr server on a free loopback port with a fresh authkey."""
+    return group.start_server()
+
+
+@pytest.fixture
+def client(server: ServerProcess) -> Iterator[kvmgr.Client]:
+    """A client connected to the server fixture."""
+    with kvmgr.connect(server.address_text, authkey=server.authkey.encode(), timeout=5.0) as connected:
+        yield connected
+
+
+def run_actor(server: ServerProcess, *args: str, name: str = "alice", authkey: str | None = None) -> subprocess.CompletedProcess:
+    """Run `python -m kvmgr.client --name NAME --address ADDR args` against the server; return the finished process."""
+    argv = python_module("kvmgr.client", "--name", name, "--address", server.address_text, *args)
+    env = child_environment(authkey or server.authkey)
+    return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=30)
+
+
+def console_script(name: str) -> str:
+    """The path of an installed console script (alice, bob, kvmgr) next to this interpreter."""
+    path = Path(sys.executable).parent / name
+    if not path.exists():
+        pytest.skip(f"console script {name} is not installed next to {sys.executable}")
+    return str(path)
