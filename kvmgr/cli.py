@@ -56,7 +56,7 @@ def add_serve(subparsers: argparse._SubParsersAction) -> None:
         help=f"HOST:PORT (port 0 picks a free one) or a Unix socket path (default {DEFAULT_ADDRESS})",
     )
     parser.add_argument("--authkey-file", type=Path, help="read the authkey from this file (else $KVMGR_AUTHKEY, else generate one)")
-    parser.add_argument("--max-key-bytes", type=int, default=MAX_KEY_BYTES, help="longest key accepted, in UTF-8 bytes (default %(default)s)")
+    parser.add_argument("--max-key-bytes", type=int, default=MAX_KEY_BYTES, help="longest key, in UTF-8 bytes (default %(default)s)")
     parser.add_argument("--max-value-bytes", type=int, default=MAX_VALUE_BYTES, help="largest value, in bytes (default %(default)s)")
     parser.set_defaults(handler=command_serve)
 
