@@ -124,3 +124,26 @@ def test_other_clients_get_a_clear_error_after_quit(server: ServerProcess, clien
     with pytest.raises(ServerUnavailable):
         other.get("k")
     other.close()
+
+
+class Gadget:
+    """A class the server must never unpickle."""
+
+    def __reduce__(self):
+        return (print, ("the server ran code",))
+
+
+def test_server_unpickles_plain_data_only(server: ServerProcess, client: kvmgr.Client) -> None:
+    import pickle
+
+    from kvmgr import wire
+    from kvmgr.client import open_connection
+
+    conn = open_connection(server.address, server.authkey.encode(), 2.0)
+    conn.send_bytes(wire.dump((None, wire.OPEN_STORE, (), {})))
+    _, ident = wire.load_reply(conn.recv_bytes())
+    conn.send_bytes(pickle.dumps((ident, "store", ("k", Gadget()), {})))
+    kind, error = wire.load_reply(conn.recv_bytes())
+    assert kind == wire.ERROR and "refused to unpickle builtins.print" in str(error)
+    conn.close()
+    assert client.store("k", "still serving") == "saved"
