@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 import time
 
+import psutil
 import pytest
 
 import kvmgr
@@ -47,6 +48,9 @@ def test_hung_server_mid_session_gives_outcome_unknown(server: ServerProcess) ->
     client = kvmgr.connect(server.address_text, authkey=server.authkey.encode(), timeout=0.5)
     client.store("k", "v")
     server.process.suspend()
+    deadline = time.monotonic() + 5
+    while server.process.status() != psutil.STATUS_STOPPED and time.monotonic() < deadline:
+        time.sleep(0.01)  # SIGSTOP is asynchronous: wait until the kernel reports the server stopped
     try:
         started = time.monotonic()
         with pytest.raises(OutcomeUnknown, match="may or may not have taken effect"):
