@@ -61,6 +61,31 @@ def add_serve(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(handler=command_serve)
 
 
+def command_check(args: argparse.Namespace) -> int:
+    """Check a history file for linearizability."""
+    from kvmgr.check import check_file, describe
+
+    result = check_file(args.history)
+    print(describe(result))
+    return EXIT_OK if result.linearizable else EXIT_NEGATIVE
+
+
+def add_check(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "check", help="is a recorded history linearizable?",
+        description="Check a JSON-lines history of store/get/delete/cas operations for linearizability, key by key.",
+        epilog="Exit status: 0 linearizable, 1 not (the first offending key and its operations are printed), 2 malformed input.",
+    )
+    parser.add_argument("history", type=Path, help="the history file (JSON lines)")
+    parser.set_defaults(handler=command_check)
+
+
+def add_stress(subparsers: argparse._SubParsersAction) -> None:
+    from kvmgr.stress import add_parser
+
+    add_parser(subparsers)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The `kvmgr` argument parser with every subcommand."""
     parser = argparse.ArgumentParser(prog="kvmgr", description=__doc__.split("\n")[0], epilog=__doc__.split("\n\n", 1)[1])
@@ -72,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [add_serve]
+SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [add_serve, add_check, add_stress]
 
 
 def main(argv: list[str] | None = None) -> int:

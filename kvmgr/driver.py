@@ -10,6 +10,7 @@ import argparse
 import json
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -18,7 +19,9 @@ from typing import Any
 import psutil
 from tabulate import tabulate
 
+from kvmgr.check import check_operations
 from kvmgr.errors import ScenarioError, ServerUnavailable
+from kvmgr.history import read_history
 from kvmgr.processes import ProcessGroup, ServerProcess, child_environment, python_module
 from kvmgr.scenarios import Scenario, Step, load_scenario, seed_scenario_path
 
@@ -62,9 +65,10 @@ class ActorOutcome:
         return f"{self.error}: {self.message}" if self.message else str(self.error)
 
 
-def actor_arguments(step: Step, actor: str, server: ServerProcess) -> list[str]:
-    """The command line that makes one actor run one step."""
-    argv = ["--name", actor, "--address", server.address_text, "--json", "--op", step.op]
+def actor_arguments(step: Step, actor: str, server: ServerProcess, history_dir: Path) -> list[str]:
+    """The command line that makes one actor run one step, recording what it did in its own history file."""
+    history = history_dir / f"step{step.number}-{actor}.jsonl"
+    argv = ["--name", actor, "--address", server.address_text, "--json", "--op", step.op, "--history", str(history)]
     if step.key is not None:
         argv += ["--key", step.key]
     value = step.value_for(actor)
@@ -81,10 +85,10 @@ def actor_arguments(step: Step, actor: str, server: ServerProcess) -> list[str]:
     return python_module("kvmgr.client", *argv)
 
 
-def run_actors(group: ProcessGroup, step: Step, server: ServerProcess) -> list[ActorOutcome]:
+def run_actors(group: ProcessGroup, step: Step, server: ServerProcess, history_dir: Path) -> list[ActorOutcome]:
     """Launch one process per actor of the step and collect what each reported."""
     env = child_environment(server.authkey)
-    launched = [(actor, group.launch(actor_arguments(step, actor, server), env)) for actor in step.actors]
+    launched = [(actor, group.launch(actor_arguments(step, actor, server, history_dir), env)) for actor in step.actors]
     return [_collect(actor, process) for actor, process in launched]
 
 
@@ -191,24 +195,34 @@ class Report:
 
 
 def run_scenario(scenario: Scenario, server_address: str = "127.0.0.1:0") -> Report:
-    """Start a server, run every step, make sure the server quits, and check how it shut down."""
+    """Start a server, run every step, make sure the server quits, check the history and how the server shut down."""
     started = time.monotonic()
     rows: list[Row] = []
-    with ProcessGroup() as group:
+    with ProcessGroup() as group, tempfile.TemporaryDirectory(prefix="kvmgr-driver-") as scratch:
+        history_dir = Path(scratch)
         server = group.start_server(server_address)
         children: list[psutil.Process] = []
         for step in scenario.steps:
             if step.op == "quit":
                 children = server.process.children(recursive=True)
-            rows += judge(step, run_actors(group, step, server))
+            rows += judge(step, run_actors(group, step, server, history_dir))
             if step.op == "quit" and any(row.passed for row in rows[-len(step.actors):]):
                 break
         else:
             children = server.process.children(recursive=True)
             closing = _closing_quit(len(scenario.steps) + 1)
-            rows += judge(closing, run_actors(group, closing, server))
+            rows += judge(closing, run_actors(group, closing, server, history_dir))
+        rows.append(check_history(history_dir))
         rows += check_shutdown(server, children)
     return Report(scenario.name, scenario.path, rows, time.monotonic() - started)
+
+
+def check_history(history_dir: Path) -> Row:
+    """A row saying whether what the actors recorded is linearizable."""
+    operations = [op for path in sorted(history_dir.glob("*.jsonl")) for op in read_history(path)]
+    result = check_operations(operations)
+    actual = f"yes ({len(operations)} operations)" if result.linearizable else f"NO: key {result.key}"
+    return Row("history", "driver", "linearizable", result.key or "", "", "yes", actual, result.linearizable)
 
 
 def _closing_quit(number: int) -> Step:

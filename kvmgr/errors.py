@@ -37,6 +37,10 @@ class AuthenticationFailed(KvmgrError, ConnectionError):
 class OutcomeUnknown(ServerUnavailable):
     """The connection broke after a request was sent: it may or may not have taken effect."""
 
+    def __init__(self, message: str, timed_out: bool = False) -> None:
+        super().__init__(message)
+        self.timed_out = timed_out
+
 
 class ConfigError(KvmgrError, ValueError):
     """A bad address, authkey source or option."""

@@ -7,7 +7,6 @@ import logging
 import os
 import signal
 import socket
-import struct
 import sys
 import threading
 from multiprocessing import connection, process
@@ -17,22 +16,11 @@ from kvmgr import wire
 from kvmgr.config import DEFAULT_LIMITS, HANDSHAKE_TIMEOUT, Address, Limits, address_family, format_address
 from kvmgr.errors import KvmgrError, ProtocolError
 from kvmgr.store import Store
+from kvmgr.wire import set_socket_timeout
 
 log = logging.getLogger("kvmgr.server")
 DRAIN_TIMEOUT = 1.0
 LISTEN_BACKLOG = 512
-
-
-def set_socket_timeout(conn: connection.Connection, seconds: float) -> None:
-    """Bound every blocking read and write on conn by `seconds` (0 = no bound), at the kernel level."""
-    seconds_part = int(seconds)
-    timeval = struct.pack("ll", seconds_part, int((seconds - seconds_part) * 1e6))
-    sock = socket.socket(fileno=conn.fileno())
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeval)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, timeval)
-    finally:
-        sock.detach()
 
 
 def open_listener(address: Address) -> socket.socket:

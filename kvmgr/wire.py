@@ -9,6 +9,9 @@ from __future__ import annotations
 import builtins
 import io
 import pickle
+import socket
+import struct
+from multiprocessing import connection
 from typing import Any
 
 from kvmgr import errors
@@ -79,3 +82,15 @@ def load_reply(data: bytes) -> tuple[str, Any]:
 def dump(message: object) -> bytes:
     """Encode a request or reply."""
     return pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def set_socket_timeout(conn: connection.Connection, seconds: float) -> None:
+    """Bound every blocking read and write on conn by `seconds` (0 = no bound), at the kernel level."""
+    seconds_part = int(seconds)
+    timeval = struct.pack("ll", seconds_part, int((seconds - seconds_part) * 1e6))
+    sock = socket.socket(fileno=conn.fileno())
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeval)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, timeval)
+    finally:
+        sock.detach()

@@ -7,6 +7,7 @@ or authentication failed.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
@@ -24,6 +25,7 @@ from kvmgr.errors import (
     KvmgrError,
     ServerUnavailable,
 )
+from kvmgr.history import HistoryWriter
 
 EXIT_OK, EXIT_NOT_FOUND, EXIT_USAGE, EXIT_UNAVAILABLE = 0, 1, 2, 3
 OPERATIONS = ("store", "get", "delete", "exists", "keys", "size", "cas", "get_many", "store_many", "quit")
@@ -53,6 +55,7 @@ def build_parser(name: str | None) -> argparse.ArgumentParser:
     parser.add_argument("--barrier", help="wait at this server-hosted barrier before the operation")
     parser.add_argument("--parties", type=int, default=2, help="how many actors meet at --barrier (default 2)")
     parser.add_argument("--json", action="store_true", help="print one JSON object describing the outcome")
+    parser.add_argument("--history", type=Path, help="append the operation to this history file (JSON lines)")
     return parser
 
 
@@ -126,7 +129,11 @@ def run(name: str, args: argparse.Namespace) -> tuple[dict[str, Any], int]:
     op = infer_operation(args)
     outcome: dict[str, Any] = {"client": name, "op": op, "key": args.key, "value": args.value}
     call_args = operation_arguments(op, args)
-    with connect(args.address, timeout=args.timeout, name=name, authkey_file=args.authkey_file) as client:
+    with contextlib.ExitStack() as stack:
+        history = stack.enter_context(HistoryWriter(args.history)) if args.history else None
+        client = stack.enter_context(
+            connect(args.address, timeout=args.timeout, name=name, authkey_file=args.authkey_file, history=history)
+        )
         if args.barrier:
             client.rendezvous(args.barrier, args.parties)
         return _call(client, op, call_args, args.key, outcome)

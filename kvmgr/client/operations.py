@@ -1,0 +1,131 @@
+"""Operations: the client API every transport shares, with retries of safe calls and history recording.
+
+A transport (the manager connection, Redis) implements only `_call_once`; everything a caller sees
+(the method set, which calls are retried, what goes into a history) is defined once, here.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from kvmgr.errors import KeyNotFound, OutcomeUnknown, ServerUnavailable
+from kvmgr.history import HistoryWriter, Operation, encode_value
+
+SAFE_TO_REPEAT = frozenset({"store", "get", "exists", "keys", "size", "get_many", "store_many"})
+RECORDED = frozenset({"store", "get", "delete", "cas", "get_many", "store_many"})
+Value = str | bytes
+
+
+class Operations:
+    """The key-value API. Subclasses provide `_call_once(method, args, timeout)` and `close()`."""
+
+    name: str = "client"
+    timeout: float = 5.0
+    history: HistoryWriter | None = None
+
+    def store(self, key: str, value: Value) -> str:
+        """Set key; "saved" if it was new, "updated" if it overwrote a value."""
+        return self.call("store", key, value)
+
+    def get(self, key: str) -> Value:
+        """The value of key; raises KeyNotFound if absent."""
+        return self.call("get", key)
+
+    def delete(self, key: str) -> bool:
+        """Remove key; True if it existed."""
+        return self.call("delete", key)
+
+    def exists(self, key: str) -> bool:
+        """True if key is present."""
+        return self.call("exists", key)
+
+    def keys(self) -> list[str]:
+        """Every key, sorted."""
+        return self.call("keys")
+
+    def size(self) -> int:
+        """How many keys the store holds."""
+        return self.call("size")
+
+    def cas(self, key: str, expected: Value | None, value: Value) -> bool:
+        """Set key to value only if it holds expected (None: only if absent); True if it swapped."""
+        return self.call("cas", key, expected, value)
+
+    def get_many(self, keys: Iterable[str]) -> dict[str, Value]:
+        """The values of the keys that are present, read in one atomic step."""
+        return self.call("get_many", list(keys))
+
+    def store_many(self, mapping: Mapping[str, Value]) -> dict[str, str]:
+        """Store every pair in one atomic step; key -> "saved"/"updated"."""
+        return self.call("store_many", dict(mapping))
+
+    def quit(self) -> str:
+        """Ask the server to shut down gracefully; returns its confirmation."""
+        return self.call("quit")
+
+    def rendezvous(self, name: str, parties: int, timeout: float | None = None) -> int:
+        """Block until `parties` clients have called rendezvous(name), then return together."""
+        wait = self.timeout if timeout is None else timeout
+        return self.call("rendezvous", name, parties, wait, timeout=wait + self.timeout)
+
+    def call(self, method: str, *args: Any, timeout: float | None = None) -> Any:
+        """Run one operation; a safe one whose connection broke mid-call is repeated once on a new connection."""
+        attempts = 2 if method in SAFE_TO_REPEAT else 1
+        for attempt in range(1, attempts + 1):
+            start = time.monotonic_ns()
+            try:
+                result = self._call_once(method, args, timeout)
+            except OutcomeUnknown as exc:
+                self._record(method, args, "info", None, start, None)
+                if attempt == attempts or exc.timed_out:
+                    raise
+                continue
+            except KeyNotFound:
+                self._record(method, args, "ok", None, start, time.monotonic_ns())
+                raise
+            except ServerUnavailable:
+                self._record(method, args, "fail", None, start, time.monotonic_ns())
+                raise
+            self._record(method, args, "ok", result, start, time.monotonic_ns())
+            return result
+        raise AssertionError("unreachable")
+
+    def _call_once(self, method: str, args: tuple, timeout: float | None) -> Any:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Release the connection."""
+
+    def __enter__(self) -> Operations:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def _record(self, method: str, args: tuple, status: str, result: Any, start: int, end: int | None) -> None:
+        if self.history is None or method not in RECORDED:
+            return
+        for operation in history_operations(self.name, method, args, status, result, start, end):
+            self.history.record(operation)
+
+
+def history_operations(client: str, method: str, args: tuple, status: str, result: Any, start: int, end: int | None) -> list[Operation]:
+    """The history entries for one call; a batch becomes one entry per key, sharing start and end."""
+    known = status == "ok"
+
+    def entry(op: str, key: str, value: Any = None, expected: Any = None, outcome: Any = None) -> Operation:
+        return Operation(client, op, key, encode_value(value), encode_value(expected), outcome if known else None, status, start, end)
+
+    if method == "get_many":
+        return [entry("get", key, outcome=encode_value((result or {}).get(key))) for key in args[0]]
+    if method == "store_many":
+        return [entry("store", key, value, outcome=(result or {}).get(key)) for key, value in args[0].items()]
+    if method == "cas":
+        return [entry("cas", args[0], args[2], args[1], result)]
+    if method == "store":
+        return [entry("store", args[0], args[1], outcome=result)]
+    if method == "get":
+        return [entry("get", args[0], outcome=encode_value(result))]
+    return [entry("delete", args[0], outcome=result)]

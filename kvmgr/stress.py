@@ -1,0 +1,307 @@
+"""kvmgr stress: many client processes run random operations as fast as they can; the history is checked.
+
+`python -m kvmgr.stress --worker ...` is one such client process (started by the stress command).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tabulate import tabulate
+
+from kvmgr.check import CheckResult, check_operations, describe
+from kvmgr.config import client_authkey
+from kvmgr.errors import ConfigError, KeyNotFound, KvmgrError
+from kvmgr.history import HistoryWriter, Operation, merge_histories, read_history
+from kvmgr.processes import ProcessGroup, child_environment, python_module
+
+DEFAULT_MIX = "store=40,get=40,cas=10,delete=10"
+MIX_OPERATIONS = ("store", "get", "cas", "delete", "get_many", "store_many")
+BATCH_SIZE = 4
+PROGRESS_EVERY = 2.0
+WORKER_TIMEOUT = 600.0
+START_BARRIER = "stress-start"
+
+
+def parse_mix(text: str) -> dict[str, int]:
+    """'store=40,get=40' -> {'store': 40, 'get': 40}; ConfigError naming what is wrong."""
+    mix: dict[str, int] = {}
+    for part in text.split(","):
+        name, sep, weight = part.strip().partition("=")
+        if not sep or name not in MIX_OPERATIONS or not weight.isdigit():
+            raise ConfigError(f"bad --mix entry {part.strip()!r}: expected OP=WEIGHT with OP one of {', '.join(MIX_OPERATIONS)}")
+        mix[name] = int(weight)
+    if not any(mix.values()):
+        raise ConfigError("--mix needs at least one operation with a weight above 0")
+    return mix
+
+
+class Worker:
+    """One client process's random workload: unique values per write, cas against values it has seen."""
+
+    def __init__(self, name: str, client: Any, keys: int, mix: dict[str, int], seed: int) -> None:
+        self.name = name
+        self.client = client
+        self.keys = [f"k{i}" for i in range(keys)]
+        self.operations = list(mix)
+        self.weights = list(mix.values())
+        self.random = random.Random(seed)
+        self.seen: dict[str, Any] = {}
+        self.counter = 0
+        self.errors: dict[str, int] = {}
+
+    def run(self, count: int) -> None:
+        """Run `count` operations; expected outcomes (a missing key) are not errors."""
+        for _ in range(count):
+            operation = self.random.choices(self.operations, self.weights)[0]
+            try:
+                getattr(self, f"do_{operation}")()
+            except KeyNotFound:
+                pass
+            except KvmgrError as exc:
+                self.errors[type(exc).__name__] = self.errors.get(type(exc).__name__, 0) + 1
+
+    def value(self) -> str:
+        """A value never written before."""
+        self.counter += 1
+        return f"{self.name}-{self.counter}"
+
+    def key(self) -> str:
+        """A random key."""
+        return self.random.choice(self.keys)
+
+    def do_store(self) -> None:
+        key, value = self.key(), self.value()
+        self.client.store(key, value)
+        self.seen[key] = value
+
+    def do_get(self) -> None:
+        key = self.key()
+        self.seen[key] = self.client.get(key)
+
+    def do_delete(self) -> None:
+        self.client.delete(self.key())
+
+    def do_cas(self) -> None:
+        key, value = self.key(), self.value()
+        expected = self.seen.get(key) if self.random.random() < 0.8 else None
+        if self.client.cas(key, expected, value):
+            self.seen[key] = value
+
+    def do_get_many(self) -> None:
+        self.seen.update(self.client.get_many(self.random.sample(self.keys, min(BATCH_SIZE, len(self.keys)))))
+
+    def do_store_many(self) -> None:
+        pairs = {key: self.value() for key in self.random.sample(self.keys, min(BATCH_SIZE, len(self.keys)))}
+        self.client.store_many(pairs)
+        self.seen.update(pairs)
+
+
+def worker_main(argv: list[str]) -> int:
+    """Entry point of one stress client process (authkey from the environment)."""
+    from kvmgr import connect
+
+    parser = argparse.ArgumentParser(prog="python -m kvmgr.stress --worker")
+    parser.add_argument("--worker", required=True)
+    for option in ("--target", "--history", "--mix"):
+        parser.add_argument(option, required=True)
+    for option in ("--ops", "--keys", "--seed", "--parties"):
+        parser.add_argument(option, type=int, required=True)
+    parser.add_argument("--timeout", type=float, default=5.0)
+    args = parser.parse_args(argv)
+    with HistoryWriter(args.history) as history, connect(args.target, timeout=args.timeout, name=args.worker, history=history) as client:
+        client.rendezvous(START_BARRIER, args.parties, timeout=60)
+        worker = Worker(args.worker, client, args.keys, parse_mix(args.mix), args.seed)
+        worker.run(args.ops)
+    print(json.dumps({"client": args.worker, "errors": worker.errors}), flush=True)
+    return 0
+
+
+@dataclass
+class StressReport:
+    """What a stress run did and whether its history is linearizable."""
+
+    clients: int
+    operations: list[Operation]
+    seconds: float
+    check: CheckResult
+    worker_errors: dict[str, int] = field(default_factory=dict)
+    failed_workers: list[str] = field(default_factory=list)
+
+    @property
+    def unexpected(self) -> int:
+        """Operations that failed or whose outcome is unknown, plus errors the workers reported."""
+        return sum(op.status != "ok" for op in self.operations) + len(self.failed_workers)
+
+    @property
+    def passed(self) -> bool:
+        """Linearizable and nothing unexpected failed."""
+        return self.check.linearizable and self.unexpected == 0
+
+    def rows(self) -> list[dict[str, Any]]:
+        """Per operation type: count, errors, throughput and latency percentiles (µs)."""
+        rows = []
+        for name in sorted({op.op for op in self.operations}):
+            ops = [op for op in self.operations if op.op == name]
+            latencies = sorted((op.end - op.start) / 1000 for op in ops if op.status == "ok")
+            rows.append({
+                "operation": name, "count": len(ops), "errors": sum(op.status != "ok" for op in ops),
+                "ops_per_s": round(len(ops) / self.seconds, 1) if self.seconds else 0.0,
+                "p50_us": _percentile(latencies, 50), "p99_us": _percentile(latencies, 99),
+                "max_us": round(latencies[-1], 1) if latencies else None,
+            })
+        return rows
+
+    def table(self) -> str:
+        """The results table and the verdict."""
+        rows = self.rows()
+        total = {"operation": "all", "count": len(self.operations), "errors": self.unexpected,
+                 "ops_per_s": round(len(self.operations) / self.seconds, 1) if self.seconds else 0.0}
+        body = tabulate([*rows, total], headers="keys")
+        verdict = "yes" if self.check.linearizable else "NO"
+        lines = [body, f"clients: {self.clients}   seconds: {self.seconds:.2f}   linearizable: {verdict}"]
+        if not self.check.linearizable:
+            lines.append(describe(self.check))
+        return "\n".join(lines)
+
+    def to_json(self) -> str:
+        """The machine-readable report."""
+        return json.dumps({
+            "clients": self.clients, "operations": len(self.operations), "seconds": round(self.seconds, 3),
+            "errors": self.unexpected, "linearizable": self.check.linearizable, "passed": self.passed,
+            "by_operation": self.rows(), "first_bad_key": self.check.key,
+        }, indent=2)
+
+
+def _percentile(sorted_values: list[float], percent: int) -> float | None:
+    if not sorted_values:
+        return None
+    if len(sorted_values) == 1:
+        return round(sorted_values[0], 1)
+    return round(statistics.quantiles(sorted_values, n=100, method="inclusive")[percent - 1], 1)
+
+
+@dataclass
+class StressPlan:
+    """What to run: how many clients, operations each, keys, the mix and the seed."""
+
+    clients: int
+    ops: int
+    keys: int
+    mix: str = DEFAULT_MIX
+    seed: int = 0
+    timeout: float = 5.0
+
+
+def run_stress(plan: StressPlan, target: str | None, authkey: str | None, history_path: Path | None) -> StressReport:
+    """Start a server unless a target is given, run the workers, merge and check their histories."""
+    parse_mix(plan.mix)
+    with ProcessGroup() as group, tempfile.TemporaryDirectory(prefix="kvmgr-stress-") as scratch:
+        if target is None:
+            server = group.start_server()
+            target, authkey = server.address_text, server.authkey
+        paths = [Path(scratch) / f"c{n}.jsonl" for n in range(plan.clients)]
+        started = time.monotonic()
+        workers = [group.launch(_worker_argv(plan, n, target, path), child_environment(authkey)) for n, path in enumerate(paths)]
+        failed, errors = _wait_for_workers(workers, started)
+        merged = history_path or Path(scratch) / "history.jsonl"
+        merge_histories([p for p in paths if p.exists()], merged)
+        operations = read_history(merged)
+    return StressReport(plan.clients, operations, busy_seconds(operations), check_operations(operations), errors, failed)
+
+
+def busy_seconds(operations: list[Operation]) -> float:
+    """From the first call sent to the last reply received (process start-up is not counted)."""
+    if not operations:
+        return 0.0
+    last = max(op.end if op.end is not None else op.start for op in operations)
+    return (last - min(op.start for op in operations)) / 1e9
+
+
+def _worker_argv(plan: StressPlan, number: int, target: str, history: Path) -> list[str]:
+    return python_module(
+        "kvmgr.stress", "--worker", f"c{number}", "--target", target, "--history", str(history), "--mix", plan.mix,
+        "--ops", str(plan.ops), "--keys", str(plan.keys), "--seed", str(plan.seed * 1000 + number),
+        "--parties", str(plan.clients), "--timeout", str(plan.timeout),
+    )
+
+
+def _wait_for_workers(workers: list, started: float) -> tuple[list[str], dict[str, int]]:
+    failed: list[str] = []
+    errors: dict[str, int] = {}
+    pending = list(workers)
+    last_progress = started
+    while pending:
+        process = pending[0]
+        try:
+            stdout, stderr = process.communicate(timeout=PROGRESS_EVERY)
+        except Exception:
+            if time.monotonic() - started > WORKER_TIMEOUT:
+                raise KvmgrError(f"stress workers still running after {WORKER_TIMEOUT:g}s") from None
+            if time.monotonic() - last_progress >= PROGRESS_EVERY:
+                done = len(workers) - len(pending)
+                print(f"stress: {done}/{len(workers)} clients finished, {time.monotonic() - started:.0f}s", file=sys.stderr, flush=True)
+                last_progress = time.monotonic()
+            continue
+        pending.pop(0)
+        _collect_worker(process.returncode, stdout, stderr, failed, errors)
+    return failed, errors
+
+
+def _collect_worker(status: int, stdout: bytes, stderr: bytes, failed: list[str], errors: dict[str, int]) -> None:
+    if status != 0:
+        lines = stderr.decode(errors="replace").strip().splitlines()
+        failed.append(lines[-1] if lines else f"exit {status}")
+        return
+    for name, count in json.loads(stdout.decode().strip().splitlines()[-1])["errors"].items():
+        errors[name] = errors.get(name, 0) + count
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    """Register `kvmgr stress`."""
+    parser = subparsers.add_parser(
+        "stress", help="many client processes at once; check the history",
+        description="Spawn N client processes that run M random operations each on K keys as fast as they can, "
+        "record the history, check that it is linearizable and print throughput and latency per operation.",
+        epilog="Exit status: 0 linearizable and no errors, 1 not linearizable or errors, 2 bad usage, 3 server unreachable.",
+    )
+    parser.add_argument("--clients", type=int, default=4, help="client processes (default %(default)s)")
+    parser.add_argument("--ops", type=int, default=1000, help="operations per client (default %(default)s)")
+    parser.add_argument("--keys", type=int, default=8, help="distinct keys (default %(default)s)")
+    parser.add_argument("--mix", default=DEFAULT_MIX, help=f"weights per operation (default {DEFAULT_MIX}); also get_many, store_many")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default %(default)s)")
+    parser.add_argument("--history", type=Path, help="also write the merged history (JSON lines) here")
+    parser.add_argument("--address", "--target", dest="target", help="use this running server instead of starting one")
+    parser.add_argument("--authkey-file", type=Path, help="authkey for --address (else $KVMGR_AUTHKEY or the default key file)")
+    parser.add_argument("--timeout", type=float, default=5.0, help="per-call timeout in seconds (default %(default)s)")
+    parser.add_argument("--json", action="store_true", help="print a machine-readable report")
+    parser.set_defaults(handler=command_stress)
+
+
+def command_stress(args: argparse.Namespace) -> int:
+    """Run `kvmgr stress`."""
+    for name in ("clients", "ops", "keys"):
+        if getattr(args, name) < 1:
+            raise ConfigError(f"--{name} must be at least 1")
+    authkey = None
+    if args.target is not None and not args.target.startswith("redis://"):
+        authkey = client_authkey(args.authkey_file).decode()
+    plan = StressPlan(args.clients, args.ops, args.keys, args.mix, args.seed, args.timeout)
+    report = run_stress(plan, args.target, authkey, args.history)
+    print(report.to_json() if args.json else report.table())
+    for failure in report.failed_workers:
+        print(f"kvmgr stress: a client failed: {failure}", file=sys.stderr)
+    return 0 if report.passed else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(worker_main(sys.argv[1:]))

@@ -1,0 +1,97 @@
+"""History recording by real clients, `kvmgr check` on files, and `kvmgr stress` end to end."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+import kvmgr
+from kvmgr.check import check_file
+from kvmgr.history import HistoryWriter, read_history
+from kvmgr.processes import ServerProcess, child_environment, python_module
+
+
+def kvmgr_command(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(python_module("kvmgr", *args), capture_output=True, text=True, timeout=120, env=env)
+
+
+def test_client_records_every_operation_with_its_outcome(server: ServerProcess, tmp_path: Path) -> None:
+    path = tmp_path / "h.jsonl"
+    with HistoryWriter(path) as history, kvmgr.connect(server.address_text, authkey=server.authkey.encode(), name="alice", history=history) as client:
+        client.store("k", "v1")
+        client.get("k")
+        with pytest.raises(kvmgr.KeyNotFound):
+            client.get("missing")
+        client.cas("k", "v1", b"\x01")
+        client.delete("k")
+        client.store_many({"a": "1", "b": "2"})
+        client.get_many(["a", "zz"])
+        client.size()  # not part of the register model: not recorded
+    ops = read_history(path)
+    assert [(op.op, op.key, op.result) for op in ops] == [
+        ("store", "k", "saved"), ("get", "k", "v1"), ("get", "missing", None), ("cas", "k", True), ("delete", "k", True),
+        ("store", "a", "saved"), ("store", "b", "saved"), ("get", "a", "1"), ("get", "zz", None),
+    ]
+    assert ops[3].value == "hex:01" and ops[3].expected == "v1"
+    assert ops[5].start == ops[6].start and ops[5].end == ops[6].end
+    assert all(op.client == "alice" and op.status == "ok" and op.end >= op.start for op in ops)
+    assert check_file(path).linearizable
+
+
+def test_call_to_a_hung_server_is_recorded_as_info(server: ServerProcess, tmp_path: Path) -> None:
+    path = tmp_path / "h.jsonl"
+    with HistoryWriter(path) as history:
+        client = kvmgr.connect(server.address_text, authkey=server.authkey.encode(), timeout=0.3, history=history)
+        server.process.suspend()
+        try:
+            with pytest.raises(kvmgr.OutcomeUnknown):
+                client.cas("k", None, "v")
+        finally:
+            server.process.resume()
+        client.close()
+    [op] = read_history(path)
+    assert (op.op, op.status, op.end, op.result) == ("cas", "info", None, None)
+
+
+def test_check_command_exit_codes(tmp_path: Path) -> None:
+    good = tmp_path / "good.jsonl"
+    good.write_text(
+        '{"client": "a", "op": "store", "key": "k", "value": "v", "result": "saved", "status": "ok", "start": 1, "end": 2}\n'
+        '{"client": "b", "op": "get", "key": "k", "value": null, "result": "v", "status": "ok", "start": 3, "end": 4}\n'
+    )
+    assert kvmgr_command("check", str(good)).returncode == 0
+    stale = tmp_path / "stale.jsonl"
+    stale.write_text(good.read_text().replace('"result": "v"', '"result": "never-written"'))
+    result = kvmgr_command("check", str(stale))
+    assert result.returncode == 1 and "NOT linearizable: key 'k'" in result.stdout
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text(good.read_text() + "{not json\n")
+    result = kvmgr_command("check", str(broken))
+    assert result.returncode == 2 and "broken.jsonl:3" in result.stderr and result.stderr.count("\n") == 1
+
+
+def test_stress_starts_its_own_server_and_proves_linearizability(tmp_path: Path) -> None:
+    history = tmp_path / "stress.jsonl"
+    result = kvmgr_command("stress", "--clients", "4", "--ops", "300", "--keys", "3", "--seed", "7", "--history", str(history), "--json")
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = json.loads(result.stdout)
+    assert report["linearizable"] is True and report["errors"] == 0 and report["operations"] == 1200
+    assert {row["operation"] for row in report["by_operation"]} == {"store", "get", "cas", "delete"}
+    assert len(read_history(history)) == 1200
+    assert kvmgr_command("check", str(history)).returncode == 0
+
+
+def test_stress_against_a_running_server_with_batches(server: ServerProcess) -> None:
+    env = child_environment(server.authkey)
+    result = kvmgr_command("stress", "--address", server.address_text, "--clients", "3", "--ops", "200",
+                           "--mix", "store_many=1,get_many=1,cas=1", "--json", env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert json.loads(result.stdout)["linearizable"] is True
+
+
+def test_stress_rejects_a_bad_mix() -> None:
+    result = kvmgr_command("stress", "--mix", "store=40,fly=3")
+    assert result.returncode == 2 and "bad --mix entry 'fly=3'" in result.stderr
