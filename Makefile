@@ -18,6 +18,9 @@ run: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
+faults: $(STAMP)
+	$(BIN)/kvmgr faults
+
 lint: $(STAMP)
 	$(BIN)/ruff check .
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from kvmgr import __version__
 from kvmgr.config import (
     DEFAULT_ADDRESS,
+    HANDSHAKE_TIMEOUT,
     MAX_KEY_BYTES,
     MAX_VALUE_BYTES,
     Limits,
@@ -23,6 +24,7 @@ from kvmgr.config import (
     is_loopback,
     parse_address,
 )
+from kvmgr.durable import FSYNC_MODES
 from kvmgr.errors import ConfigError, HistoryError, KvmgrError, ScenarioError, ServerUnavailable
 
 EXIT_OK, EXIT_NEGATIVE, EXIT_USAGE, EXIT_UNAVAILABLE = 0, 1, 2, 3
@@ -30,6 +32,7 @@ EXIT_OK, EXIT_NEGATIVE, EXIT_USAGE, EXIT_UNAVAILABLE = 0, 1, 2, 3
 
 def command_serve(args: argparse.Namespace) -> int:
     """Run a server in this process until quit, SIGTERM or SIGINT."""
+    from kvmgr.durable import SQLiteJournal
     from kvmgr.server import serve
 
     address = parse_address(args.address)
@@ -42,9 +45,10 @@ def command_serve(args: argparse.Namespace) -> int:
             )
         authkey, path = generated_authkey()
         print(f"kvmgr: authkey in {path} (clients on this machine read it from there)", file=sys.stderr, flush=True)
-    limits = Limits(args.max_key_bytes, args.max_value_bytes)
+    limits = Limits(args.max_key_bytes, args.max_value_bytes, args.handshake_timeout)
+    journal = SQLiteJournal(args.data_dir, args.fsync) if args.data_dir is not None else None
     try:
-        return serve(address, authkey, limits)
+        return serve(address, authkey, limits, journal)
     except OSError as exc:
         raise ServerUnavailable(f"cannot listen on {args.address}: {exc.strerror or exc}") from None
 
@@ -58,6 +62,16 @@ def add_serve(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--authkey-file", type=Path, help="read the authkey from this file (else $KVMGR_AUTHKEY, else generate one)")
     parser.add_argument("--max-key-bytes", type=int, default=MAX_KEY_BYTES, help="longest key, in UTF-8 bytes (default %(default)s)")
     parser.add_argument("--max-value-bytes", type=int, default=MAX_VALUE_BYTES, help="largest value, in bytes (default %(default)s)")
+    parser.add_argument(
+        "--handshake-timeout", type=float, default=HANDSHAKE_TIMEOUT,
+        help="seconds an unauthenticated peer may take to authenticate (default %(default)s)",
+    )
+    parser.add_argument("--data-dir", type=Path, help="keep the data in SQLite inside this directory (default: in memory only)")
+    parser.add_argument(
+        "--fsync", choices=FSYNC_MODES, default="always",
+        help="with --data-dir: always = each write durable before its reply; batch = group commit, still durable "
+        "before the reply; off = the OS decides (default %(default)s)",
+    )
     parser.set_defaults(handler=command_serve)
 
 
@@ -86,6 +100,12 @@ def add_stress(subparsers: argparse._SubParsersAction) -> None:
     add_parser(subparsers)
 
 
+def add_faults(subparsers: argparse._SubParsersAction) -> None:
+    from kvmgr.faults import add_parser
+
+    add_parser(subparsers)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The `kvmgr` argument parser with every subcommand."""
     parser = argparse.ArgumentParser(prog="kvmgr", description=__doc__.split("\n")[0], epilog=__doc__.split("\n\n", 1)[1])
@@ -97,7 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [add_serve, add_check, add_stress]
+SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [add_serve, add_check, add_stress, add_faults]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -15,6 +15,7 @@ DEFAULT_ADDRESS = "127.0.0.1:50000"
 DEFAULT_TIMEOUT = 5.0
 AUTHKEY_ENV = "KVMGR_AUTHKEY"
 HANDSHAKE_TIMEOUT = 5.0
+MAX_PENDING_HANDSHAKES = 1024
 MAX_KEY_BYTES = 1024
 MAX_VALUE_BYTES = 16 * 1024 * 1024
 
@@ -24,10 +25,12 @@ Address = tuple[str, int] | str
 
 @dataclass(frozen=True)
 class Limits:
-    """Size limits the server enforces on keys and values (in bytes, UTF-8 for str)."""
+    """What the server tolerates: key and value sizes (bytes, UTF-8 for str) and unauthenticated peers."""
 
     max_key_bytes: int = MAX_KEY_BYTES
     max_value_bytes: int = MAX_VALUE_BYTES
+    handshake_timeout: float = HANDSHAKE_TIMEOUT
+    max_pending_handshakes: int = MAX_PENDING_HANDSHAKES
 
 
 DEFAULT_LIMITS = Limits()

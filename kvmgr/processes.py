@@ -14,10 +14,11 @@ import sys
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import IO
 
 import psutil
 
-from kvmgr.config import AUTHKEY_ENV, Address, parse_address
+from kvmgr.config import AUTHKEY_ENV, Address, fresh_authkey, parse_address
 from kvmgr.errors import ServerUnavailable
 
 READY_PREFIX = "kvmgr listening on "
@@ -62,6 +63,14 @@ def _signal(process: psutil.Process, how: str) -> None:
         getattr(process, how)()
 
 
+def suspend(process: psutil.Process, timeout: float = 5.0) -> None:
+    """SIGSTOP a process and return once the kernel reports it stopped (the signal is asynchronous)."""
+    process.suspend()
+    deadline = time.monotonic() + timeout
+    while process.status() != psutil.STATUS_STOPPED and time.monotonic() < deadline:
+        time.sleep(0.005)
+
+
 def read_line(process: psutil.Popen, deadline: float) -> str | None:
     """One line of the process's stdout before the deadline, or None on timeout or end of output."""
     fd = process.stdout.fileno()
@@ -100,13 +109,13 @@ class ProcessGroup:
         self.processes.append(process)
         return process
 
-    def start_server(self, address: str = "127.0.0.1:0", authkey: str | None = None, extra_args: Sequence[str] = ()) -> ServerProcess:
-        """Start `kvmgr serve` with the authkey in its environment and wait for its ready line."""
-        from kvmgr.config import fresh_authkey
-
+    def start_server(
+        self, address: str = "127.0.0.1:0", authkey: str | None = None, extra_args: Sequence[str] = (), log: IO | None = None,
+    ) -> ServerProcess:
+        """Start `kvmgr serve` with the authkey in its environment and wait for its ready line; its stderr goes to log."""
         key = authkey or fresh_authkey()
         argv = python_module("kvmgr", "serve", "--address", address, *extra_args)
-        process = psutil.Popen(argv, env=child_environment(key), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE)
+        process = psutil.Popen(argv, env=child_environment(key), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log)
         self.processes.append(process)
         line = read_line(process, time.monotonic() + READY_TIMEOUT)
         if line is None or not line.startswith(READY_PREFIX):

@@ -13,7 +13,8 @@ from multiprocessing import connection, process
 from multiprocessing.managers import Server
 
 from kvmgr import wire
-from kvmgr.config import DEFAULT_LIMITS, HANDSHAKE_TIMEOUT, Address, Limits, address_family, format_address
+from kvmgr.config import DEFAULT_LIMITS, Address, Limits, address_family, format_address
+from kvmgr.durable import SQLiteJournal
 from kvmgr.errors import KvmgrError, ProtocolError
 from kvmgr.store import Store
 from kvmgr.wire import set_socket_timeout
@@ -61,9 +62,9 @@ class StoreServer(Server):
 
     public = [*Server.public, wire.OPEN_STORE]
 
-    def __init__(self, address: Address, authkey: bytes, limits: Limits = DEFAULT_LIMITS) -> None:
+    def __init__(self, address: Address, authkey: bytes, limits: Limits = DEFAULT_LIMITS, journal: SQLiteJournal | None = None) -> None:
         self.stop_event = threading.Event()
-        self.store = Store(limits, on_quit=self.stop_event.set)
+        self.store = Store(limits, on_quit=self.stop_event.set, journal=journal)
         self.store_ident = f"{id(self.store):x}"  # the ident Server.create gives it
         # The attributes multiprocessing.managers.Server's own methods rely on:
         self.registry = {wire.TYPEID: (lambda: self.store, wire.EXPOSED, None, None)}
@@ -76,6 +77,8 @@ class StoreServer(Server):
         self.id_to_refcount = {self.store_ident: 1}  # the server's own reference: never disposed of
         self.id_to_local_proxy_obj = {}
         self.mutex = threading.Lock()
+        self.limits = limits
+        self._handshakes = threading.BoundedSemaphore(limits.max_pending_handshakes)
         self._in_flight = 0
         self._idle = threading.Condition()
 
@@ -98,17 +101,25 @@ class StoreServer(Server):
             os.unlink(self.address)
         with self._idle:
             self._idle.wait_for(lambda: self._in_flight == 0, timeout=DRAIN_TIMEOUT)
+        self.store.close()
 
     def accepter(self) -> None:
         """Hand each new connection to its own thread until the server stops."""
         while not self.stop_event.is_set():
             try:
                 sock, peer = self.socket.accept()
-            except OSError:
+            except OSError as exc:
+                if not self.stop_event.is_set():
+                    log.warning("accept failed: %s", exc.strerror or exc)
+                    self.stop_event.wait(0.05)  # back off when out of file descriptors
+                continue
+            name = format_address(peer) if peer else "unix-peer"
+            if not self._handshakes.acquire(blocking=False):
+                log.warning("rejected peer %s: %d handshakes already pending", name, self.limits.max_pending_handshakes)
+                sock.close()
                 continue
             sock.setblocking(True)
             conn = connection.Connection(sock.detach())
-            name = format_address(peer) if peer else "unix-peer"
             threading.Thread(target=self.handle_request, args=(conn, name), daemon=True).start()
 
     def handle_request(self, conn: connection.Connection, peer: str = "?") -> None:
@@ -119,17 +130,13 @@ class StoreServer(Server):
             conn.close()
 
     def _handle_request(self, conn: connection.Connection, peer: str) -> None:
-        set_socket_timeout(conn, HANDSHAKE_TIMEOUT)
         try:
-            connection.deliver_challenge(conn, self.authkey)
-            connection.answer_challenge(conn, self.authkey)
-            _, funcname, args, kwargs = wire.load_request(conn.recv_bytes(wire.MAX_MESSAGE_BYTES))
-        except connection.AuthenticationError:
-            log.warning("rejected peer %s: wrong authkey", peer)
+            request = self._authenticate(conn, peer)
+        finally:
+            self._handshakes.release()
+        if request is None:
             return
-        except (OSError, EOFError, ProtocolError) as exc:
-            log.warning("rejected peer %s: %s", peer, _reason(exc))
-            return
+        _, funcname, args, kwargs = request
         set_socket_timeout(conn, 0)
         if funcname not in self.public:
             conn.send_bytes(wire.dump((wire.ERROR, ProtocolError(f"unknown server function {funcname!r}"))))
@@ -142,6 +149,19 @@ class StoreServer(Server):
             reply = (wire.RETURN, result)
         if funcname not in ("accept_connection", wire.OPEN_STORE, "shutdown"):
             conn.send_bytes(wire.dump(reply))
+
+    def _authenticate(self, conn: connection.Connection, peer: str) -> tuple | None:
+        """The HMAC challenge both ways and the first request, all within the handshake timeout; None if rejected."""
+        set_socket_timeout(conn, self.limits.handshake_timeout)
+        try:
+            connection.deliver_challenge(conn, self.authkey)
+            connection.answer_challenge(conn, self.authkey)
+            return wire.load_request(conn.recv_bytes(wire.MAX_MESSAGE_BYTES))
+        except connection.AuthenticationError:
+            log.warning("rejected peer %s: wrong authkey", peer)
+        except (OSError, EOFError, ProtocolError) as exc:
+            log.warning("rejected peer %s: %s", peer, _reason(exc, self.limits.handshake_timeout))
+        return None
 
     def open_store(self, conn: connection.Connection) -> None:
         """Reply with the store's ident, then serve calls on this connection."""
@@ -205,17 +225,17 @@ def _sendable(exc: Exception) -> Exception:
     return KvmgrError(f"{type(exc).__name__}: {exc}")
 
 
-def _reason(exc: BaseException) -> str:
+def _reason(exc: BaseException, handshake_timeout: float) -> str:
     if isinstance(exc, BlockingIOError):
-        return f"no handshake within {HANDSHAKE_TIMEOUT:g}s"
+        return f"no handshake within {handshake_timeout:g}s"
     if isinstance(exc, EOFError):
         return "closed the connection during the handshake"
     return str(exc) or type(exc).__name__
 
 
-def serve(address: Address, authkey: bytes, limits: Limits = DEFAULT_LIMITS) -> int:
+def serve(address: Address, authkey: bytes, limits: Limits = DEFAULT_LIMITS, journal: SQLiteJournal | None = None) -> int:
     """Run a server until quit, SIGTERM or SIGINT; print the ready line once listening. Returns the exit status."""
-    server = StoreServer(address, authkey, limits)
+    server = StoreServer(address, authkey, limits, journal)
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: server.stop_event.set())
     print(f"kvmgr listening on {format_address(server.address)}", flush=True)

@@ -6,6 +6,7 @@ import threading
 from collections.abc import Callable, Iterable, Mapping
 
 from kvmgr.config import DEFAULT_LIMITS, Limits
+from kvmgr.durable import SQLiteJournal
 from kvmgr.errors import InvalidKey, InvalidValue, KeyNotFound, KvmgrError
 
 Value = str | bytes
@@ -16,8 +17,11 @@ RENDEZVOUS_TIMEOUT = 30.0
 class Store:
     """A key-value map whose methods each run under one lock, so every operation is atomic."""
 
-    def __init__(self, limits: Limits = DEFAULT_LIMITS, on_quit: Callable[[], None] = lambda: None) -> None:
-        self._data: dict[str, Value] = {}
+    def __init__(
+        self, limits: Limits = DEFAULT_LIMITS, on_quit: Callable[[], None] = lambda: None, journal: SQLiteJournal | None = None,
+    ) -> None:
+        self._journal = journal
+        self._data: dict[str, Value] = journal.load() if journal is not None else {}
         self._lock = threading.Lock()
         self._limits = limits
         self._on_quit = on_quit
@@ -30,7 +34,8 @@ class Store:
         self._check_value(value)
         with self._lock:
             existed = key in self._data
-            self._data[key] = value
+            ticket = self._write({key: value})
+        self._wait(ticket)
         return "updated" if existed else "saved"
 
     def get(self, key: str) -> Value:
@@ -46,7 +51,11 @@ class Store:
         """Remove key; return True if it existed."""
         self._check_key(key)
         with self._lock:
-            return self._data.pop(key, None) is not None
+            if key not in self._data:
+                return False
+            ticket = self._write({key: None})
+        self._wait(ticket)
+        return True
 
     def exists(self, key: str) -> bool:
         """True if key is in the store."""
@@ -73,8 +82,9 @@ class Store:
         with self._lock:
             if self._data.get(key) != expected:
                 return False
-            self._data[key] = value
-            return True
+            ticket = self._write({key: value})
+        self._wait(ticket)
+        return True
 
     def get_many(self, keys: Iterable[str]) -> dict[str, Value]:
         """The values of those keys that are present, in one atomic step."""
@@ -93,8 +103,32 @@ class Store:
         with self._lock:
             data = self._data
             outcome = {key: "updated" if key in data else "saved" for key in mapping}
-            data.update(mapping)
+            ticket = self._write(mapping)
+        self._wait(ticket)
         return outcome
+
+    def _write(self, changes: Mapping[str, Value | None]) -> int:
+        """The one path every change takes (call under the lock): journal it, then apply it. None deletes."""
+        ticket = self._journal.append(changes) if self._journal is not None else 0
+        data = self._data
+        for key, value in changes.items():
+            if value is None:
+                del data[key]
+            else:
+                data[key] = value
+        return ticket
+
+    def _wait(self, ticket: int) -> None:
+        """Return once a change is durable (at once in memory mode)."""
+        if ticket:
+            self._journal.wait(ticket)
+
+    def close(self) -> None:
+        """Commit what is pending and close durable storage, if any."""
+        with self._lock:
+            if self._journal is not None:
+                self._journal.close()
+                self._journal = None
 
     def quit(self) -> str:
         """Ask the server to shut down gracefully; return the confirmation message."""

@@ -5,12 +5,11 @@ from __future__ import annotations
 import socket
 import time
 
-import psutil
 import pytest
 
 import kvmgr
 from kvmgr.errors import AuthenticationFailed, ConfigError, OutcomeUnknown, ServerUnavailable
-from kvmgr.processes import ServerProcess
+from kvmgr.processes import ServerProcess, suspend
 
 
 def free_port() -> int:
@@ -47,10 +46,7 @@ def test_silent_peer_times_out_instead_of_hanging() -> None:
 def test_hung_server_mid_session_gives_outcome_unknown(server: ServerProcess) -> None:
     client = kvmgr.connect(server.address_text, authkey=server.authkey.encode(), timeout=0.5)
     client.store("k", "v")
-    server.process.suspend()
-    deadline = time.monotonic() + 5
-    while server.process.status() != psutil.STATUS_STOPPED and time.monotonic() < deadline:
-        time.sleep(0.01)  # SIGSTOP is asynchronous: wait until the kernel reports the server stopped
+    suspend(server.process)
     try:
         started = time.monotonic()
         with pytest.raises(OutcomeUnknown, match="may or may not have taken effect"):

@@ -11,7 +11,7 @@ import pytest
 import kvmgr
 from kvmgr.check import check_file
 from kvmgr.history import HistoryWriter, read_history
-from kvmgr.processes import ServerProcess, child_environment, python_module
+from kvmgr.processes import ServerProcess, child_environment, python_module, suspend
 
 
 def kvmgr_command(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -20,7 +20,8 @@ def kvmgr_command(*args: str, env: dict | None = None) -> subprocess.CompletedPr
 
 def test_client_records_every_operation_with_its_outcome(server: ServerProcess, tmp_path: Path) -> None:
     path = tmp_path / "h.jsonl"
-    with HistoryWriter(path) as history, kvmgr.connect(server.address_text, authkey=server.authkey.encode(), name="alice", history=history) as client:
+    key = server.authkey.encode()
+    with HistoryWriter(path) as history, kvmgr.connect(server.address_text, authkey=key, name="alice", history=history) as client:
         client.store("k", "v1")
         client.get("k")
         with pytest.raises(kvmgr.KeyNotFound):
@@ -45,7 +46,7 @@ def test_call_to_a_hung_server_is_recorded_as_info(server: ServerProcess, tmp_pa
     path = tmp_path / "h.jsonl"
     with HistoryWriter(path) as history:
         client = kvmgr.connect(server.address_text, authkey=server.authkey.encode(), timeout=0.3, history=history)
-        server.process.suspend()
+        suspend(server.process)
         try:
             with pytest.raises(kvmgr.OutcomeUnknown):
                 client.cas("k", None, "v")

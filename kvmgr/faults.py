@@ -1,0 +1,395 @@
+"""kvmgr faults: fault scenarios against real server processes, and what honest clients saw.
+
+Each scenario starts its own server(s), does something bad to them (kill -9 under writers, hostile peers,
+a client killed mid-call, a dead server), and measures: writes acknowledged, writes lost, errors seen by
+honest clients and their worst latency. `python -m kvmgr.faults --writer ...` is one writer process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import IO
+
+from tabulate import tabulate
+
+import kvmgr
+from kvmgr.errors import AuthenticationFailed, KvmgrError, ServerUnavailable
+from kvmgr.history import HistoryWriter, read_history
+from kvmgr.processes import ProcessGroup, ServerProcess, child_environment, python_module, read_line, suspend
+
+WRITERS = 4
+ACKS_BEFORE_KILL = 25
+PROGRESS_TIMEOUT = 30.0
+HANDSHAKE_TIMEOUT = 1.0
+IDLE_CONNECTIONS = 300
+
+
+@dataclass
+class FaultResult:
+    """One row of the fault table."""
+
+    scenario: str
+    rounds: int = 0
+    acknowledged: int = 0
+    lost: int = 0
+    honest_errors: int = 0
+    worst_latency_ms: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        """Nothing acknowledged was lost and honest clients saw no error."""
+        return self.lost == 0 and self.honest_errors == 0 and not self.notes
+
+    def cells(self) -> list:
+        """The row as table cells."""
+        verdict = "PASS" if self.passed else "FAIL: " + "; ".join(self.notes or ["lost writes or honest errors"])
+        return [self.scenario, self.rounds, self.acknowledged, self.lost, self.honest_errors, round(self.worst_latency_ms, 1), verdict]
+
+
+HEADERS = ("scenario", "rounds", "acknowledged writes", "writes lost", "honest client errors", "worst latency ms", "result")
+
+
+class HonestClient:
+    """A thread that keeps storing and reading its own keys, counting errors and the worst latency."""
+
+    def __init__(self, server: ServerProcess, name: str = "honest") -> None:
+        self.client = kvmgr.connect(server.address_text, authkey=server.authkey.encode(), timeout=5.0, name=name)
+        self.acknowledged: dict[str, str] = {}
+        self.errors: list[str] = []
+        self.worst = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        number = 0
+        while not self._stop.is_set():
+            number += 1
+            key, value = f"honest-{number}", f"v{number}"
+            started = time.monotonic()
+            try:
+                self.client.store(key, value)
+                self.acknowledged[key] = value
+                if self.client.get(key) != value:
+                    self.errors.append(f"read back a wrong value for {key}")
+            except KvmgrError as exc:
+                self.errors.append(f"{type(exc).__name__}: {exc}")
+            self.worst = max(self.worst, time.monotonic() - started)
+            self._stop.wait(0.002)
+
+    def lost(self) -> int:
+        """How many acknowledged writes are not there now."""
+        present = self.client.get_many(list(self.acknowledged))
+        return sum(present.get(key) != value for key, value in self.acknowledged.items())
+
+    @contextmanager
+    def running(self) -> Iterator[HonestClient]:
+        """Run in the background for the duration of a with-block."""
+        self._thread.start()
+        try:
+            yield self
+        finally:
+            self._stop.set()
+            self._thread.join(timeout=10)
+
+    def fill(self, result: FaultResult) -> FaultResult:
+        """Add what this client saw to a result row and close it."""
+        result.acknowledged += len(self.acknowledged)
+        result.lost += self.lost()
+        result.honest_errors += len(self.errors)
+        result.worst_latency_ms = max(result.worst_latency_ms, self.worst * 1000)
+        result.notes += self.errors[:1]
+        self.client.close()
+        return result
+
+
+def writer_main(argv: list[str]) -> int:
+    """One writer process: store unique keys until the server goes away; acknowledged writes go to its history."""
+    parser = argparse.ArgumentParser(prog="python -m kvmgr.faults --writer")
+    parser.add_argument("--writer", required=True)
+    parser.add_argument("--address", required=True)
+    parser.add_argument("--history", required=True)
+    args = parser.parse_args(argv)
+    deadline = time.monotonic() + PROGRESS_TIMEOUT
+    with HistoryWriter(args.history) as history, kvmgr.connect(args.address, timeout=2.0, name=args.writer, history=history) as client:
+        number = 0
+        while time.monotonic() < deadline:
+            number += 1
+            try:
+                client.store(f"{args.writer}-{number}", f"value-{number}")
+            except ServerUnavailable:
+                return 0
+    return 0
+
+
+def _count_lines(path: Path) -> int:
+    try:
+        with path.open("rb") as handle:
+            return sum(1 for _ in handle)
+    except FileNotFoundError:
+        return 0
+
+
+def _wait_for_acks(paths: list[Path], count: int) -> None:
+    deadline = time.monotonic() + PROGRESS_TIMEOUT
+    while any(_count_lines(path) < count for path in paths):
+        if time.monotonic() > deadline:
+            raise KvmgrError(f"writers made no progress within {PROGRESS_TIMEOUT:g}s")
+        time.sleep(0.01)
+
+
+def kill_server_under_writers(fsync: str, rounds: int) -> FaultResult:
+    """kill -9 the server while 4 writers store; restart on the same data; every acknowledged write must be there."""
+    result = FaultResult(f"kill -9 server under {WRITERS} writers, --fsync {fsync}")
+    with tempfile.TemporaryDirectory(prefix="kvmgr-faults-") as scratch:
+        data_dir, address = Path(scratch) / "data", str(Path(scratch) / "kvmgr.sock")
+        durable = ["--data-dir", str(data_dir), "--fsync", fsync]
+        authkey = None
+        for round_number in range(rounds):
+            with ProcessGroup() as group:
+                server = group.start_server(address, authkey, durable)
+                authkey = server.authkey
+                paths = [Path(scratch) / f"r{round_number}-w{n}.jsonl" for n in range(WRITERS)]
+                writers = [group.launch(python_module("kvmgr.faults", "--writer", f"r{round_number}w{n}", "--address", address,
+                                                      "--history", str(path)), child_environment(authkey)) for n, path in enumerate(paths)]
+                _wait_for_acks(paths, ACKS_BEFORE_KILL)
+                server.process.kill()
+                server.process.wait(timeout=5)
+                for writer in writers:
+                    writer.wait(timeout=PROGRESS_TIMEOUT)
+            done = [op for path in paths for op in read_history(path) if op.status == "ok"]
+            acknowledged = {op.key: op.value for op in done}
+            result.worst_latency_ms = max([result.worst_latency_ms, *((op.end - op.start) / 1e6 for op in done)])
+            with ProcessGroup() as group:
+                server = group.start_server(address, authkey, durable)
+                with kvmgr.connect(address, authkey=authkey.encode()) as client:
+                    present = client.get_many(list(acknowledged))
+                    client.quit()
+                server.process.wait(timeout=5)
+            result.rounds += 1
+            result.acknowledged += len(acknowledged)
+            result.lost += sum(present.get(key) != value for key, value in acknowledged.items())
+    return result
+
+
+def kill_client_mid_call() -> FaultResult:
+    """kill -9 a client while its large calls are in flight; the server and an honest client carry on."""
+    result = FaultResult("kill -9 of a client mid-call", rounds=1)
+    code = ("import sys, kvmgr\nc = kvmgr.connect(sys.argv[1])\nprint('ready', flush=True)\n"
+            "while True:\n    c.store_many({f'big{i}': 'x' * 100_000 for i in range(50)})\n")
+    with ProcessGroup() as group:
+        server = group.start_server()
+        honest = HonestClient(server)
+        with honest.running():
+            victim = group.launch([sys.executable, "-c", code, server.address_text], child_environment(server.authkey))
+            if read_line(victim, time.monotonic() + PROGRESS_TIMEOUT) != "ready":
+                result.notes.append("the victim client never started")
+            time.sleep(0.2)  # let it get calls in flight: this is the fault, not a synchronization
+            victim.kill()
+            victim.wait(timeout=5)
+            time.sleep(0.2)
+        if server.process.poll() is not None:
+            result.notes.append("the server died")
+        return honest.fill(result)
+
+
+def _raw_peer(server: ServerProcess, payload: bytes | None) -> None:
+    """Connect without authenticating, send payload (None: send nothing), wait for the server to drop us."""
+    family = socket.AF_UNIX if isinstance(server.address, str) else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.settimeout(HANDSHAKE_TIMEOUT + 5)
+        sock.connect(server.address)
+        if payload is not None:
+            sock.sendall(payload)
+        try:
+            while sock.recv(65536):
+                pass
+        except OSError:
+            pass
+
+
+def _wrong_authkey(server: ServerProcess) -> None:
+    try:
+        kvmgr.connect(server.address_text, authkey=b"not-the-key", timeout=2.0)
+    except AuthenticationFailed:
+        return
+    raise KvmgrError("a wrong authkey was accepted")
+
+
+def _idle_connections(server: ServerProcess) -> None:
+    family = socket.AF_UNIX if isinstance(server.address, str) else socket.AF_INET
+    sockets = []
+    try:
+        for _ in range(IDLE_CONNECTIONS):
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            sockets.append(sock)
+            sock.connect(server.address)
+        time.sleep(HANDSHAKE_TIMEOUT / 2)  # hold them open while the honest client works
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def _authenticated_abuse(server: ServerProcess) -> None:
+    with kvmgr.connect(server.address_text, authkey=server.authkey.encode(), timeout=2.0) as client:
+        for method, args in (("_check_key", ("k",)), ("store", (1, "v")), ("store", ("k", ["list"])),
+                             ("store", ("k", "x" * 2_000_000)), ("store", ("k" * 5000, "v")), ("__init__", ())):
+            try:
+                client.call(method, *args)
+            except (KvmgrError, AttributeError, TypeError):
+                continue
+            raise KvmgrError(f"the server accepted {method}{args!r:.40}")
+
+
+HOSTILE_PEERS: dict[str, tuple[Callable[[ServerProcess], None], int]] = {
+    # name: (what the peer does, how many "rejected peer" lines the server must log)
+    "wrong authkey": (_wrong_authkey, 1),
+    "random bytes": (lambda server: _raw_peer(server, os.urandom(4096)), 1),
+    "absurd length prefix": (lambda server: _raw_peer(server, b"\x7f\xff\xff\xff" + b"x" * 64), 1),
+    "HTTP request": (lambda server: _raw_peer(server, b"GET / HTTP/1.1\r\nHost: kvmgr\r\n\r\n"), 1),
+    "silent peer (sends nothing)": (lambda server: _raw_peer(server, None), 1),
+    f"{IDLE_CONNECTIONS} idle connections": (_idle_connections, IDLE_CONNECTIONS),
+    "unexposed method, bad types, oversize key and value": (_authenticated_abuse, 0),
+}
+
+
+def hostile_peer(name: str) -> FaultResult:
+    """Run one hostile peer against a server while an honest client works."""
+    result = FaultResult(f"hostile peer: {name}", rounds=1)
+    attack, rejections = HOSTILE_PEERS[name]
+    limits = ["--handshake-timeout", str(HANDSHAKE_TIMEOUT), "--max-value-bytes", "1000000"]
+    with ProcessGroup() as group, tempfile.TemporaryFile("w+") as log:
+        server = group.start_server(extra_args=limits, log=log)
+        honest = HonestClient(server)
+        with honest.running():
+            try:
+                attack(server)
+            except (KvmgrError, OSError) as exc:
+                result.notes.append(str(exc))
+        if server.process.poll() is not None:
+            result.notes.append("the server died")
+        honest.fill(result)
+        _wait_for_log_lines(log, "rejected peer", rejections, result)
+    return result
+
+
+def _wait_for_log_lines(log: IO[str], text: str, count: int, result: FaultResult) -> None:
+    """The server logs one line per rejected peer; give it until the handshake timeout has passed to write them."""
+    deadline = time.monotonic() + HANDSHAKE_TIMEOUT + 5
+    while True:
+        log.seek(0)
+        seen = sum(text in line for line in log)
+        if seen >= count or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    if seen < count:
+        result.notes.append(f"server logged {seen} '{text}' lines, expected {count}")
+
+
+def dead_server_fails_fast(timeout: float = 1.0) -> FaultResult:
+    """A call to a killed server and to a hung (stopped) one fails within the client's timeout."""
+    result = FaultResult(f"call to a dead and to a hung server (timeout {timeout:g}s)", rounds=2)
+    with ProcessGroup() as group:
+        for how in ("kill", "suspend"):
+            server = group.start_server()
+            client = kvmgr.connect(server.address_text, authkey=server.authkey.encode(), timeout=timeout)
+            client.store("k", "v")
+            result.acknowledged += 1
+            if how == "kill":
+                server.process.kill()
+            else:
+                suspend(server.process)
+            started = time.monotonic()
+            try:
+                client.get("k")
+                result.notes.append(f"a call to a {how}ed server succeeded")
+            except ServerUnavailable:
+                pass
+            elapsed = time.monotonic() - started
+            result.worst_latency_ms = max(result.worst_latency_ms, elapsed * 1000)
+            if elapsed > 2 * timeout + 0.5:
+                result.notes.append(f"the {how}ed server took {elapsed:.1f}s to fail")
+            if how == "suspend":
+                server.process.resume()
+            client.close()
+    return result
+
+
+def reconnect_after_restart() -> FaultResult:
+    """A client's next call after a server restart reconnects by itself, cas included."""
+    result = FaultResult("reconnect after a server restart", rounds=1)
+    with tempfile.TemporaryDirectory(prefix="kvmgr-faults-") as scratch, ProcessGroup() as group:
+        address, durable = str(Path(scratch) / "kvmgr.sock"), ["--data-dir", str(Path(scratch) / "data")]
+        server = group.start_server(address, extra_args=durable)
+        client = kvmgr.connect(address, authkey=server.authkey.encode(), timeout=2.0)
+        client.store("k", "before")
+        result.acknowledged += 1
+        server.process.terminate()
+        server.process.wait(timeout=5)
+        group.start_server(address, server.authkey, durable)
+        started = time.monotonic()
+        try:
+            if not client.cas("k", "before", "after"):
+                result.lost += 1
+            result.acknowledged += 1
+        except KvmgrError as exc:
+            result.honest_errors += 1
+            result.notes.append(f"{type(exc).__name__}: {exc}")
+        result.worst_latency_ms = (time.monotonic() - started) * 1000
+        client.close()
+    return result
+
+
+def scenarios(quick: bool, rounds: int) -> list[tuple[str, Callable[[], FaultResult]]]:
+    """Every fault scenario, named; quick runs one round of the kill -9 rounds."""
+    kill_rounds = 1 if quick else rounds
+    chosen = [
+        ("kill-always", lambda: kill_server_under_writers("always", kill_rounds)),
+        ("kill-batch", lambda: kill_server_under_writers("batch", kill_rounds)),
+        ("kill-client", kill_client_mid_call),
+        *((f"hostile-{name}", lambda name=name: hostile_peer(name)) for name in HOSTILE_PEERS),
+        ("dead-server", dead_server_fails_fast),
+        ("reconnect", reconnect_after_restart),
+    ]
+    return chosen
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    """Register `kvmgr faults`."""
+    parser = subparsers.add_parser(
+        "faults", help="run the fault suite against real server processes",
+        description=__doc__.split("\n")[0],
+        epilog="Exit status: 0 nothing lost and no honest client failed, 1 otherwise.",
+    )
+    parser.add_argument("--rounds", type=int, default=5, help="rounds of each kill -9 scenario (default %(default)s)")
+    parser.add_argument("--quick", action="store_true", help="one round of each kill -9 scenario")
+    parser.add_argument("--json", action="store_true", help="print the results as JSON")
+    parser.set_defaults(handler=command_faults)
+
+
+def command_faults(args: argparse.Namespace) -> int:
+    """Run `kvmgr faults`."""
+    results = []
+    for name, scenario in scenarios(args.quick, args.rounds):
+        print(f"faults: {name} ...", file=sys.stderr, flush=True)
+        results.append(scenario())
+    if args.json:
+        print(json.dumps([dict(asdict(r), passed=r.passed) for r in results], indent=2))
+    else:
+        print(tabulate([r.cells() for r in results], headers=HEADERS))
+    return 0 if all(r.passed for r in results) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(writer_main(sys.argv[1:]))
