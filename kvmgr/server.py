@@ -9,6 +9,7 @@ import signal
 import socket
 import sys
 import threading
+import time
 from multiprocessing import connection, process
 from multiprocessing.managers import Server
 
@@ -75,12 +76,12 @@ class StoreServer(Server):
             self.address = self.address[:2]
         self.id_to_obj = {"0": (None, (), None), self.store_ident: (self.store, set(wire.EXPOSED), None)}
         self.id_to_refcount = {self.store_ident: 1}  # the server's own reference: never disposed of
+        self._store_methods = {name: getattr(self.store, name) for name in wire.EXPOSED}
         self.id_to_local_proxy_obj = {}
         self.mutex = threading.Lock()
         self.limits = limits
         self._handshakes = threading.BoundedSemaphore(limits.max_pending_handshakes)
-        self._in_flight = 0
-        self._idle = threading.Condition()
+        self._busy: set[int] = set()  # threads running a call right now
 
     def serve_until_stopped(self) -> None:
         """Accept connections until quit or a signal, then stop gracefully."""
@@ -99,8 +100,9 @@ class StoreServer(Server):
         self.socket.close()
         if isinstance(self.address, str) and os.path.exists(self.address):
             os.unlink(self.address)
-        with self._idle:
-            self._idle.wait_for(lambda: self._in_flight == 0, timeout=DRAIN_TIMEOUT)
+        deadline = time.monotonic() + DRAIN_TIMEOUT
+        while self._busy and time.monotonic() < deadline:
+            time.sleep(0.005)  # let calls in flight send their replies
         self.store.close()
 
     def accepter(self) -> None:
@@ -150,6 +152,11 @@ class StoreServer(Server):
         if funcname not in ("accept_connection", wire.OPEN_STORE, "shutdown"):
             conn.send_bytes(wire.dump(reply))
 
+    def _exposed_method(self, ident: str, method: str):
+        """The bound method `method` of the object `ident` names, if it is exposed (None otherwise)."""
+        obj, exposed, _ = self.id_to_obj[ident]
+        return getattr(obj, method) if method in exposed else None
+
     def _authenticate(self, conn: connection.Connection, peer: str) -> tuple | None:
         """The HMAC challenge both ways and the first request, all within the handshake timeout; None if rejected."""
         set_socket_timeout(conn, self.limits.handshake_timeout)
@@ -174,47 +181,44 @@ class StoreServer(Server):
         self.stop_event.set()
 
     def serve_client(self, conn: connection.Connection) -> None:
-        """Answer calls on one connection until the peer leaves or the server stops."""
-        recv_bytes, send_bytes = conn.recv_bytes, conn.send_bytes
+        """Answer calls on one connection until the peer leaves or the server stops.
+
+        Requests already buffered (a pipelining client) are answered together with one write.
+        """
+        framed = wire.FramedSocket(conn.fileno())
+        busy, me, stopping = self._busy, threading.get_ident(), self.stop_event.is_set
         while True:
             try:
-                request = recv_bytes(wire.MAX_MESSAGE_BYTES)
-            except (EOFError, OSError):
+                request = framed.recv()
+            except (EOFError, OSError, ProtocolError):
                 return
-            if self.stop_event.is_set():
+            if stopping():
                 return
-            self._begin_call()
+            busy.add(me)
             try:
-                send_bytes(self.dispatch(request))
-            except OSError:
+                replies = [wire.frame(self.dispatch(request))]
+                while framed.has_message():
+                    replies.append(wire.frame(self.dispatch(framed.recv())))
+                framed.send_raw(b"".join(replies))
+            except (OSError, ProtocolError):
                 return
             finally:
-                self._end_call()
+                busy.discard(me)
 
     def dispatch(self, request: bytes) -> bytes:
         """Run one call and return the encoded reply; errors become ("#ERROR", exception)."""
         try:
             ident, method, args, kwargs = wire.load_request(request)
-            obj, exposed, _ = self.id_to_obj[ident]
-            if method not in exposed:
-                raise AttributeError(f"method {method!r} is not exposed; exposed are {sorted(exposed)}")
-            reply = (wire.RETURN, getattr(obj, method)(*args, **kwargs))
+            function = self._store_methods.get(method) if ident == self.store_ident else self._exposed_method(ident, method)
+            if function is None:
+                raise AttributeError(f"method {method!r} is not exposed; exposed are {sorted(wire.EXPOSED)}")
+            reply = (wire.RETURN, function(*args, **kwargs))
         except Exception as exc:
             reply = (wire.ERROR, _sendable(exc))
         try:
             return wire.dump(reply)
         except Exception as exc:
             return wire.dump((wire.ERROR, KvmgrError(f"cannot send the result: {exc}")))
-
-    def _begin_call(self) -> None:
-        with self._idle:
-            self._in_flight += 1
-
-    def _end_call(self) -> None:
-        with self._idle:
-            self._in_flight -= 1
-            if self._in_flight == 0:
-                self._idle.notify_all()
 
 
 def _sendable(exc: Exception) -> Exception:

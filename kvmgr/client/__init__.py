@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import select
 import socket
+import time
 from multiprocessing import connection
 from pathlib import Path
 from typing import Any
@@ -59,6 +60,9 @@ def _reason(exc: BaseException) -> str:
     return exc.strerror or str(exc) if isinstance(exc, OSError) else str(exc)
 
 
+IDLE_CHECK_AFTER = 0.05  # seconds idle after which a call first checks that the server has not closed the connection
+
+
 class Client(Operations):
     """A connection to one kvmgr server. Every call is bounded by `timeout` seconds; it reconnects by itself."""
 
@@ -72,45 +76,50 @@ class Client(Operations):
         self.history = history
         self._authkey = authkey
         self._conn: connection.Connection | None = None
+        self._framed: wire.FramedSocket | None = None
         self._ident: str | None = None
-        self._idle_check: select.poll | None = None
+        self._last_used = 0.0
+        self._idle_check = select.poll()
 
     def _call_once(self, method: str, args: tuple, timeout: float | None) -> Any:
-        conn = self._connection()
+        framed = self._connection()
         try:
-            conn.send_bytes(wire.dump((self._ident, method, args, {})))
+            framed.send(wire.dump((self._ident, method, args, {})))
         except OSError as exc:
             self.close()
             raise ServerUnavailable(f"lost the connection to {format_address(self.address)}: {_reason(exc)}") from None
-        return self._receive(conn, method, timeout)
+        return self._receive(framed, method, timeout)
 
-    def _receive(self, conn: connection.Connection, method: str, timeout: float | None) -> Any:
+    def _receive(self, framed: wire.FramedSocket, method: str, timeout: float | None) -> Any:
         if timeout is not None:
-            set_socket_timeout(conn, timeout)
+            set_socket_timeout(self._conn, timeout)
         try:
-            kind, result = wire.load_reply(conn.recv_bytes())
+            kind, result = wire.load_reply(framed.recv())
         except (OSError, EOFError, ProtocolError) as exc:
             self.close()
             raise OutcomeUnknown(
                 f"{method}: no reply from {format_address(self.address)} ({_reason(exc)}); it may or may not have taken effect",
                 timed_out=isinstance(exc, BlockingIOError),
             ) from None
+        self._last_used = time.monotonic()
         if timeout is not None:
-            set_socket_timeout(conn, self.timeout)
+            set_socket_timeout(self._conn, self.timeout)
         if kind == wire.RETURN:
             return result
         if isinstance(result, BaseException):
             raise result
         raise ProtocolError(f"unexpected reply {kind!r} from the server")
 
-    def _connection(self) -> connection.Connection:
-        if self._conn is not None and self._idle_check is not None and self._idle_check.poll(0):
+    def _connection(self) -> wire.FramedSocket:
+        if self._framed is not None and time.monotonic() - self._last_used > IDLE_CHECK_AFTER and self._idle_check.poll(0):
             self.close()  # the server closed this idle connection (it restarted or quit): start afresh
-        if self._conn is None:
+        if self._framed is None:
             self._conn, self._ident = self._open_store()
+            self._framed = wire.FramedSocket(self._conn.fileno())
             self._idle_check = select.poll()
             self._idle_check.register(self._conn.fileno(), select.POLLIN)
-        return self._conn
+            self._last_used = time.monotonic()
+        return self._framed
 
     def _open_store(self) -> tuple[connection.Connection, str]:
         conn = open_connection(self.address, self._authkey, self.timeout)
@@ -130,8 +139,7 @@ class Client(Operations):
         """Close the connection (the next call reconnects)."""
         if self._conn is not None:
             self._conn.close()
-            self._conn = None
-            self._idle_check = None
+            self._conn = self._framed = None
 
 
 def connect(

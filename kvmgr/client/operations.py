@@ -72,6 +72,17 @@ class Operations:
 
     def call(self, method: str, *args: Any, timeout: float | None = None) -> Any:
         """Run one operation; a safe one whose connection broke mid-call is repeated once on a new connection."""
+        if self.history is not None:
+            return self._recorded_call(method, args, timeout)
+        try:
+            return self._call_once(method, args, timeout)
+        except OutcomeUnknown as exc:
+            if method not in SAFE_TO_REPEAT or exc.timed_out:
+                raise
+        return self._call_once(method, args, timeout)
+
+    def _recorded_call(self, method: str, args: tuple, timeout: float | None) -> Any:
+        """call(), writing every attempt to the history."""
         attempts = 2 if method in SAFE_TO_REPEAT else 1
         for attempt in range(1, attempts + 1):
             start = time.monotonic_ns()
