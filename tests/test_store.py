@@ -81,3 +81,30 @@ def test_unexposed_method_is_refused(client: kvmgr.Client) -> None:
     with pytest.raises(AttributeError, match="not exposed"):
         client.call("_check_key", "x")
     assert client.store("after", "x") == "saved"
+
+
+def test_pipeline_returns_results_in_order(client: kvmgr.Client) -> None:
+    results = client.pipeline([("store", "a", "1"), ("get", "a"), ("cas", "a", "1", "2"), ("get", "a")])
+    assert results == ["saved", "1", True, "2"]
+
+
+def test_pipeline_errors_in_place_or_raised(client: kvmgr.Client) -> None:
+    results = client.pipeline([("get", "missing"), ("store", "", "v"), ("store", "ok", "v")], raise_on_error=False)
+    assert isinstance(results[0], KeyNotFound) and isinstance(results[1], InvalidKey) and results[2] == "saved"
+    with pytest.raises(KeyNotFound):
+        client.pipeline([("store", "x", "1"), ("get", "missing")])
+    assert client.get("x") == "1"
+
+
+def test_pipeline_of_large_values_does_not_deadlock(client: kvmgr.Client) -> None:
+    big = "x" * 1_000_000
+    stores = [("store", f"b{i}", big) for i in range(30)]
+    gets = [("get", f"b{i}") for i in range(30)]
+    results = client.pipeline(stores + gets)
+    assert results[:30] == ["saved"] * 30 and results[30:] == [big] * 30
+
+
+def test_many_pipelined_calls_exceed_the_window(client: kvmgr.Client) -> None:
+    results = client.pipeline([("store", f"k{i}", str(i)) for i in range(2000)])
+    assert results == ["saved"] * 2000
+    assert client.size() == 2000

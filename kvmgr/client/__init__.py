@@ -5,12 +5,13 @@ from __future__ import annotations
 import select
 import socket
 import time
+from collections.abc import Iterable
 from multiprocessing import connection
 from pathlib import Path
 from typing import Any
 
 from kvmgr import wire
-from kvmgr.client.operations import Operations
+from kvmgr.client.operations import Operations, raise_first_error
 from kvmgr.config import (
     DEFAULT_ADDRESS,
     DEFAULT_TIMEOUT,
@@ -20,7 +21,7 @@ from kvmgr.config import (
     format_address,
     parse_address,
 )
-from kvmgr.errors import AuthenticationFailed, OutcomeUnknown, ProtocolError, ServerUnavailable
+from kvmgr.errors import AuthenticationFailed, KeyNotFound, OutcomeUnknown, ProtocolError, ServerUnavailable
 from kvmgr.history import HistoryWriter
 from kvmgr.wire import set_socket_timeout
 
@@ -60,6 +61,8 @@ def _reason(exc: BaseException) -> str:
     return exc.strerror or str(exc) if isinstance(exc, OSError) else str(exc)
 
 
+PIPELINE_WINDOW = 128
+PIPELINE_BYTES = 64 * 1024
 IDLE_CHECK_AFTER = 0.05  # seconds idle after which a call first checks that the server has not closed the connection
 
 
@@ -134,6 +137,53 @@ class Client(Operations):
             conn.close()
             raise ServerUnavailable(f"kvmgr server at {where} refused to open the store: {ident}")
         return conn, ident
+
+    def pipeline(self, calls: Iterable[tuple], raise_on_error: bool = True, window: int = PIPELINE_WINDOW) -> list[Any]:
+        """Run many calls, each a tuple (method, *args), with up to `window` requests in flight on the connection.
+
+        The server answers them in order. Requests in flight are also bounded to PIPELINE_BYTES, so neither
+        side can block writing while the other blocks writing too. Results come back in order; with
+        raise_on_error=False a call's error is returned in its place instead of raised.
+        """
+        calls = [(method, tuple(args)) for method, *args in calls]
+        framed = self._connection()
+        requests = [wire.frame(wire.dump((self._ident, method, args, {}))) for method, args in calls]
+        results: list[Any] = []
+        started: list[int] = []
+        sent = 0
+        while len(results) < len(requests):
+            if sent < len(requests) and sent - len(results) < window:
+                sent = self._send_window(framed, requests, sent, len(results) + window, started)
+            results.append(self._pipelined_reply(framed, calls, len(results), started, sent))
+        return raise_first_error(results) if raise_on_error else results
+
+    def _send_window(self, framed: wire.FramedSocket, requests: list[bytes], sent: int, limit: int, started: list[int]) -> int:
+        end, size = sent, 0
+        while end < min(limit, len(requests)) and (end == sent or size + len(requests[end]) <= PIPELINE_BYTES):
+            size += len(requests[end])
+            end += 1
+        now = time.monotonic_ns()
+        try:
+            framed.send_raw(b"".join(requests[sent:end]))
+        except OSError as exc:
+            self.close()
+            raise ServerUnavailable(f"lost the connection to {format_address(self.address)}: {_reason(exc)}") from None
+        started.extend([now] * (end - sent))
+        return end
+
+    def _pipelined_reply(self, framed: wire.FramedSocket, calls: list, index: int, started: list[int], sent: int) -> Any:
+        method, args = calls[index]
+        try:
+            result = self._receive(framed, method, None)
+        except OutcomeUnknown:
+            for lost in range(index, sent):
+                self._record(*calls[lost], "info", None, started[lost], None)
+            raise
+        except Exception as exc:
+            self._record(method, args, "ok" if isinstance(exc, KeyNotFound) else "fail", None, started[index], time.monotonic_ns())
+            return exc
+        self._record(method, args, "ok", result, started[index], time.monotonic_ns())
+        return result
 
     def close(self) -> None:
         """Close the connection (the next call reconnects)."""

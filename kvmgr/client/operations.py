@@ -10,7 +10,7 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from kvmgr.errors import KeyNotFound, OutcomeUnknown, ServerUnavailable
+from kvmgr.errors import InvalidKey, InvalidValue, KeyNotFound, OutcomeUnknown, ServerUnavailable
 from kvmgr.history import HistoryWriter, Operation, encode_value
 
 SAFE_TO_REPEAT = frozenset({"store", "get", "exists", "keys", "size", "get_many", "store_many"})
@@ -70,6 +70,20 @@ class Operations:
         wait = self.timeout if timeout is None else timeout
         return self.call("rendezvous", name, parties, wait, timeout=wait + self.timeout)
 
+    def pipeline(self, calls: Iterable[tuple], raise_on_error: bool = True) -> list[Any]:
+        """Run many calls, each a tuple (method, *args), and return their results in order.
+
+        Transports that can keep several requests in flight override this; here they run one by one.
+        With raise_on_error=False a call's error is returned in its place instead of raised.
+        """
+        results: list[Any] = []
+        for method, *args in calls:
+            try:
+                results.append(self.call(method, *args))
+            except (KeyNotFound, InvalidKey, InvalidValue, AttributeError, TypeError) as exc:
+                results.append(exc)
+        return raise_first_error(results) if raise_on_error else results
+
     def call(self, method: str, *args: Any, timeout: float | None = None) -> Any:
         """Run one operation; a safe one whose connection broke mid-call is repeated once on a new connection."""
         if self.history is not None:
@@ -120,6 +134,14 @@ class Operations:
             return
         for operation in history_operations(self.name, method, args, status, result, start, end):
             self.history.record(operation)
+
+
+def raise_first_error(results: list[Any]) -> list[Any]:
+    """The results, unless one of them is an exception: then raise the first."""
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
+    return results
 
 
 def history_operations(client: str, method: str, args: tuple, status: str, result: Any, start: int, end: int | None) -> list[Operation]:
