@@ -33,6 +33,7 @@ ACKS_BEFORE_KILL = 25
 PROGRESS_TIMEOUT = 30.0
 HANDSHAKE_TIMEOUT = 1.0
 IDLE_CONNECTIONS = 300
+HONEST_WRITES = 200
 
 
 @dataclass
@@ -95,11 +96,14 @@ class HonestClient:
 
     @contextmanager
     def running(self) -> Iterator[HonestClient]:
-        """Run in the background for the duration of a with-block."""
+        """Run in the background for the with-block, and on until it has made HONEST_WRITES writes."""
         self._thread.start()
         try:
             yield self
         finally:
+            deadline = time.monotonic() + PROGRESS_TIMEOUT
+            while len(self.acknowledged) < HONEST_WRITES and self._thread.is_alive() and time.monotonic() < deadline:
+                time.sleep(0.01)
             self._stop.set()
             self._thread.join(timeout=10)
 
