@@ -106,6 +106,12 @@ def add_faults(subparsers: argparse._SubParsersAction) -> None:
     add_parser(subparsers)
 
 
+def add_bench(subparsers: argparse._SubParsersAction) -> None:
+    from kvmgr.bench import add_parser
+
+    add_parser(subparsers)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The `kvmgr` argument parser with every subcommand."""
     parser = argparse.ArgumentParser(prog="kvmgr", description=__doc__.split("\n")[0], epilog=__doc__.split("\n\n", 1)[1])
@@ -117,7 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [add_serve, add_check, add_stress, add_faults]
+SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [add_serve, add_check, add_stress, add_faults, add_bench]
 
 
 def main(argv: list[str] | None = None) -> int:

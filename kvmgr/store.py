@@ -160,12 +160,13 @@ class Store:
     def _check_key(self, key: object) -> None:
         if not isinstance(key, str) or not key:
             raise InvalidKey(f"key must be a non-empty str, not {_describe(key)}")
-        if len(key.encode("utf-8", "surrogatepass")) > self._limits.max_key_bytes:
-            raise InvalidKey(f"key is longer than {self._limits.max_key_bytes} bytes")
+        limit = self._limits.max_key_bytes
+        if len(key) * 4 > limit and len(key.encode("utf-8", "surrogatepass")) > limit:  # UTF-8 takes 1 to 4 bytes a character
+            raise InvalidKey(f"key is longer than {limit} bytes")
 
     def _check_value(self, value: object) -> None:
         if isinstance(value, str):
-            size = len(value.encode("utf-8", "surrogatepass"))
+            size = len(value) if len(value) * 4 <= self._limits.max_value_bytes else len(value.encode("utf-8", "surrogatepass"))
         elif isinstance(value, bytes):
             size = len(value)
         else:
