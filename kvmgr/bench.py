@@ -186,6 +186,22 @@ class KvmgrAdapter:
         self.client.close()
 
 
+class KvmgrPipelineAdapter(KvmgrAdapter):
+    """Each call sends PIPELINE_DEPTH gets or stores on one connection with Client.pipeline."""
+
+    ops_per_call = PIPELINE_DEPTH
+
+    def __init__(self, address: str, authkey: bytes) -> None:
+        super().__init__(address, authkey)
+        self.get, self.store = self._pipelined_get, self._pipelined_store
+
+    def _pipelined_get(self, key: str) -> list[Any]:
+        return self.client.pipeline([("get", key)] * PIPELINE_DEPTH)
+
+    def _pipelined_store(self, key: str, value: bytes) -> list[Any]:
+        return self.client.pipeline([("store", key, value)] * PIPELINE_DEPTH)
+
+
 class StdlibDictAdapter:
     """Proxies of dicts hosted by a multiprocessing SyncManager server."""
 
@@ -324,6 +340,7 @@ class BareDictAdapter:
 
 ADAPTERS: dict[str, Callable[[str, bytes], Any]] = {
     "kvmgr": KvmgrAdapter,
+    "kvmgr-pipelined": KvmgrPipelineAdapter,
     "stdlib": StdlibDictAdapter,
     "floor": FloorAdapter,
     "redis": RedisAdapter,
@@ -540,6 +557,7 @@ def start_targets(group: ProcessGroup, workdir: Path, redis_module: Any) -> list
     for transport, address in (("tcp", "127.0.0.1:0"), ("unix", str(workdir / "kvmgr.sock"))):
         server = group.start_server(address)
         targets.append(Target("kvmgr", transport, "kvmgr", server.address_text, server.authkey))
+        targets.append(Target("kvmgr-pipelined", transport, "kvmgr-pipelined", server.address_text, server.authkey))
     for system, role in (("multiprocessing-dict", "stdlib"), ("connection-floor", "floor")):
         for transport, address in (("tcp", "127.0.0.1:0"), ("unix", str(workdir / f"{role}.sock"))):
             _, actual, authkey = start_peer_server(group, role, address)
@@ -682,7 +700,7 @@ def unit_of(system: str, workload: str) -> str:
     """The unit of a rate."""
     if workload in BULK_WORKLOADS or workload == "memory":
         return "keys/s"
-    return "cmds/s" if system == "redis-pipelined" else "ops/s"
+    return "cmds/s" if system.endswith("-pipelined") else "ops/s"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -775,6 +793,8 @@ def compute_ratios(results: Sequence[Sample], client_counts: Sequence[int]) -> d
                 mine = ("kvmgr", transport, workload, clients)
                 for system, theirs in peers:
                     add(f"kvmgr/{transport} {workload} x{clients} vs {system}/{theirs}", mine, (system, theirs, workload, clients))
+            add(f"kvmgr-pipelined/{transport} {workload} vs kvmgr/{transport} sequential",
+                ("kvmgr-pipelined", transport, workload, 1), ("kvmgr", transport, workload, 1))
             if most > 1:
                 add(f"kvmgr/{transport} {workload} x{most} vs x1", ("kvmgr", transport, workload, most), ("kvmgr", transport, workload, 1))
         for workload, redis_name in (("get_many", "MGET"), ("store_many", "MSET")):

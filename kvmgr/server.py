@@ -121,6 +121,8 @@ class StoreServer(Server):
                 sock.close()
                 continue
             sock.setblocking(True)
+            if sock.family != socket.AF_UNIX:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # replies go out at once, never behind Nagle
             conn = connection.Connection(sock.detach())
             threading.Thread(target=self.handle_request, args=(conn, name), daemon=True).start()
 
