@@ -30,8 +30,8 @@ class Store:
 
     def store(self, key: str, value: Value) -> str:
         """Set key to value; return "saved" if the key was new, "updated" if it overwrote a value."""
-        self._check_key(key)
-        self._check_value(value)
+        check_key(key, self._limits)
+        check_value(value, self._limits)
         with self._lock:
             existed = key in self._data
             ticket = self._write({key: value})
@@ -40,7 +40,7 @@ class Store:
 
     def get(self, key: str) -> Value:
         """Return the value of key; raise KeyNotFound if it is absent."""
-        self._check_key(key)
+        check_key(key, self._limits)
         with self._lock:
             try:
                 return self._data[key]
@@ -49,7 +49,7 @@ class Store:
 
     def delete(self, key: str) -> bool:
         """Remove key; return True if it existed."""
-        self._check_key(key)
+        check_key(key, self._limits)
         with self._lock:
             if key not in self._data:
                 return False
@@ -59,7 +59,7 @@ class Store:
 
     def exists(self, key: str) -> bool:
         """True if key is in the store."""
-        self._check_key(key)
+        check_key(key, self._limits)
         with self._lock:
             return key in self._data
 
@@ -75,10 +75,10 @@ class Store:
 
     def cas(self, key: str, expected: Value | None, value: Value) -> bool:
         """Set key to value only if it currently holds expected (None: only if absent); True if it swapped."""
-        self._check_key(key)
+        check_key(key, self._limits)
         if expected is not None:
-            self._check_value(expected)
-        self._check_value(value)
+            check_value(expected, self._limits)
+        check_value(value, self._limits)
         with self._lock:
             if self._data.get(key) != expected:
                 return False
@@ -88,18 +88,14 @@ class Store:
 
     def get_many(self, keys: Iterable[str]) -> dict[str, Value]:
         """The values of those keys that are present, in one atomic step."""
-        keys = self._check_key_list(keys)
+        keys = check_key_list(keys, self._limits)
         with self._lock:
             data = self._data
             return {key: data[key] for key in keys if key in data}
 
     def store_many(self, mapping: Mapping[str, Value]) -> dict[str, str]:
         """Store every pair in one atomic step; return key -> "saved"/"updated"."""
-        if not isinstance(mapping, Mapping):
-            raise InvalidValue(f"store_many takes a dict of key -> value, not {type(mapping).__name__}")
-        for key, value in mapping.items():
-            self._check_key(key)
-            self._check_value(value)
+        check_mapping(mapping, self._limits)
         with self._lock:
             data = self._data
             outcome = {key: "updated" if key in data else "saved" for key in mapping}
@@ -140,8 +136,7 @@ class Store:
 
         Used by the driver to fire concurrent steps at the same moment; it never holds the data lock.
         """
-        if not isinstance(name, str) or not isinstance(parties, int) or parties < 1:
-            raise InvalidValue("rendezvous takes a name (str) and a number of parties (int >= 1)")
+        check_rendezvous(name, parties)
         barrier = self._barrier(name, parties)
         try:
             return barrier.wait(timeout=min(float(timeout), RENDEZVOUS_TIMEOUT))
@@ -157,30 +152,52 @@ class Store:
                 raise InvalidValue(f"rendezvous {name!r} was opened for {barrier.parties} parties, not {parties}")
             return barrier
 
-    def _check_key(self, key: object) -> None:
-        if not isinstance(key, str) or not key:
-            raise InvalidKey(f"key must be a non-empty str, not {_describe(key)}")
-        limit = self._limits.max_key_bytes
-        if len(key) * 4 > limit and len(key.encode("utf-8", "surrogatepass")) > limit:  # UTF-8 takes 1 to 4 bytes a character
-            raise InvalidKey(f"key is longer than {limit} bytes")
 
-    def _check_value(self, value: object) -> None:
-        if isinstance(value, str):
-            size = len(value) if len(value) * 4 <= self._limits.max_value_bytes else len(value.encode("utf-8", "surrogatepass"))
-        elif isinstance(value, bytes):
-            size = len(value)
-        else:
-            raise InvalidValue(f"value must be str or bytes, not {_describe(value)}")
-        if size > self._limits.max_value_bytes:
-            raise InvalidValue(f"value is larger than {self._limits.max_value_bytes} bytes")
+def check_key(key: object, limits: Limits = DEFAULT_LIMITS) -> None:
+    """InvalidKey unless key is a non-empty str within the size limit."""
+    if not isinstance(key, str) or not key:
+        raise InvalidKey(f"key must be a non-empty str, not {_describe(key)}")
+    limit = limits.max_key_bytes
+    if len(key) * 4 > limit and len(key.encode("utf-8", "surrogatepass")) > limit:  # UTF-8 takes 1 to 4 bytes a character
+        raise InvalidKey(f"key is longer than {limit} bytes")
 
-    def _check_key_list(self, keys: object) -> list[str]:
-        if isinstance(keys, str | bytes) or not isinstance(keys, Iterable):
-            raise InvalidKey(f"get_many takes a list of keys, not {_describe(keys)}")
-        keys = list(keys)
-        for key in keys:
-            self._check_key(key)
-        return keys
+
+def check_value(value: object, limits: Limits = DEFAULT_LIMITS) -> None:
+    """InvalidValue unless value is str or bytes within the size limit."""
+    limit = limits.max_value_bytes
+    if isinstance(value, str):
+        size = len(value) if len(value) * 4 <= limit else len(value.encode("utf-8", "surrogatepass"))
+    elif isinstance(value, bytes):
+        size = len(value)
+    else:
+        raise InvalidValue(f"value must be str or bytes, not {_describe(value)}")
+    if size > limit:
+        raise InvalidValue(f"value is larger than {limit} bytes")
+
+
+def check_key_list(keys: object, limits: Limits = DEFAULT_LIMITS) -> list[str]:
+    """The keys as a list; InvalidKey unless it is a list of valid keys."""
+    if isinstance(keys, str | bytes) or not isinstance(keys, Iterable):
+        raise InvalidKey(f"get_many takes a list of keys, not {_describe(keys)}")
+    keys = list(keys)
+    for key in keys:
+        check_key(key, limits)
+    return keys
+
+
+def check_mapping(mapping: object, limits: Limits = DEFAULT_LIMITS) -> None:
+    """InvalidKey/InvalidValue unless store_many got a dict of valid keys and values."""
+    if not isinstance(mapping, Mapping):
+        raise InvalidValue(f"store_many takes a dict of key -> value, not {type(mapping).__name__}")
+    for key, value in mapping.items():
+        check_key(key, limits)
+        check_value(value, limits)
+
+
+def check_rendezvous(name: object, parties: object) -> None:
+    """InvalidValue unless name is a str and parties an int >= 1."""
+    if not isinstance(name, str) or not isinstance(parties, int) or parties < 1:
+        raise InvalidValue("rendezvous takes a name (str) and a number of parties (int >= 1)")
 
 
 def _describe(thing: object) -> str:

@@ -200,8 +200,15 @@ def connect(
     name: str = "client",
     authkey_file: Path | None = None,
     history: HistoryWriter | None = None,
-) -> Client:
-    """Connect to a kvmgr server at address ('HOST:PORT' or a socket path); raises within `timeout` if it cannot."""
+) -> Operations:
+    """Connect to a kvmgr server at address ('HOST:PORT' or a socket path), or to Redis at 'redis://host:port/db'.
+
+    Raises ServerUnavailable or AuthenticationFailed within `timeout` if it cannot.
+    """
+    if isinstance(address, str) and address.startswith(("redis://", "rediss://")):
+        from kvmgr.redis_client import connect_redis  # redis-py is an optional extra
+
+        return connect_redis(address, timeout, name=name, history=history)
     parsed = parse_address(address) if isinstance(address, str) else address
     key = authkey if authkey is not None else client_authkey(authkey_file)
     client = Client(parsed, key, timeout, name, history)

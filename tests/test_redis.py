@@ -1,0 +1,377 @@
+"""RedisClient against a real redis-server: the same API, semantics and errors as the manager client."""
+
+from __future__ import annotations
+
+import re
+import socket
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+import pytest
+
+from kvmgr.errors import (
+    AuthenticationFailed,
+    ConfigError,
+    InvalidKey,
+    InvalidValue,
+    KeyNotFound,
+    KvmgrError,
+    OutcomeUnknown,
+    ProtocolError,
+    ServerUnavailable,
+)
+from kvmgr.processes import ProcessGroup, reap, suspend
+from kvmgr.redis_client import RedisClient, connect_redis, redact_url
+from kvmgr.redis_server import RedisServer, find_redis_server, free_loopback_port, start_redis_server
+
+if TYPE_CHECKING:
+    import redis
+
+if find_redis_server() is None:
+    pytest.skip("redis-server not found: apt-get install redis-server", allow_module_level=True)
+
+
+@pytest.fixture(scope="module")
+def redis_server() -> Iterator[RedisServer]:
+    """One real redis-server for the module, reaped at its end."""
+    with ProcessGroup() as processes:
+        yield start_redis_server(processes)
+
+
+@pytest.fixture(autouse=True)
+def empty_database(redis_server: RedisServer) -> None:
+    """Every test starts with an empty database."""
+    with admin(redis_server) as connection:
+        connection.flushdb()
+
+
+@pytest.fixture
+def client(redis_server: RedisServer) -> Iterator[RedisClient]:
+    """A RedisClient connected to the module's server."""
+    with connect_redis(redis_server.url, timeout=5.0) as connected:
+        yield connected
+
+
+def admin(server: RedisServer) -> redis.Redis:
+    """A plain redis-py connection, for what the kvmgr API cannot do (FLUSHDB, CLIENT KILL, raw values)."""
+    import redis
+
+    return redis.Redis.from_url(server.url, socket_timeout=5.0)
+
+
+def run_in_processes(group: ProcessGroup, code: str, count: int) -> list[str]:
+    """Run the same `python -c` program in `count` processes at once; return each one's stdout."""
+    processes = [group.launch([sys.executable, "-c", textwrap.dedent(code), f"p{number}"]) for number in range(count)]
+    outputs = []
+    for process in processes:
+        out, err = process.communicate(timeout=30)
+        assert process.returncode == 0, err.decode()
+        outputs.append(out.decode().strip())
+    return outputs
+
+
+# --- the operations, mirroring tests/test_store.py ---
+
+
+def test_store_says_saved_then_updated(client: RedisClient) -> None:
+    assert client.store("foo", "bar") == "saved"
+    assert client.store("foo", "baz") == "updated"
+    assert client.get("foo") == "baz"
+
+
+def test_bytes_and_str_values_round_trip_as_their_own_type(client: RedisClient) -> None:
+    client.store("blob", b"\x00\xff")
+    client.store("text", "h\u00e9llo \u2603")
+    client.store("looks-like-bytes", "\x00\xff")
+    assert client.get("blob") == b"\x00\xff"
+    assert client.get("text") == "h\u00e9llo \u2603"
+    assert client.get("looks-like-bytes") == "\x00\xff"
+
+
+def test_empty_values_are_present_not_absent(client: RedisClient) -> None:
+    assert client.store("empty", "") == "saved"
+    assert client.store("empty", "") == "updated"
+    assert client.get("empty") == ""
+    client.store("nothing", b"")
+    assert client.get("nothing") == b""
+    assert client.cas("empty", None, "x") is False
+    assert client.cas("empty", "", "x") is True
+
+
+def test_missing_key_raises_key_not_found_a_key_error(client: RedisClient) -> None:
+    with pytest.raises(KeyNotFound) as caught:
+        client.get("abc")
+    assert isinstance(caught.value, KeyError)
+    assert str(caught.value) == "Invalid Key:abc"
+
+
+@pytest.mark.parametrize("key", [1, "", None, b"bytes-key", ("t",)])
+def test_bad_keys_are_rejected_and_the_client_keeps_working(client: RedisClient, key: object) -> None:
+    with pytest.raises(InvalidKey, match="key must be a non-empty str"):
+        client.store(key, "v")  # type: ignore[arg-type]
+    assert client.store("still", "serving") == "saved"
+
+
+@pytest.mark.parametrize("value", [1, None, 2.5, ["list"], {"a": 1}])
+def test_bad_values_are_rejected_naming_the_type(client: RedisClient, value: object) -> None:
+    with pytest.raises(InvalidValue, match=f"value must be str or bytes, not {type(value).__name__}"):
+        client.store("k", value)  # type: ignore[arg-type]
+    with pytest.raises(KeyNotFound):
+        client.get("k")
+
+
+def test_oversized_key_is_rejected_like_the_store_does(client: RedisClient) -> None:
+    with pytest.raises(InvalidKey, match="key is longer than 1024 bytes"):
+        client.store("k" * 1025, "v")
+
+
+def test_invalid_errors_are_type_errors(client: RedisClient) -> None:
+    with pytest.raises(TypeError):
+        client.store("", "v")
+
+
+def test_delete_exists_keys_size(client: RedisClient) -> None:
+    client.store("b", "2")
+    client.store("a", "1")
+    assert client.exists("a") and not client.exists("zz")
+    assert client.keys() == ["a", "b"]
+    assert client.size() == 2
+    assert client.delete("a") is True
+    assert client.delete("a") is False
+    assert client.keys() == ["b"]
+
+
+def test_keys_are_sorted_and_complete_beyond_one_scan_page(client: RedisClient) -> None:
+    names = [f"key-{number:04d}" for number in range(2500)]
+    client.store_many({name: "v" for name in reversed(names)})
+    assert client.keys() == names
+    assert client.size() == 2500
+
+
+def test_cas_swaps_only_on_the_expected_value(client: RedisClient) -> None:
+    assert client.cas("k", None, "v1") is True
+    assert client.cas("k", None, "v2") is False
+    assert client.cas("k", "wrong", "v2") is False
+    assert client.cas("k", b"v1", "v2") is False  # bytes never equal str, as in Python
+    assert client.cas("k", "v1", "v2") is True
+    assert client.get("k") == "v2"
+
+
+def test_cas_validates_expected_and_value(client: RedisClient) -> None:
+    with pytest.raises(InvalidValue, match="not int"):
+        client.cas("k", 1, "v")  # type: ignore[arg-type]
+    with pytest.raises(InvalidValue, match="not NoneType"):
+        client.cas("k", None, None)  # type: ignore[arg-type]
+
+
+def test_get_many_and_store_many(client: RedisClient) -> None:
+    assert client.store_many({"a": "1", "b": b"2"}) == {"a": "saved", "b": "saved"}
+    assert client.store_many({"a": "3", "c": "4"}) == {"a": "updated", "c": "saved"}
+    assert client.get_many(["a", "b", "c", "missing"]) == {"a": "3", "b": b"2", "c": "4"}
+    assert client.get_many([]) == {}
+    assert client.store_many({}) == {}
+
+
+def test_get_many_rejects_bad_keys(client: RedisClient) -> None:
+    with pytest.raises(InvalidKey, match="key must be a non-empty str"):
+        client.get_many(["ok", ""])
+
+
+def test_store_many_is_all_or_nothing_on_bad_input(client: RedisClient) -> None:
+    with pytest.raises(InvalidValue):
+        client.store_many({"good": "1", "bad": 2})  # type: ignore[dict-item]
+    assert not client.exists("good")
+
+
+def test_store_many_rejects_a_non_mapping(client: RedisClient) -> None:
+    with pytest.raises(InvalidValue, match="store_many takes a dict of key -> value, not list"):
+        client.call("store_many", [("a", "1")])
+
+
+def test_unexposed_method_is_refused(client: RedisClient) -> None:
+    with pytest.raises(AttributeError, match="not exposed"):
+        client.call("_check_key", "x")
+    assert client.call("store", "after", "x") == "saved"
+
+
+def test_quit_is_refused_and_redis_keeps_running(client: RedisClient) -> None:
+    with pytest.raises(KvmgrError, match="quit is not supported on a Redis target"):
+        client.quit()
+    assert client.store("alive", "yes") == "saved"
+
+
+def test_a_value_kvmgr_did_not_write_is_a_protocol_error(client: RedisClient, redis_server: RedisServer) -> None:
+    with admin(redis_server) as connection:
+        connection.set("foreign", "no type tag")
+    with pytest.raises(ProtocolError, match="kvmgr did not write"):
+        client.get("foreign")
+
+
+def test_client_attributes_match_the_manager_client(redis_server: RedisServer) -> None:
+    with connect_redis(redis_server.url, timeout=2.5, name="alice") as connected:
+        assert (connected.address, connected.timeout, connected.name) == (redis_server.url, 2.5, "alice")
+
+
+# --- connecting and failing ---
+
+
+def test_unreachable_url_raises_server_unavailable_within_the_timeout() -> None:
+    url = f"redis://127.0.0.1:{free_loopback_port()}/0"
+    started = time.monotonic()
+    with pytest.raises(ServerUnavailable, match=re.escape(f"cannot reach Redis at {url}")):
+        connect_redis(url, timeout=1.0)
+    assert time.monotonic() - started < 3
+
+
+def test_silent_peer_times_out_instead_of_hanging() -> None:
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        started = time.monotonic()
+        with pytest.raises(ServerUnavailable, match="timed out"):
+            connect_redis(f"redis://127.0.0.1:{silent.getsockname()[1]}/0", timeout=0.5)
+        assert time.monotonic() - started < 5
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:6379/0", "redis://127.0.0.1:99999/0", "redis://127.0.0.1:6379/zero"])
+def test_bad_url_is_a_config_error(url: str) -> None:
+    with pytest.raises(ConfigError, match="bad Redis URL"):
+        connect_redis(url)
+
+
+def test_missing_redis_py_is_a_config_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "redis", None)
+    with pytest.raises(ConfigError, match=r"pip install 'kvmgr\[redis\]'"):
+        connect_redis("redis://127.0.0.1:6379/0")
+
+
+def test_wrong_password_raises_authentication_failed(group: ProcessGroup) -> None:
+    secured = start_redis_server(group, extra_args=["--requirepass", "right-password"])
+    wrong = secured.url.replace("redis://", "redis://:wrong-password@")
+    with pytest.raises(AuthenticationFailed, match="rejected the credentials"):
+        connect_redis(wrong, timeout=2.0)
+    with pytest.raises(AuthenticationFailed):
+        connect_redis(secured.url, timeout=2.0)  # no password at all: NOAUTH
+    with connect_redis(secured.url.replace("redis://", "redis://:right-password@"), timeout=2.0) as connected:
+        assert connected.store("k", "v") == "saved"
+
+
+def test_password_never_appears_in_messages() -> None:
+    assert redact_url("redis://user:s3cret@host:6379/0") == "redis://user:***@host:6379/0"
+    assert redact_url("redis://host:6379/0") == "redis://host:6379/0"
+
+
+def test_hung_server_mid_session_gives_outcome_unknown(group: ProcessGroup) -> None:
+    server = start_redis_server(group)
+    client = connect_redis(server.url, timeout=0.5)
+    client.store("k", "v")
+    suspend(server.process)
+    try:
+        started = time.monotonic()
+        with pytest.raises(OutcomeUnknown, match="may or may not have taken effect"):
+            client.cas("k", "v", "v2")
+        assert time.monotonic() - started < 5
+    finally:
+        server.process.resume()
+    assert client.get("k") in ("v", "v2")
+    client.close()
+
+
+def test_client_reconnects_after_redis_drops_the_connection(client: RedisClient, redis_server: RedisServer) -> None:
+    client.store("k", "v")
+    with admin(redis_server) as connection:
+        connection.client_kill_filter(_type="normal", skipme=True)
+    time.sleep(0.1)
+    assert client.delete("k") is True  # not OutcomeUnknown: the dead idle connection is noticed before sending
+    client.close()
+    assert client.exists("k") is False
+
+
+def test_a_stopped_server_gives_server_unavailable_not_outcome_unknown(group: ProcessGroup) -> None:
+    server = start_redis_server(group)
+    client = connect_redis(server.url, timeout=1.0)
+    client.store("k", "v")
+    reap(server.process)
+    time.sleep(0.1)
+    with pytest.raises(ServerUnavailable, match="cannot reach Redis") as caught:
+        client.delete("k")
+    assert not isinstance(caught.value, OutcomeUnknown)
+    client.close()
+
+
+# --- rendezvous and concurrency across real processes ---
+
+
+def test_rendezvous_releases_three_processes_together(redis_server: RedisServer, group: ProcessGroup) -> None:
+    code = f"""
+        import sys, time
+        from kvmgr.redis_client import connect_redis
+        with connect_redis({redis_server.url!r}, name=sys.argv[1]) as client:
+            index = client.rendezvous("start", 3, timeout=20)
+            print(index, time.time())
+    """
+    lines = [line.split() for line in run_in_processes(group, code, 3)]
+    assert sorted(int(index) for index, _ in lines) == [0, 1, 2]
+    released = [float(moment) for _, moment in lines]
+    assert max(released) - min(released) < 0.5
+
+
+def test_rendezvous_times_out_when_parties_are_missing(client: RedisClient) -> None:
+    started = time.monotonic()
+    with pytest.raises(KvmgrError, match=r"not all 2 parties arrived within 0\.3s"):
+        client.rendezvous("alone", 2, timeout=0.3)
+    assert time.monotonic() - started < 3
+    assert client.keys() == []  # a broken rendezvous leaves nothing behind
+
+
+def test_rendezvous_of_one_returns_at_once_and_can_be_reused(client: RedisClient) -> None:
+    assert client.rendezvous("solo", 1) == 0
+    assert client.rendezvous("solo", 1) == 0
+    assert client.size() == 0
+
+
+def test_rendezvous_refuses_a_different_number_of_parties(client: RedisClient, redis_server: RedisServer) -> None:
+    outcome: list[BaseException] = []
+    waiting = threading.Thread(target=wait_alone, args=(redis_server, "mixed", 2, outcome))
+    waiting.start()
+    deadline = time.monotonic() + 5
+    while not client.exists("kvmgr:rendezvous:mixed") and time.monotonic() < deadline:
+        time.sleep(0.01)
+    with pytest.raises(InvalidValue, match="opened for 2 parties, not 3"):
+        client.rendezvous("mixed", 3, timeout=1.0)
+    waiting.join()
+    assert isinstance(outcome[0], KvmgrError)
+
+
+def wait_alone(server: RedisServer, name: str, parties: int, outcome: list[BaseException]) -> None:
+    """Wait at a rendezvous nobody else completes; record the error it ends with."""
+    with connect_redis(server.url) as lonely:
+        try:
+            lonely.rendezvous(name, parties, timeout=1.0)
+        except KvmgrError as exc:
+            outcome.append(exc)
+
+
+@pytest.mark.parametrize("arguments", [("", 0), (5, 2), ("name", "2")])
+def test_rendezvous_validates_its_arguments(client: RedisClient, arguments: tuple) -> None:
+    with pytest.raises(InvalidValue, match="rendezvous takes a name"):
+        client.rendezvous(*arguments)
+
+
+def test_concurrent_cas_from_several_processes_has_exactly_one_winner(redis_server: RedisServer, group: ProcessGroup) -> None:
+    code = f"""
+        import sys
+        from kvmgr.redis_client import connect_redis
+        with connect_redis({redis_server.url!r}, name=sys.argv[1]) as client:
+            client.rendezvous("race", 5, timeout=20)
+            print(sys.argv[1], client.cas("winner", None, sys.argv[1]))
+    """
+    results = dict(line.split() for line in run_in_processes(group, code, 5))
+    winners = [name for name, won in results.items() if won == "True"]
+    assert len(winners) == 1
+    with connect_redis(redis_server.url) as checker:
+        assert checker.get("winner") == winners[0]
