@@ -20,13 +20,14 @@ import psutil
 from tabulate import tabulate
 
 from kvmgr.check import check_operations
-from kvmgr.errors import ScenarioError, ServerUnavailable
+from kvmgr.errors import ConfigError, KvmgrError, ScenarioError, ServerUnavailable
 from kvmgr.history import read_history
 from kvmgr.processes import ProcessGroup, ServerProcess, child_environment, python_module
 from kvmgr.scenarios import Scenario, Step, load_scenario, seed_scenario_path
 
 ACTOR_TIMEOUT = 20.0
 SHUTDOWN_TIMEOUT = 2.0
+SHUTDOWN_CHECKS = ("server exits with status 0", "server leaves no child processes", "server stops listening")
 HEADERS = ("step", "actor(s)", "operation", "key", "value", "expected", "actual", "result")
 
 
@@ -41,11 +42,16 @@ class Row:
     value: str
     expected: str
     actual: str
-    passed: bool
+    passed: bool | None  # None: skipped
+
+    @property
+    def verdict(self) -> str:
+        """PASS, FAIL or SKIP."""
+        return "SKIP" if self.passed is None else "PASS" if self.passed else "FAIL"
 
     def cells(self) -> list[str]:
         """The row as table cells."""
-        return [self.step, self.actors, self.operation, self.key, self.value, self.expected, self.actual, "PASS" if self.passed else "FAIL"]
+        return [self.step, self.actors, self.operation, self.key, self.value, self.expected, self.actual, self.verdict]
 
 
 @dataclass
@@ -65,7 +71,7 @@ class ActorOutcome:
         return f"{self.error}: {self.message}" if self.message else str(self.error)
 
 
-def actor_arguments(step: Step, actor: str, server: ServerProcess, history_dir: Path) -> list[str]:
+def actor_arguments(step: Step, actor: str, server: ServerProcess | Endpoint, history_dir: Path) -> list[str]:
     """The command line that makes one actor run one step, recording what it did in its own history file."""
     history = history_dir / f"step{step.number}-{actor}.jsonl"
     argv = ["--name", actor, "--address", server.address_text, "--json", "--op", step.op, "--history", str(history)]
@@ -85,7 +91,7 @@ def actor_arguments(step: Step, actor: str, server: ServerProcess, history_dir: 
     return python_module("kvmgr.client", *argv)
 
 
-def run_actors(group: ProcessGroup, step: Step, server: ServerProcess, history_dir: Path) -> list[ActorOutcome]:
+def run_actors(group: ProcessGroup, step: Step, server: ServerProcess | Endpoint, history_dir: Path) -> list[ActorOutcome]:
     """Launch one process per actor of the step and collect what each reported."""
     env = child_environment(server.authkey)
     launched = [(actor, group.launch(actor_arguments(step, actor, server, history_dir), env)) for actor in step.actors]
@@ -149,9 +155,9 @@ def check_shutdown(server: ServerProcess, children: list[psutil.Process]) -> lis
     exit_text = f"exit {status}" if status is not None else f"still running after {SHUTDOWN_TIMEOUT:g}s"
     listen_text = "listening" if listening else "not listening"
     return [
-        _check_row("server exits with status 0", "0", exit_text, status == 0),
-        _check_row("server leaves no child processes", "none", ", ".join(map(str, leftover)) or "none", not leftover),
-        _check_row(f"server stops listening on {server.address_text}", "not listening", listen_text, not listening),
+        _check_row(SHUTDOWN_CHECKS[0], "0", exit_text, status == 0),
+        _check_row(SHUTDOWN_CHECKS[1], "none", ", ".join(map(str, leftover)) or "none", not leftover),
+        _check_row(f"{SHUTDOWN_CHECKS[2]} on {server.address_text}", "not listening", listen_text, not listening),
     ]
 
 
@@ -180,8 +186,8 @@ class Report:
 
     @property
     def passed(self) -> bool:
-        """True when every row passed."""
-        return all(row.passed for row in self.rows)
+        """True when no row failed (skipped rows do not count)."""
+        return all(row.passed is not False for row in self.rows)
 
     def table(self) -> str:
         """The results table."""
@@ -189,32 +195,64 @@ class Report:
 
     def to_json(self) -> str:
         """The machine-readable report."""
-        rows = [dict(asdict(row), result="PASS" if row.passed else "FAIL") for row in self.rows]
+        rows = [dict(asdict(row), result=row.verdict) for row in self.rows]
         document = {"scenario": self.scenario, "file": self.path, "passed": self.passed, "seconds": round(self.seconds, 3), "rows": rows}
         return json.dumps(document, indent=2)
 
 
-def run_scenario(scenario: Scenario, server_address: str = "127.0.0.1:0") -> Report:
-    """Start a server, run every step, make sure the server quits, check the history and how the server shut down."""
+@dataclass(frozen=True)
+class Endpoint:
+    """Where actors connect and the authkey they get through the environment (None for Redis)."""
+
+    address_text: str
+    authkey: str | None = None
+
+
+def run_scenario(scenario: Scenario, server_address: str = "127.0.0.1:0", target: str | None = None) -> Report:
+    """Run every step against a server of our own (or a Redis target), then check the history and the shutdown."""
     started = time.monotonic()
-    rows: list[Row] = []
     with ProcessGroup() as group, tempfile.TemporaryDirectory(prefix="kvmgr-driver-") as scratch:
         history_dir = Path(scratch)
-        server = group.start_server(server_address)
-        children: list[psutil.Process] = []
-        for step in scenario.steps:
-            if step.op == "quit":
-                children = server.process.children(recursive=True)
-            rows += judge(step, run_actors(group, step, server, history_dir))
-            if step.op == "quit" and any(row.passed for row in rows[-len(step.actors):]):
-                break
+        if target is None:
+            rows = run_against_own_server(group, scenario, server_address, history_dir)
         else:
-            children = server.process.children(recursive=True)
-            closing = _closing_quit(len(scenario.steps) + 1)
-            rows += judge(closing, run_actors(group, closing, server, history_dir))
-        rows.append(check_history(history_dir))
-        rows += check_shutdown(server, children)
+            rows = run_against_target(group, scenario, Endpoint(target), history_dir)
     return Report(scenario.name, scenario.path, rows, time.monotonic() - started)
+
+
+def run_against_own_server(group: ProcessGroup, scenario: Scenario, server_address: str, history_dir: Path) -> list[Row]:
+    """Start a server, run the steps until one quits it (or quit it at the end), check history and shutdown."""
+    rows: list[Row] = []
+    server = group.start_server(server_address)
+    children: list[psutil.Process] = []
+    for step in scenario.steps:
+        if step.op == "quit":
+            children = server.process.children(recursive=True)
+        rows += judge(step, run_actors(group, step, server, history_dir))
+        if step.op == "quit" and any(row.passed for row in rows[-len(step.actors):]):
+            break
+    else:
+        children = server.process.children(recursive=True)
+        closing = _closing_quit(len(scenario.steps) + 1)
+        rows += judge(closing, run_actors(group, closing, server, history_dir))
+    rows.append(check_history(history_dir))
+    return rows + check_shutdown(server, children)
+
+
+def run_against_target(group: ProcessGroup, scenario: Scenario, endpoint: Endpoint, history_dir: Path) -> list[Row]:
+    """Run the steps against a Redis target; quitting it and the shutdown checks are shown as skipped."""
+    rows: list[Row] = []
+    for step in scenario.steps:
+        if step.op == "quit":
+            rows += [_skipped_row(str(step.number), actor, "quit", "kvmgr's own server only") for actor in step.actors]
+        else:
+            rows += judge(step, run_actors(group, step, endpoint, history_dir))
+    rows.append(check_history(history_dir))
+    return rows + [_skipped_row("shutdown", "driver", what, "kvmgr's own server only") for what in SHUTDOWN_CHECKS]
+
+
+def _skipped_row(step: str, actor: str, operation: str, reason: str) -> Row:
+    return Row(step, actor, operation, "", "", "", f"skipped: {reason}", None)
 
 
 def check_history(history_dir: Path) -> Row:
@@ -229,6 +267,19 @@ def _closing_quit(number: int) -> Step:
     return Step(number, "driver quits the server", ("driver",), "quit", expect="Server Quitting..!")
 
 
+def prepare_target(target: str, flush: bool) -> None:
+    """Check that the Redis target is reachable and empty (emptying it first when asked)."""
+    if not target.startswith(("redis://", "rediss://")):
+        raise ConfigError(f"--target must be a redis:// URL (got {target!r})")
+    from kvmgr.redis_client import connect_redis
+
+    with connect_redis(target) as client:
+        if flush:
+            client.flush()
+        if client.size():
+            raise ConfigError(f"--target {target} holds {client.size()} keys: use an empty database or --flush-target")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The run_driver.py argument parser."""
     parser = argparse.ArgumentParser(
@@ -237,6 +288,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--scenario", type=Path, default=None, help="a scenario TOML file (default: the shipped seed scenario)")
     parser.add_argument("--address", default="127.0.0.1:0", help="where the driver's server listens (default: a free loopback port)")
     parser.add_argument("--json", action="store_true", help="print a machine-readable report instead of the table")
+    parser.add_argument(
+        "--target", metavar="redis://HOST:PORT/DB",
+        help="run the scenario against this Redis database instead of a server of our own (it must be empty: "
+        "scenarios assume they start from nothing; see --flush-target)",
+    )
+    parser.add_argument("--flush-target", action="store_true", help="empty the --target database first (FLUSHDB)")
     return parser
 
 
@@ -245,11 +302,13 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         scenario = load_scenario(args.scenario or seed_scenario_path())
-        report = run_scenario(scenario, args.address)
-    except ScenarioError as exc:
+        if args.target is not None:
+            prepare_target(args.target, args.flush_target)
+        report = run_scenario(scenario, args.address, args.target)
+    except (ScenarioError, ConfigError) as exc:
         print(f"run_driver.py: error: {exc}", file=sys.stderr)
         return 2
-    except ServerUnavailable as exc:
+    except (ServerUnavailable, KvmgrError) as exc:
         print(f"run_driver.py: error: {exc}", file=sys.stderr)
         return 3
     except KeyboardInterrupt:
@@ -259,7 +318,8 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print(f"scenario {report.scenario} ({report.path})")
         print(report.table())
-        passed = sum(row.passed for row in report.rows)
+        passed = sum(row.passed is True for row in report.rows)
+        skipped = sum(row.passed is None for row in report.rows)
         verdict = "PASS" if report.passed else "FAIL"
-        print(f"{verdict}: {passed}/{len(report.rows)} rows passed in {report.seconds:.2f}s")
+        print(f"{verdict}: {passed}/{len(report.rows)} rows passed ({skipped} skipped) in {report.seconds:.2f}s")
     return 0 if report.passed else 1

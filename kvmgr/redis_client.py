@@ -299,6 +299,10 @@ class RedisClient(Operations):
             db, self._db = self._db, None
             db.close()
 
+    def flush(self) -> None:
+        """Empty the whole database (FLUSHDB): for a database dedicated to kvmgr scenarios or stress runs."""
+        self._conn().flushdb()
+
     # --- the operations, with the Store's validation and semantics ---
 
     def _do_store(self, key: str, value: Value) -> str:

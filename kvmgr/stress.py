@@ -12,6 +12,7 @@ import statistics
 import sys
 import tempfile
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,10 +49,10 @@ def parse_mix(text: str) -> dict[str, int]:
 class Worker:
     """One client process's random workload: unique values per write, cas against values it has seen."""
 
-    def __init__(self, name: str, client: Any, keys: int, mix: dict[str, int], seed: int) -> None:
+    def __init__(self, name: str, client: Any, keys: list[str], mix: dict[str, int], seed: int) -> None:
         self.name = name
         self.client = client
-        self.keys = [f"k{i}" for i in range(keys)]
+        self.keys = keys
         self.operations = list(mix)
         self.weights = list(mix.values())
         self.random = random.Random(seed)
@@ -112,7 +113,7 @@ def worker_main(argv: list[str]) -> int:
 
     parser = argparse.ArgumentParser(prog="python -m kvmgr.stress --worker")
     parser.add_argument("--worker", required=True)
-    for option in ("--target", "--history", "--mix"):
+    for option in ("--target", "--history", "--mix", "--prefix"):
         parser.add_argument(option, required=True)
     for option in ("--ops", "--keys", "--seed", "--parties"):
         parser.add_argument(option, type=int, required=True)
@@ -120,7 +121,8 @@ def worker_main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     with HistoryWriter(args.history) as history, connect(args.target, timeout=args.timeout, name=args.worker, history=history) as client:
         client.rendezvous(START_BARRIER, args.parties, timeout=60)
-        worker = Worker(args.worker, client, args.keys, parse_mix(args.mix), args.seed)
+        keys = [f"{args.prefix}k{i}" for i in range(args.keys)]
+        worker = Worker(args.worker, client, keys, parse_mix(args.mix), args.seed)
         worker.run(args.ops)
     print(json.dumps({"client": args.worker, "errors": worker.errors}), flush=True)
     return 0
@@ -211,7 +213,8 @@ def run_stress(plan: StressPlan, target: str | None, authkey: str | None, histor
             target, authkey = server.address_text, server.authkey
         paths = [Path(scratch) / f"c{n}.jsonl" for n in range(plan.clients)]
         started = time.monotonic()
-        workers = [group.launch(_worker_argv(plan, n, target, path), child_environment(authkey)) for n, path in enumerate(paths)]
+        prefix = f"stress-{uuid.uuid4().hex[:8]}-"  # keys no earlier run touched: every key starts absent
+        workers = [group.launch(_worker_argv(plan, n, target, path, prefix), child_environment(authkey)) for n, path in enumerate(paths)]
         failed, errors = _wait_for_workers(workers, started)
         merged = history_path or Path(scratch) / "history.jsonl"
         merge_histories([p for p in paths if p.exists()], merged)
@@ -227,9 +230,9 @@ def busy_seconds(operations: list[Operation]) -> float:
     return (last - min(op.start for op in operations)) / 1e9
 
 
-def _worker_argv(plan: StressPlan, number: int, target: str, history: Path) -> list[str]:
+def _worker_argv(plan: StressPlan, number: int, target: str, history: Path, prefix: str) -> list[str]:
     return python_module(
-        "kvmgr.stress", "--worker", f"c{number}", "--target", target, "--history", str(history), "--mix", plan.mix,
+        "kvmgr.stress", "--worker", f"c{number}", "--target", target, "--history", str(history), "--mix", plan.mix, "--prefix", prefix,
         "--ops", str(plan.ops), "--keys", str(plan.keys), "--seed", str(plan.seed * 1000 + number),
         "--parties", str(plan.clients), "--timeout", str(plan.timeout),
     )
@@ -280,7 +283,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--mix", default=DEFAULT_MIX, help=f"weights per operation (default {DEFAULT_MIX}); also get_many, store_many")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default %(default)s)")
     parser.add_argument("--history", type=Path, help="also write the merged history (JSON lines) here")
-    parser.add_argument("--address", "--target", dest="target", help="use this running server instead of starting one")
+    parser.add_argument(
+        "--address", "--target", dest="target",
+        help="use this running kvmgr server, or a redis:// URL, instead of starting a server",
+    )
     parser.add_argument("--authkey-file", type=Path, help="authkey for --address (else $KVMGR_AUTHKEY or the default key file)")
     parser.add_argument("--timeout", type=float, default=5.0, help="per-call timeout in seconds (default %(default)s)")
     parser.add_argument("--json", action="store_true", help="print a machine-readable report")

@@ -375,3 +375,45 @@ def test_concurrent_cas_from_several_processes_has_exactly_one_winner(redis_serv
     assert len(winners) == 1
     with connect_redis(redis_server.url) as checker:
         assert checker.get("winner") == winners[0]
+
+
+# --- the same driver, stress and checker against Redis ---
+
+
+def test_kvmgr_connect_dispatches_redis_urls(redis_server: RedisServer) -> None:
+    import kvmgr
+
+    with kvmgr.connect(redis_server.url, timeout=5.0) as client:
+        assert isinstance(client, RedisClient)
+        assert client.store("k", "v") == "saved"
+
+
+def test_driver_runs_the_seed_scenario_on_redis_and_skips_what_is_ours(redis_server: RedisServer) -> None:
+    import json
+    import subprocess
+
+    from tests.conftest import ROOT
+
+    result = subprocess.run([sys.executable, str(ROOT / "run_driver.py"), "--target", redis_server.url, "--json"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    rows = json.loads(result.stdout)["rows"]
+    verdicts = {(row["operation"], row["result"]) for row in rows}
+    assert ("quit", "SKIP") in verdicts and ("linearizable", "PASS") in verdicts
+    assert [row["result"] for row in rows if row["step"] == "shutdown"] == ["SKIP"] * 3
+    assert [row["actual"] for row in rows if row["step"] == "3"] == ["updated", "updated"]
+    again = subprocess.run([sys.executable, str(ROOT / "run_driver.py"), "--target", redis_server.url],
+                           capture_output=True, text=True, timeout=120)
+    assert again.returncode == 2 and "use an empty database or --flush-target" in again.stderr
+
+
+def test_stress_on_redis_is_checked_for_linearizability(redis_server: RedisServer) -> None:
+    import json
+    import subprocess
+
+    result = subprocess.run([sys.executable, "-m", "kvmgr", "stress", "--target", redis_server.url, "--clients", "3",
+                             "--ops", "200", "--keys", "3", "--mix", "store=3,get=3,cas=2,delete=1,store_many=1,get_many=1", "--json"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = json.loads(result.stdout)
+    assert report["linearizable"] is True and report["errors"] == 0
