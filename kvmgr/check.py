@@ -1,0 +1,374 @@
+"""Linearizability checker for key-value histories (Wing & Gong search, as in Lowe / Porcupine).
+
+Each key is an independent register whose states are ABSENT or a string value, so a
+history is linearizable iff every key's sub-history is (linearizability is compositional).
+
+Real-time order: operation A precedes B iff A.end < B.start; equal timestamps count as
+concurrent. "fail" operations never took effect and are dropped. "info" operations
+(outcome unknown) may take effect at any point after their start, or never: their end is
++infinity and their result is whatever the state makes it; an info get is dropped.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from kvmgr.errors import HistoryError
+from kvmgr.history import Operation, read_history
+
+
+class _Absent:
+    """The state of a key that holds no value."""
+
+    _instance: _Absent | None = None
+
+    def __new__(cls) -> _Absent:
+        """Return the single instance."""
+        if cls._instance is None:
+            cls._instance = super().__new__(cls)
+        return cls._instance
+
+    def __repr__(self) -> str:
+        """Show as <absent>."""
+        return "<absent>"
+
+
+ABSENT = _Absent()
+State = str | _Absent
+
+
+def initial_state() -> State:
+    """Every key starts absent."""
+    return ABSENT
+
+
+def _cas_matches(state: State, expected: str | None) -> bool:
+    """Tell whether a cas with `expected` (None: only if absent) would swap in `state`."""
+    return state is ABSENT if expected is None else state == expected
+
+
+def _step_unknown(state: State, op: Operation) -> tuple[bool, State]:
+    """Apply an operation whose outcome is unknown: always possible, effect per state."""
+    if op.op == "store":
+        return True, op.value
+    if op.op == "delete":
+        return True, ABSENT
+    if op.op == "cas" and _cas_matches(state, op.expected):
+        return True, op.value
+    return True, state
+
+
+def step(state: State, op: Operation) -> tuple[bool, State]:
+    """Apply `op` to one key's state: (could it happen now with its result, new state)."""
+    if op.status != "ok":
+        return _step_unknown(state, op) if op.status == "info" else (True, state)
+    kind, result = op.op, op.result
+    if kind == "get":
+        return (state is ABSENT if result is None else state == result), state
+    if kind == "store":
+        return (result == "saved") == (state is ABSENT), op.value
+    if kind == "delete":
+        return (result is True) == (state is not ABSENT), ABSENT
+    swapped = _cas_matches(state, op.expected)
+    return swapped == (result is True), (op.value if swapped else state)
+
+
+def partition_by_key(ops: Iterable[Operation]) -> dict[str, list[Operation]]:
+    """Group operations by key, keeping their order."""
+    groups: dict[str, list[Operation]] = defaultdict(list)
+    for op in ops:
+        groups[op.key].append(op)
+    return dict(groups)
+
+
+def _split_relevant(ops: list[Operation]) -> tuple[list[Operation], list[Operation]]:
+    """Return (ok ops, info ops that may change the state); fail ops and info gets go."""
+    done = [op for op in ops if op.status == "ok"]
+    pending = [op for op in ops if op.status == "info" and op.op != "get"]
+    for op in done:
+        if op.end is None:
+            raise HistoryError(f"operation {op!r} is ok but has no end time")
+    pending.sort(key=lambda op: op.start)
+    return done, pending
+
+
+@dataclass
+class CheckResult:
+    """The verdict, and for a failure the key and the operations worth looking at."""
+
+    linearizable: bool
+    key: str | None
+    operations: list[Operation]
+    checked_keys: int
+    operation_count: int
+    unplaced: list[Operation] = field(default_factory=list)
+    detail: str = ""
+
+
+@dataclass
+class _Deepest:
+    """The furthest point a failed search reached on one key."""
+
+    order: list[tuple[Operation, State]]
+    state: State
+    unplaced: list[Operation]
+
+
+class _EventList:
+    """Call and return events of ok operations, sorted, in a doubly linked list."""
+
+    def __init__(self, ops: list[Operation]) -> None:
+        """Sort events by time, calls before returns at equal times."""
+        events = sorted(
+            [(op.start, 0, i) for i, op in enumerate(ops)]
+            + [(op.end, 1, i) for i, op in enumerate(ops)]
+        )
+        count = len(events)
+        self.head, self.tail = 0, count + 1
+        self.next = [*range(1, count + 2), -1]
+        self.prev = [-1, *range(count + 1)]
+        self.time = [0, *(time for time, _, _ in events), 0]
+        self.is_call = [False, *(kind == 0 for _, kind, _ in events), False]
+        self.op_of = [-1, *(i for _, _, i in events), -1]
+        self.call_node = [0] * len(ops)
+        self.return_node = [0] * len(ops)
+        for node, (_, kind, i) in enumerate(events, start=1):
+            (self.call_node if kind == 0 else self.return_node)[i] = node
+
+    def lift(self, i: int) -> None:
+        """Unlink both events of operation i."""
+        nxt, prv = self.next, self.prev
+        for node in (self.call_node[i], self.return_node[i]):
+            nxt[prv[node]] = nxt[node]
+            prv[nxt[node]] = prv[node]
+
+    def unlift(self, i: int) -> None:
+        """Relink both events of operation i (reverse order of lift)."""
+        nxt, prv = self.next, self.prev
+        for node in (self.return_node[i], self.call_node[i]):
+            nxt[prv[node]] = node
+            prv[nxt[node]] = node
+
+
+class _Seen:
+    """Configurations already explored, keyed by (ok operations placed, state).
+
+    Info operations are optional and never constrain real-time order, so having placed
+    fewer of them is never worse: a configuration whose placed info operations include
+    those of an explored one with the same key is skipped (dominance pruning). This keeps
+    the search from enumerating every subset of pending info operations.
+    """
+
+    def __init__(self) -> None:
+        """Start empty."""
+        self._info_sets: dict[tuple[int, State], list[int]] = {}
+
+    def visit(self, bits: int, state: State, info: int) -> bool:
+        """Record a configuration; False if it (or one that dominates it) was seen."""
+        key = (bits, state)
+        known = self._info_sets.get(key)
+        if known is None:
+            self._info_sets[key] = [info]
+            return True
+        for explored in known:
+            if explored & ~info == 0:
+                return False
+        known.append(info)
+        return True
+
+
+def _earlier_twins(pending: list[Operation], masks: list[int]) -> list[int]:
+    """For each info operation, the mask of the previous one with the same effect (or 0).
+
+    Info operations with the same effect are interchangeable, and an earlier-started one is
+    available whenever a later one is, so they are placed in start order (symmetry breaking).
+    """
+    last: dict[tuple[str, str | None, str | None], int] = {}
+    twins = []
+    for j, op in enumerate(pending):
+        effect = (op.op, op.expected, op.value)
+        twins.append(last.get(effect, 0))
+        last[effect] = masks[j]
+    return twins
+
+
+class _KeySearch:
+    """Depth-first search for a linearization of one key's operations, with a cache."""
+
+    def __init__(self, done: list[Operation], pending: list[Operation]) -> None:
+        """Prepare events, bit masks and the search state."""
+        self.done, self.pending = done, pending
+        self.events = _EventList(done)
+        count = len(done)
+        self.done_mask = [1 << i for i in range(count)]
+        self.pending_mask = [1 << j for j in range(len(pending))]
+        self.pending_start = [op.start for op in pending]
+        # A blind write right after another info operation is never needed: placing it
+        # directly instead reaches the same state with fewer info operations used.
+        self.pending_blind = [op.op in ("store", "delete") for op in pending]
+        self.twin_placed = _earlier_twins(pending, self.pending_mask)
+        self.best_depth = -1
+        self.best: tuple[object, int, State] | None = None
+
+    def run(self) -> bool:
+        """Search; True if some order of the operations explains every result."""
+        ev, done, pending = self.events, self.done, self.pending
+        nxt, is_call, op_of, times = ev.next, ev.is_call, ev.op_of, ev.time
+        done_mask, pending_mask, pending_start = self.done_mask, self.pending_mask, self.pending_start
+        head, tail, seen, blind = ev.head, ev.tail, _Seen(), self.pending_blind
+        twin_placed = self.twin_placed
+        state, bits, info, depth, frame = initial_state(), 0, 0, 0, None
+        node, first_pending = nxt[head], 0
+        self._remember(depth, frame, bits, state)
+        while nxt[head] != tail:
+            if is_call[node]:
+                i = op_of[node]
+                ok, new_state = step(state, done[i])
+                if ok and seen.visit(bits | done_mask[i], new_state, info):
+                    frame = (frame, node, i, state, bits, info)
+                    ev.lift(i)
+                    state, bits, depth = new_state, bits | done_mask[i], depth + 1
+                    if depth > self.best_depth:
+                        self._remember(depth, frame, bits, state)
+                    node = nxt[head]
+                else:
+                    node = nxt[node]
+                continue
+            # Only returns or info operations can come next: try the info operations.
+            deadline, j = times[node], first_pending
+            after_info = frame is not None and frame[2] < 0
+            while j < len(pending) and pending_start[j] <= deadline:
+                twin = twin_placed[j]
+                if not info & pending_mask[j] and (info & twin) == twin and not (after_info and blind[j]):
+                    _, new_state = step(state, pending[j])
+                    if seen.visit(bits, new_state, info | pending_mask[j]):
+                        break
+                j += 1
+            else:
+                if frame is None:
+                    return False
+                frame, last, i, state, bits, info = frame
+                if i >= 0:
+                    ev.unlift(i)
+                    depth -= 1
+                    node, first_pending = nxt[last], 0
+                else:
+                    node, first_pending = last, -i
+                continue
+            frame = (frame, node, -1 - j, state, bits, info)
+            state, info, node, first_pending = new_state, info | pending_mask[j], nxt[head], 0
+        return True
+
+    def _remember(self, depth: int, frame: object, bits: int, state: State) -> None:
+        """Keep the deepest point reached (frames are immutable, so this is O(1))."""
+        self.best_depth, self.best = depth, (frame, bits, state)
+
+    def deepest(self) -> _Deepest:
+        """Describe the deepest point: the order found so far and what could not follow."""
+        assert self.best is not None
+        frame, bits, state = self.best
+        order: list[tuple[Operation, State]] = []
+        after = state
+        while frame is not None:
+            frame, _, i, before, _, _ = frame  # type: ignore[misc]
+            order.append((self.done[i] if i >= 0 else self.pending[-1 - i], after))
+            after = before
+        order.reverse()
+        return _Deepest(order, state, self._unplaced(bits))
+
+    def _unplaced(self, bits: int) -> list[Operation]:
+        """The ok operations that were candidates at `bits` (none of them could be placed)."""
+        left = [op for i, op in enumerate(self.done) if not bits & self.done_mask[i]]
+        if not left:
+            return []
+        deadline = min(op.end for op in left if op.end is not None)
+        return sorted((op for op in left if op.start <= deadline), key=lambda op: op.start)
+
+
+def _context(deepest: _Deepest) -> list[Operation]:
+    """Pick the linearized operations that explain the failure, followed by the unplaced ones."""
+    window = min((op.start for op in deepest.unplaced), default=0)
+    overlapping = [
+        n for n, (op, _) in enumerate(deepest.order) if op.end is None or op.end >= window
+    ]
+    first = overlapping[0] if overlapping else len(deepest.order)
+    earlier = [n for n in range(first) if _is_write(deepest.order, n)]
+    chosen = earlier[-1:] + overlapping
+    return [deepest.order[n][0] for n in chosen] + deepest.unplaced
+
+
+def _is_write(order: list[tuple[Operation, State]], n: int) -> bool:
+    """Tell whether the n-th linearized operation set the key's state."""
+    op, after = order[n]
+    before = order[n - 1][1] if n else ABSENT
+    return op.op == "store" or after != before
+
+
+def _failure(key: str, search: _KeySearch, checked: int, total: int) -> CheckResult:
+    """Build the CheckResult for a key that cannot be linearized."""
+    deepest = search.deepest()
+    placed = sum(1 for op, _ in deepest.order if op.status == "ok")
+    detail = (
+        f"{placed} of {len(search.done)} completed operations on key {key!r} could be ordered; "
+        f"the key was then {_show_state(deepest.state)} and none of the operations marked '!' "
+        f"could come next"
+    )
+    return CheckResult(
+        False, key, _context(deepest), checked, total, unplaced=deepest.unplaced, detail=detail
+    )
+
+
+def check_operations(ops: list[Operation]) -> CheckResult:
+    """Check a whole history, key by key in sorted order; stop at the first bad key."""
+    groups = partition_by_key(ops)
+    for checked, key in enumerate(sorted(groups), start=1):
+        search = _KeySearch(*_split_relevant(groups[key]))
+        if not search.run():
+            return _failure(key, search, checked, len(ops))
+    return CheckResult(True, None, [], len(groups), len(ops))
+
+
+def check_file(path: str | os.PathLike[str]) -> CheckResult:
+    """Read, validate and check a JSON-lines history file (HistoryError if malformed)."""
+    return check_operations(read_history(path))
+
+
+def _show_state(state: State) -> str:
+    """Render a register state for people."""
+    return "absent" if state is ABSENT else repr(state)
+
+
+def _show_time(value: int | None) -> str:
+    """Render a timestamp; an unknown end is shown as 'never'."""
+    return "never" if value is None else str(value)
+
+
+def describe_operation(op: Operation) -> str:
+    """One line: client, op, key, arguments, result, status, start, end."""
+    args = ""
+    if op.op == "cas":
+        args = f" expected={op.expected!r} value={op.value!r}"
+    elif op.op == "store":
+        args = f" value={op.value!r}"
+    result = "?" if op.status == "info" else repr(op.result)
+    return (
+        f"{op.client} {op.op} key={op.key!r}{args} -> {result} [{op.status}] "
+        f"start={op.start} end={_show_time(op.end)}"
+    )
+
+
+def describe(result: CheckResult) -> str:
+    """Human-readable verdict; for a failure, one line per operation worth looking at."""
+    if result.linearizable:
+        return f"linearizable: {result.operation_count} operations on {result.checked_keys} keys"
+    lines = [f"NOT linearizable: key {result.key!r}"]
+    if result.detail:
+        lines.append(result.detail)
+    unplaced = {id(op) for op in result.unplaced}
+    for op in result.operations:
+        mark = "!" if id(op) in unplaced else " "
+        lines.append(f"  {mark} {describe_operation(op)}")
+    return "\n".join(lines)
