@@ -7,11 +7,12 @@ Exit status: 0 every row passed, 1 a row failed, 2 bad usage or an invalid scena
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
-import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ from tabulate import tabulate
 from kvmgr.check import check_operations
 from kvmgr.errors import ConfigError, KvmgrError, ScenarioError, ServerUnavailable
 from kvmgr.history import read_history
-from kvmgr.processes import ProcessGroup, ServerProcess, child_environment, python_module
+from kvmgr.processes import ProcessGroup, ServerProcess, child_environment, python_module, read_line
 from kvmgr.scenarios import Scenario, Step, load_scenario, seed_scenario_path
 
 ACTOR_TIMEOUT = 20.0
@@ -71,47 +72,76 @@ class ActorOutcome:
         return f"{self.error}: {self.message}" if self.message else str(self.error)
 
 
-def actor_arguments(step: Step, actor: str, server: ServerProcess | Endpoint, history_dir: Path) -> list[str]:
-    """The command line that makes one actor run one step, recording what it did in its own history file."""
-    history = history_dir / f"step{step.number}-{actor}.jsonl"
-    argv = ["--name", actor, "--address", server.address_text, "--json", "--op", step.op, "--history", str(history)]
-    if step.key is not None:
-        argv += ["--key", step.key]
-    value = step.value_for(actor)
-    if value is not None:
-        argv += ["--value", value]
+def step_request(step: Step, actor: str) -> dict[str, Any]:
+    """What one actor is asked to do for one step (the flags of `python -m kvmgr.client`, as JSON)."""
+    request: dict[str, Any] = {"op": step.op, "key": step.key, "value": step.value_for(actor)}
     if step.op == "cas":
-        argv += ["--absent"] if step.absent else ["--expected", step.expected]
+        request.update(absent=step.absent, expected=step.expected)
     if step.keys is not None:
-        argv += ["--pairs", json.dumps(list(step.keys))]
+        request["pairs"] = json.dumps(list(step.keys))
     if step.pairs is not None:
-        argv += ["--pairs", json.dumps(step.pairs)]
+        request["pairs"] = json.dumps(step.pairs)
     if len(step.actors) > 1:
-        argv += ["--barrier", f"step-{step.number}", "--parties", str(len(step.actors))]
-    return python_module("kvmgr.client", *argv)
+        request.update(barrier=f"step-{step.number}", parties=len(step.actors))
+    return request
 
 
-def run_actors(group: ProcessGroup, step: Step, server: ServerProcess | Endpoint, history_dir: Path) -> list[ActorOutcome]:
-    """Launch one process per actor of the step and collect what each reported."""
-    env = child_environment(server.authkey)
-    launched = [(actor, group.launch(actor_arguments(step, actor, server, history_dir), env)) for actor in step.actors]
-    return [_collect(actor, process) for actor, process in launched]
+class Actors:
+    """One long-lived OS process per actor (`python -m kvmgr.client --name NAME --session`), fed a step at a time.
+
+    Each records its operations in its own history file; a step's actors get their requests before any of
+    them answers, and the server-hosted barrier makes them fire together.
+    """
+
+    def __init__(self, group: ProcessGroup, endpoint: ServerProcess | Endpoint, history_dir: Path) -> None:
+        self.group, self.endpoint, self.history_dir = group, endpoint, history_dir
+        self.processes: dict[str, psutil.Popen] = {}
+
+    def start(self, names: Iterable[str]) -> None:
+        """Launch the actors that are not running yet (all at once, so their start-ups overlap)."""
+        for name in names:
+            if name not in self.processes:
+                argv = python_module("kvmgr.client", "--name", name, "--address", self.endpoint.address_text, "--session",
+                                     "--history", str(self.history_dir / f"{name}.jsonl"))
+                self.processes[name] = self.group.launch(argv, child_environment(self.endpoint.authkey), stdin=True)
+
+    def run(self, step: Step) -> list[ActorOutcome]:
+        """Send the step to each of its actors, then collect what each reported."""
+        self.start(step.actors)
+        for actor in step.actors:
+            self._send(actor, step_request(step, actor))
+        deadline = time.monotonic() + ACTOR_TIMEOUT
+        return [self._receive(actor, deadline) for actor in step.actors]
+
+    def _send(self, actor: str, request: dict[str, Any]) -> None:
+        with contextlib.suppress(OSError):  # an actor that died is reported by _receive
+            self.processes[actor].stdin.write(json.dumps(request).encode() + b"\n")
+            self.processes[actor].stdin.flush()
+
+    def _receive(self, actor: str, deadline: float) -> ActorOutcome:
+        process = self.processes[actor]
+        line = read_line(process, deadline)
+        if line is None:
+            reason = f"exited with status {process.poll()}" if process.poll() is not None else f"no answer within {ACTOR_TIMEOUT:g}s"
+            return ActorOutcome(actor, "error", error="ActorFailed", message=f"{reason}: {_last_error(process)}")
+        report = json.loads(line)
+        return ActorOutcome(actor, report["status"], report.get("result"), report.get("error"), report.get("message", ""))
+
+    def finish(self) -> None:
+        """Close every actor's stdin so it exits (the process group reaps any that do not)."""
+        for process in self.processes.values():
+            with contextlib.suppress(OSError):
+                process.stdin.close()
+        for process in self.processes.values():
+            with contextlib.suppress(psutil.TimeoutExpired):
+                process.wait(timeout=SHUTDOWN_TIMEOUT)
 
 
-def _collect(actor: str, process: psutil.Popen) -> ActorOutcome:
-    try:
-        stdout, stderr = process.communicate(timeout=ACTOR_TIMEOUT)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.communicate()
-        return ActorOutcome(actor, "error", error="Timeout", message=f"no answer within {ACTOR_TIMEOUT:g}s")
-    lines = stdout.decode(errors="replace").strip().splitlines()
-    try:
-        report = json.loads(lines[-1])
-    except (IndexError, json.JSONDecodeError):
-        message = stderr.decode(errors="replace").strip().splitlines()
-        return ActorOutcome(actor, "error", error=f"exit {process.returncode}", message=message[-1] if message else "")
-    return ActorOutcome(actor, report["status"], report.get("result"), report.get("error"), report.get("message", ""))
+def _last_error(process: psutil.Popen) -> str:
+    if process.poll() is None:
+        return ""
+    lines = process.stderr.read().decode(errors="replace").strip().splitlines()
+    return lines[-1] if lines else ""
 
 
 def judge(step: Step, outcomes: list[ActorOutcome]) -> list[Row]:
@@ -224,17 +254,20 @@ def run_against_own_server(group: ProcessGroup, scenario: Scenario, server_addre
     """Start a server, run the steps until one quits it (or quit it at the end), check history and shutdown."""
     rows: list[Row] = []
     server = group.start_server(server_address)
+    actors = Actors(group, server, history_dir)
+    actors.start(scenario.actors)
     children: list[psutil.Process] = []
     for step in scenario.steps:
         if step.op == "quit":
             children = server.process.children(recursive=True)
-        rows += judge(step, run_actors(group, step, server, history_dir))
+        rows += judge(step, actors.run(step))
         if step.op == "quit" and any(row.passed for row in rows[-len(step.actors):]):
             break
     else:
         children = server.process.children(recursive=True)
         closing = _closing_quit(len(scenario.steps) + 1)
-        rows += judge(closing, run_actors(group, closing, server, history_dir))
+        rows += judge(closing, actors.run(closing))
+    actors.finish()
     rows.append(check_history(history_dir))
     return rows + check_shutdown(server, children)
 
@@ -242,11 +275,14 @@ def run_against_own_server(group: ProcessGroup, scenario: Scenario, server_addre
 def run_against_target(group: ProcessGroup, scenario: Scenario, endpoint: Endpoint, history_dir: Path) -> list[Row]:
     """Run the steps against a Redis target; quitting it and the shutdown checks are shown as skipped."""
     rows: list[Row] = []
+    actors = Actors(group, endpoint, history_dir)
+    actors.start(scenario.actors)
     for step in scenario.steps:
         if step.op == "quit":
             rows += [_skipped_row(str(step.number), actor, "quit", "kvmgr's own server only") for actor in step.actors]
         else:
-            rows += judge(step, run_actors(group, step, endpoint, history_dir))
+            rows += judge(step, actors.run(step))
+    actors.finish()
     rows.append(check_history(history_dir))
     return rows + [_skipped_row("shutdown", "driver", what, "kvmgr's own server only") for what in SHUTDOWN_CHECKS]
 

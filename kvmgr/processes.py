@@ -102,10 +102,13 @@ class ProcessGroup:
     def __init__(self) -> None:
         self.processes: list[psutil.Popen] = []
 
-    def launch(self, argv: Sequence[str], env: Mapping[str, str] | None = None, *, capture: bool = True) -> psutil.Popen:
-        """Start a process (stdout and stderr piped when capture) and track it."""
+    def launch(
+        self, argv: Sequence[str], env: Mapping[str, str] | None = None, *, capture: bool = True, stdin: bool = False,
+    ) -> psutil.Popen:
+        """Start a process (stdout and stderr piped when capture, stdin piped when asked) and track it."""
         pipe = subprocess.PIPE if capture else None
-        process = psutil.Popen(list(argv), env=dict(env) if env else None, stdin=subprocess.DEVNULL, stdout=pipe, stderr=pipe)
+        stdin_pipe = subprocess.PIPE if stdin else subprocess.DEVNULL
+        process = psutil.Popen(list(argv), env=dict(env) if env else None, stdin=stdin_pipe, stdout=pipe, stderr=pipe)
         self.processes.append(process)
         return process
 

@@ -82,3 +82,14 @@ def test_help_works_for_every_command() -> None:
     for argv in (["alice", "--help"], ["bob", "--help"], ["kvmgr", "--help"], ["kvmgr", "serve", "--help"]):
         result = subprocess.run([console_script(argv[0]), *argv[1:]], capture_output=True, text=True, timeout=30)
         assert result.returncode == 0 and "usage:" in result.stdout
+
+
+def test_session_mode_runs_one_step_per_line(server: ServerProcess) -> None:
+    from kvmgr.processes import python_module
+
+    steps = '{"op": "store", "key": "k", "value": "v"}\n{"op": "get", "key": "k"}\n{"op": "get", "key": "nope"}\n'
+    result = subprocess.run(python_module("kvmgr.client", "--name", "alice", "--address", server.address_text, "--session"),
+                            input=steps, env=child_environment(server.authkey), capture_output=True, text=True, timeout=30)
+    outcomes = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [o.get("result") for o in outcomes] == ["saved", "v", None]
+    assert outcomes[2]["error"] == "KeyNotFound" and result.returncode == 0

@@ -11,19 +11,18 @@ import contextlib
 import json
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from kvmgr.client import Client, connect
 from kvmgr.config import DEFAULT_ADDRESS, DEFAULT_TIMEOUT
 from kvmgr.errors import (
-    AuthenticationFailed,
     ConfigError,
     InvalidKey,
     InvalidValue,
     KeyNotFound,
     KvmgrError,
-    ServerUnavailable,
 )
 from kvmgr.history import HistoryWriter
 
@@ -56,6 +55,7 @@ def build_parser(name: str | None) -> argparse.ArgumentParser:
     parser.add_argument("--parties", type=int, default=2, help="how many actors meet at --barrier (default 2)")
     parser.add_argument("--json", action="store_true", help="print one JSON object describing the outcome")
     parser.add_argument("--history", type=Path, help="append the operation to this history file (JSON lines)")
+    parser.add_argument("--session", action="store_true", help="run steps read as JSON lines from stdin (used by the driver)")
     return parser
 
 
@@ -124,32 +124,49 @@ def printable(value: Any) -> str:
     return str(value)
 
 
-def run(name: str, args: argparse.Namespace) -> tuple[dict[str, Any], int]:
-    """Connect, meet at the barrier if asked, run the operation; return the outcome and exit status."""
+def perform(client: Client, name: str, args: argparse.Namespace) -> tuple[dict[str, Any], int]:
+    """Meet at the barrier if asked, run the operation; return the outcome and exit status."""
     op = infer_operation(args)
-    outcome: dict[str, Any] = {"client": name, "op": op, "key": args.key, "value": args.value}
     call_args = operation_arguments(op, args)
-    with contextlib.ExitStack() as stack:
-        history = stack.enter_context(HistoryWriter(args.history)) if args.history else None
-        client = stack.enter_context(
-            connect(args.address, timeout=args.timeout, name=name, authkey_file=args.authkey_file, history=history)
-        )
-        if args.barrier:
-            client.rendezvous(args.barrier, args.parties)
-        return _call(client, op, call_args, args.key, outcome)
-
-
-def _call(client: Client, op: str, call_args: tuple, key: str | None, outcome: dict[str, Any]) -> tuple[dict[str, Any], int]:
-    outcome["start"] = time.monotonic_ns()
+    if args.barrier:
+        client.rendezvous(args.barrier, args.parties)
+    outcome: dict[str, Any] = {"client": name, "op": op, "key": args.key, "value": args.value, "start": time.monotonic_ns()}
     try:
         result = client.call(op, *call_args)
     except KeyNotFound as exc:
         outcome.update(end=time.monotonic_ns(), status="error", error="KeyNotFound", result=None, message=str(exc))
         return outcome, EXIT_NOT_FOUND
     outcome["end"] = time.monotonic_ns()
-    message, status = message_for(op, key, result)
+    message, status = message_for(op, args.key, result)
     outcome.update(status="ok", result=result if not isinstance(result, bytes) else printable(result), message=message)
     return outcome, status
+
+
+@contextlib.contextmanager
+def connected(name: str, args: argparse.Namespace) -> Iterator[Client]:
+    """A client for the actor, recording to --history when given."""
+    with contextlib.ExitStack() as stack:
+        history = stack.enter_context(HistoryWriter(args.history)) if args.history else None
+        yield stack.enter_context(
+            connect(args.address, timeout=args.timeout, name=name, authkey_file=args.authkey_file, history=history)
+        )
+
+
+def run_session(name: str, args: argparse.Namespace) -> int:
+    """--session: one connection, then one step per JSON line on stdin, one JSON outcome per line on stdout.
+
+    A step is an object of the one-shot flags (op, key, value, expected, absent, pairs, barrier, parties).
+    The driver keeps each actor alive this way for a whole scenario instead of starting a process per step.
+    """
+    with connected(name, args) as client:
+        for line in sys.stdin:
+            step = argparse.Namespace(**{**vars(args), **json.loads(line)})
+            try:
+                outcome, _ = perform(client, name, step)
+            except KvmgrError as exc:
+                outcome = _error_outcome(name, exc)
+            print(json.dumps(outcome), flush=True)
+    return EXIT_OK
 
 
 def main(argv: list[str] | None = None, name: str | None = None) -> int:
@@ -157,20 +174,25 @@ def main(argv: list[str] | None = None, name: str | None = None) -> int:
     args = build_parser(name).parse_args(argv)
     actor = name or args.name
     try:
-        outcome, status = run(actor, args)
+        if args.session:
+            return run_session(actor, args)
+        with connected(actor, args) as client:
+            outcome, status = perform(client, actor, args)
     except (ConfigError, InvalidKey, InvalidValue) as exc:
         return _fail(actor, args, exc, EXIT_USAGE)
-    except (ServerUnavailable, AuthenticationFailed) as exc:
-        return _fail(actor, args, exc, EXIT_UNAVAILABLE)
-    except KvmgrError as exc:
+    except KvmgrError as exc:  # ServerUnavailable, AuthenticationFailed and the rest
         return _fail(actor, args, exc, EXIT_UNAVAILABLE)
     print(json.dumps(outcome) if args.json else outcome["message"], flush=True)
     return status
 
 
+def _error_outcome(actor: str, exc: Exception) -> dict[str, Any]:
+    return {"client": actor, "status": "error", "error": type(exc).__name__, "message": str(exc)}
+
+
 def _fail(actor: str, args: argparse.Namespace, exc: Exception, status: int) -> int:
     if args.json:
-        print(json.dumps({"client": actor, "status": "error", "error": type(exc).__name__, "message": str(exc)}), flush=True)
+        print(json.dumps(_error_outcome(actor, exc)), flush=True)
     print(f"{actor}: error: {exc}", file=sys.stderr, flush=True)
     return status
 
