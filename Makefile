@@ -1,4 +1,5 @@
 # make run: set up and run the driver on the seed scenario.  make test: set up and run the test suite.
+# make bench: kvmgr against its peers.  make faults: the fault suite.  make lint: ruff.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -17,6 +18,9 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+bench: $(STAMP)
+	$(BIN)/kvmgr bench
 
 faults: $(STAMP)
 	$(BIN)/kvmgr faults
