@@ -153,29 +153,51 @@ class _EventList:
             prv[nxt[node]] = node
 
 
-class _Seen:
-    """Configurations already explored, keyed by (ok operations placed, state).
+class _Clean:
+    """Marks a configuration reached by placing a completed operation (not an info one)."""
 
-    Info operations are optional and never constrain real-time order, so having placed
-    fewer of them is never worse: a configuration whose placed info operations include
-    those of an explored one with the same key is skipped (dominance pruning). This keeps
-    the search from enumerating every subset of pending info operations.
+    def __repr__(self) -> str:
+        """Show as <clean>."""
+        return "<clean>"
+
+
+CLEAN = _Clean()
+Before = State | _Clean
+
+
+class _Seen:
+    """Configurations already explored, with dominance pruning over info operations.
+
+    A configuration is (ok operations placed, state, info operations placed, before), where
+    `before` is CLEAN, or the state before the info operation just placed (whatever comes
+    next must need that info operation). Info operations are optional and never constrain
+    real-time order, so having placed fewer of them is never worse: a configuration is
+    skipped when one with the same key and a subset of its info operations was explored,
+    and a CLEAN configuration (searched without restriction) also covers the others.
     """
 
     def __init__(self) -> None:
         """Start empty."""
-        self._info_sets: dict[tuple[int, State], list[int]] = {}
+        self._info_sets: dict[tuple[int, State, Before], list[int]] = {}
 
-    def visit(self, bits: int, state: State, info: int) -> bool:
-        """Record a configuration; False if it (or one that dominates it) was seen."""
-        key = (bits, state)
+    def _covered(self, key: tuple[int, State, Before], info: int) -> bool:
+        """Tell whether an explored configuration with `key` used a subset of `info`."""
+        for explored in self._info_sets.get(key, ()):
+            if explored & ~info == 0:
+                return True
+        return False
+
+    def visit(self, bits: int, state: State, info: int, before: Before) -> bool:
+        """Record a configuration; False if it (or one that dominates it) was explored."""
+        if before is not CLEAN and self._covered((bits, state, CLEAN), info):
+            return False
+        key = (bits, state, before)
         known = self._info_sets.get(key)
         if known is None:
             self._info_sets[key] = [info]
             return True
-        for explored in known:
-            if explored & ~info == 0:
-                return False
+        if self._covered(key, info):
+            return False
         known.append(info)
         return True
 
@@ -210,57 +232,75 @@ class _KeySearch:
         # directly instead reaches the same state with fewer info operations used.
         self.pending_blind = [op.op in ("store", "delete") for op in pending]
         self.twin_placed = _earlier_twins(pending, self.pending_mask)
+        self.seen = _Seen()
         self.best_depth = -1
         self.best: tuple[object, int, State] | None = None
 
     def run(self) -> bool:
-        """Search; True if some order of the operations explains every result."""
-        ev, done, pending = self.events, self.done, self.pending
-        nxt, is_call, op_of, times = ev.next, ev.is_call, ev.op_of, ev.time
-        done_mask, pending_mask, pending_start = self.done_mask, self.pending_mask, self.pending_start
-        head, tail, seen, blind = ev.head, ev.tail, _Seen(), self.pending_blind
-        twin_placed = self.twin_placed
-        state, bits, info, depth, frame = initial_state(), 0, 0, 0, None
+        """Search; True if some order of the operations explains every result.
+
+        Completed operations are tried first, in event order; info operations only when no
+        completed one can come next. Only linearizations in a normal form are searched: an
+        info operation is followed by a completed operation that is impossible without it,
+        or by an info cas. Any linearization can be rewritten so: drop the info operation
+        when what follows works without it, or move it after a failed cas.
+        """
+        ev, done, seen = self.events, self.done, self.seen
+        nxt, is_call, op_of, times, done_mask = ev.next, ev.is_call, ev.op_of, ev.time, self.done_mask
+        head, tail = ev.head, ev.tail
+        state, before, bits, info, depth, frame = initial_state(), CLEAN, 0, 0, 0, None
         node, first_pending = nxt[head], 0
         self._remember(depth, frame, bits, state)
         while nxt[head] != tail:
             if is_call[node]:
                 i = op_of[node]
                 ok, new_state = step(state, done[i])
-                if ok and seen.visit(bits | done_mask[i], new_state, info):
-                    frame = (frame, node, i, state, bits, info)
+                if (
+                    ok
+                    and (before is CLEAN or not step(before, done[i])[0])
+                    and seen.visit(bits | done_mask[i], new_state, info, CLEAN)
+                ):
+                    frame = (frame, node, i, state, bits, info, before)
                     ev.lift(i)
-                    state, bits, depth = new_state, bits | done_mask[i], depth + 1
+                    state, before, bits, depth = new_state, CLEAN, bits | done_mask[i], depth + 1
                     if depth > self.best_depth:
                         self._remember(depth, frame, bits, state)
                     node = nxt[head]
                 else:
                     node = nxt[node]
                 continue
-            # Only returns or info operations can come next: try the info operations.
-            deadline, j = times[node], first_pending
-            after_info = frame is not None and frame[2] < 0
-            while j < len(pending) and pending_start[j] <= deadline:
-                twin = twin_placed[j]
-                if not info & pending_mask[j] and (info & twin) == twin and not (after_info and blind[j]):
-                    _, new_state = step(state, pending[j])
-                    if seen.visit(bits, new_state, info | pending_mask[j]):
-                        break
-                j += 1
-            else:
-                if frame is None:
-                    return False
-                frame, last, i, state, bits, info = frame
-                if i >= 0:
-                    ev.unlift(i)
-                    depth -= 1
-                    node, first_pending = nxt[last], 0
-                else:
-                    node, first_pending = last, -i
+            j, new_state = self._next_info(first_pending, times[node], state, bits, info, before)
+            if j >= 0:
+                frame = (frame, node, -1 - j, state, bits, info, before)
+                state, before, info = new_state, state, info | self.pending_mask[j]
+                node, first_pending = nxt[head], 0
                 continue
-            frame = (frame, node, -1 - j, state, bits, info)
-            state, info, node, first_pending = new_state, info | pending_mask[j], nxt[head], 0
+            if frame is None:
+                return False
+            frame, last, i, state, bits, info, before = frame
+            if i >= 0:
+                ev.unlift(i)
+                depth -= 1
+                node, first_pending = nxt[last], 0
+            else:
+                node, first_pending = last, -i
         return True
+
+    def _next_info(
+        self, first: int, deadline: int, state: State, bits: int, info: int, before: Before
+    ) -> tuple[int, State]:
+        """Find the next info operation (from index `first`) worth placing; (-1, state) if none."""
+        pending_mask, blind, twins = self.pending_mask, self.pending_blind, self.twin_placed
+        for j in range(first, len(self.pending)):
+            if self.pending_start[j] > deadline:
+                break
+            twin = twins[j]
+            if info & pending_mask[j] or info & twin != twin or (before is not CLEAN and blind[j]):
+                continue
+            _, new_state = step(state, self.pending[j])
+            if self.seen.visit(bits, new_state, info | pending_mask[j], state):
+                return j, new_state
+        return -1, state
 
     def _remember(self, depth: int, frame: object, bits: int, state: State) -> None:
         """Keep the deepest point reached (frames are immutable, so this is O(1))."""
@@ -273,7 +313,7 @@ class _KeySearch:
         order: list[tuple[Operation, State]] = []
         after = state
         while frame is not None:
-            frame, _, i, before, _, _ = frame  # type: ignore[misc]
+            frame, _, i, before, _, _, _ = frame  # type: ignore[misc]
             order.append((self.done[i] if i >= 0 else self.pending[-1 - i], after))
             after = before
         order.reverse()

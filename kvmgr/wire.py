@@ -118,7 +118,10 @@ class FramedSocket:
 
     def send_raw(self, data: bytes) -> None:
         """Write bytes that are already framed (one or more messages)."""
-        view = memoryview(data)
+        written = os.write(self.fd, data)
+        if written == len(data):
+            return
+        view = memoryview(data)[written:]
         while view:
             view = view[os.write(self.fd, view):]
 
@@ -130,6 +133,13 @@ class FramedSocket:
     def recv(self) -> bytes:
         """Read one message; EOFError when the peer closed, BlockingIOError on a socket timeout."""
         buffer = self.buffer
+        if not buffer:  # the usual case: one read brings exactly one whole message
+            chunk = os.read(self.fd, READ_SIZE)
+            if not chunk:
+                raise EOFError("connection closed")
+            if len(chunk) >= 4 and len(chunk) == 4 + _HEADER.unpack_from(chunk)[0]:
+                return chunk[4:]
+            buffer += chunk
         while True:
             if len(buffer) >= 4:
                 size = _HEADER.unpack_from(buffer)[0]
