@@ -7,6 +7,12 @@ Real-time order: operation A precedes B iff A.end < B.start; equal timestamps co
 concurrent. "fail" operations never took effect and are dropped. "info" operations
 (outcome unknown) may take effect at any point after their start, or never: their end is
 +infinity and their result is whatever the state makes it; an info get is dropped.
+
+Besides the (operations placed, state) cache, the search prunes soundly around info
+operations, which otherwise make it enumerate subsets: dominance (fewer info operations
+placed is never worse), a normal form (an info operation is placed only when what follows
+needs it), symmetry breaking between info operations with the same effect, and merging of
+written values that no operation ever reads into one abstract value.
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ from __future__ import annotations
 import os
 from collections import defaultdict
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from kvmgr.errors import HistoryError
 from kvmgr.history import Operation, read_history
@@ -113,7 +119,7 @@ class _Deepest:
     """The furthest point a failed search reached on one key."""
 
     order: list[tuple[Operation, State]]
-    state: State
+    state_text: str
     unplaced: list[Operation]
 
 
@@ -182,10 +188,7 @@ class _Seen:
 
     def _covered(self, key: tuple[int, State, Before], info: int) -> bool:
         """Tell whether an explored configuration with `key` used a subset of `info`."""
-        for explored in self._info_sets.get(key, ()):
-            if explored & ~info == 0:
-                return True
-        return False
+        return any(explored & ~info == 0 for explored in self._info_sets.get(key, ()))
 
     def visit(self, bits: int, state: State, info: int, before: Before) -> bool:
         """Record a configuration; False if it (or one that dominates it) was explored."""
@@ -200,6 +203,28 @@ class _Seen:
             return False
         known.append(info)
         return True
+
+
+UNREAD = "\x00unread"
+"""Stands for every value that no operation of the key ever reads (see _abstract)."""
+
+
+def _abstract(done: list[Operation], pending: list[Operation]) -> tuple[list[Operation], list[Operation], str]:
+    """Replace written values that no get or cas ever observes by one token.
+
+    States holding two such values are indistinguishable by every operation of the key, so
+    merging them is exact; it lets the cache and the twin rule treat their writers alike.
+    """
+    read = {op.result for op in done if op.op == "get"} | {op.expected for op in done + pending if op.op == "cas"}
+    token = UNREAD
+    while token in read:
+        token += "\x00"
+
+    def model(op: Operation) -> Operation:
+        unread = op.op in ("store", "cas") and op.value not in read
+        return replace(op, value=token) if unread else op
+
+    return [model(op) for op in done], [model(op) for op in pending], token
 
 
 def _earlier_twins(pending: list[Operation], masks: list[int]) -> list[int]:
@@ -223,6 +248,7 @@ class _KeySearch:
     def __init__(self, done: list[Operation], pending: list[Operation]) -> None:
         """Prepare events, bit masks and the search state."""
         self.done, self.pending = done, pending
+        self.model_done, self.model_pending, self.unread = _abstract(done, pending)
         self.events = _EventList(done)
         count = len(done)
         self.done_mask = [1 << i for i in range(count)]
@@ -231,7 +257,7 @@ class _KeySearch:
         # A blind write right after another info operation is never needed: placing it
         # directly instead reaches the same state with fewer info operations used.
         self.pending_blind = [op.op in ("store", "delete") for op in pending]
-        self.twin_placed = _earlier_twins(pending, self.pending_mask)
+        self.twin_placed = _earlier_twins(self.model_pending, self.pending_mask)
         self.seen = _Seen()
         self.best_depth = -1
         self.best: tuple[object, int, State] | None = None
@@ -245,7 +271,7 @@ class _KeySearch:
         or by an info cas. Any linearization can be rewritten so: drop the info operation
         when what follows works without it, or move it after a failed cas.
         """
-        ev, done, seen = self.events, self.done, self.seen
+        ev, done, seen = self.events, self.model_done, self.seen
         nxt, is_call, op_of, times, done_mask = ev.next, ev.is_call, ev.op_of, ev.time, self.done_mask
         head, tail = ev.head, ev.tail
         state, before, bits, info, depth, frame = initial_state(), CLEAN, 0, 0, 0, None
@@ -297,8 +323,8 @@ class _KeySearch:
             twin = twins[j]
             if info & pending_mask[j] or info & twin != twin or (before is not CLEAN and blind[j]):
                 continue
-            _, new_state = step(state, self.pending[j])
-            if self.seen.visit(bits, new_state, info | pending_mask[j], state):
+            _, new_state = step(state, self.model_pending[j])
+            if new_state != state and self.seen.visit(bits, new_state, info | pending_mask[j], state):
                 return j, new_state
         return -1, state
 
@@ -317,7 +343,18 @@ class _KeySearch:
             order.append((self.done[i] if i >= 0 else self.pending[-1 - i], after))
             after = before
         order.reverse()
-        return _Deepest(order, state, self._unplaced(bits))
+        return _Deepest(order, self._real_state(order, state), self._unplaced(bits))
+
+    def _real_state(self, order: list[tuple[Operation, State]], state: State) -> str:
+        """Show the state, undoing the unread-value abstraction via the last write."""
+        if state != self.unread:
+            return _show_state(state)
+        for n in range(len(order) - 1, -1, -1):
+            op, after = order[n]
+            before = order[n - 1][1] if n else ABSENT
+            if after == self.unread and (op.op == "store" or before != self.unread):
+                return repr(op.value)
+        return "holding a value no operation reads"
 
     def _unplaced(self, bits: int) -> list[Operation]:
         """The ok operations that were candidates at `bits` (none of them could be placed)."""
@@ -353,7 +390,7 @@ def _failure(key: str, search: _KeySearch, checked: int, total: int) -> CheckRes
     placed = sum(1 for op, _ in deepest.order if op.status == "ok")
     detail = (
         f"{placed} of {len(search.done)} completed operations on key {key!r} could be ordered; "
-        f"the key was then {_show_state(deepest.state)} and none of the operations marked '!' "
+        f"the key was then {deepest.state_text} and none of the operations marked '!' "
         f"could come next"
     )
     return CheckResult(

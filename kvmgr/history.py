@@ -228,7 +228,7 @@ class HistoryWriter:
         """Open `path` for appending (created if missing)."""
         self.path = os.fspath(path)
         self._lock = threading.Lock()
-        self._file = open(self.path, "a", encoding="utf-8")
+        self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - kept open until close()
 
     def record(self, op: Operation) -> None:
         """Validate `op`, then write it as one line and flush."""

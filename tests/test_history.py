@@ -1,0 +1,191 @@
+"""Recording and reading JSON-lines histories, and rejecting malformed ones."""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+import pytest
+
+from kvmgr.errors import HistoryError
+from kvmgr.history import (
+    HistoryWriter,
+    Operation,
+    encode_value,
+    merge_histories,
+    operation_from_dict,
+    operation_to_json,
+    read_history,
+)
+
+SAMPLES = [
+    Operation("alice", "store", "foo", "v1", None, "saved", "ok", 1712, 1790),
+    Operation("bob", "cas", "foo", "v2", "v1", True, "ok", 1750, 1801),
+    Operation("bob", "cas", "bar", "v3", None, False, "ok", 1802, 1900),
+    Operation("carol", "get", "foo", None, None, "v2", "ok", 1810, 1820),
+    Operation("carol", "get", "nope", None, None, None, "ok", 1830, 1840),
+    Operation("dave", "delete", "foo", None, None, True, "ok", 1850, 1860),
+    Operation("dave", "store", "foo", "v4", None, None, "info", 1870, None),
+    Operation("erin", "delete", "foo", None, None, None, "fail", 1880, 1890),
+]
+
+GOOD = {"client": "alice", "op": "store", "key": "foo", "value": "v1", "result": "saved", "status": "ok", "start": 1712, "end": 1790}
+
+
+def write_lines(path: Path, lines: list[str]) -> Path:
+    """Write raw lines to a file and return its path."""
+    path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    return path
+
+
+def test_round_trip_through_writer_and_reader(tmp_path: Path) -> None:
+    """Every operation comes back exactly as recorded."""
+    path = tmp_path / "history.jsonl"
+    with HistoryWriter(path) as writer:
+        for operation in SAMPLES:
+            writer.record(operation)
+    assert read_history(path) == SAMPLES
+    assert len(path.read_text().splitlines()) == len(SAMPLES)
+
+
+def test_writer_appends_and_flushes_each_record(tmp_path: Path) -> None:
+    """A line is on disk as soon as record() returns; reopening appends."""
+    path = tmp_path / "history.jsonl"
+    writer = HistoryWriter(path)
+    writer.record(SAMPLES[0])
+    assert read_history(path) == SAMPLES[:1]
+    writer.close()
+    writer.close()
+    with HistoryWriter(path) as again:
+        again.record(SAMPLES[1])
+    assert read_history(path) == SAMPLES[:2]
+    with pytest.raises(HistoryError, match="closed"):
+        writer.record(SAMPLES[2])
+
+
+def test_writer_is_thread_safe(tmp_path: Path) -> None:
+    """Lines written from several threads never interleave."""
+    path = tmp_path / "history.jsonl"
+
+    def work(writer: HistoryWriter, client: str) -> None:
+        for n in range(200):
+            writer.record(Operation(client, "store", f"key-{n}", "x" * 500, None, "updated", "ok", n, n + 1))
+
+    with HistoryWriter(path) as writer:
+        threads = [threading.Thread(target=work, args=(writer, f"c{n}")) for n in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    assert len(read_history(path)) == 1600
+
+
+def test_writer_rejects_an_invalid_operation(tmp_path: Path) -> None:
+    """An impossible record is refused before it reaches the file."""
+    path = tmp_path / "history.jsonl"
+    with HistoryWriter(path) as writer, pytest.raises(HistoryError, match="'end'"):
+        writer.record(Operation("a", "get", "k", None, None, None, "info", 10, 20))
+    assert path.read_text() == ""
+
+
+def test_bytes_values_are_written_as_hex() -> None:
+    """bytes become 'hex:' + hex digits; str and None are unchanged."""
+    assert encode_value(b"\x00\xffab") == "hex:00ff6162"
+    assert encode_value("plain") == "plain"
+    assert encode_value(None) is None
+    with pytest.raises(TypeError):
+        encode_value(12)  # type: ignore[arg-type]
+    line = operation_to_json(Operation("a", "store", "k", encode_value(b"\x01"), None, "saved", "ok", 1, 2))
+    assert json.loads(line)["value"] == "hex:01"
+
+
+def test_json_layout() -> None:
+    """One line; 'expected' appears for cas only."""
+    store_line, cas_line = operation_to_json(SAMPLES[0]), operation_to_json(SAMPLES[1])
+    assert "\n" not in store_line
+    assert json.loads(store_line) == GOOD
+    assert "expected" not in json.loads(store_line)
+    assert json.loads(cas_line)["expected"] == "v1"
+
+
+def test_blank_lines_are_skipped(tmp_path: Path) -> None:
+    """Empty and whitespace-only lines carry no operation."""
+    path = write_lines(tmp_path / "h.jsonl", ["", json.dumps(GOOD), "   ", json.dumps(GOOD)])
+    assert len(read_history(path)) == 2
+
+
+def test_expected_null_may_appear_on_other_ops() -> None:
+    """A non-cas operation may carry 'expected': null."""
+    assert operation_from_dict({**GOOD, "expected": None}, "x:1").expected is None
+
+
+BAD_LINES = [
+    ("{not json", "invalid JSON"),
+    ("[1, 2]", "JSON object"),
+    (json.dumps({k: v for k, v in GOOD.items() if k != "start"}), "missing field 'start'"),
+    (json.dumps({**GOOD, "end": "abc"}), "'end' must be an integer (got \"abc\")"),
+    (json.dumps({**GOOD, "start": True}), "'start' must be an integer"),
+    (json.dumps({**GOOD, "op": "put"}), "'op' must be one of store, get, delete, cas"),
+    (json.dumps({**GOOD, "status": "maybe"}), "'status' must be one of ok, fail, info"),
+    (json.dumps({**GOOD, "status": "info", "result": None}), "'end' must be null when status is info"),
+    (json.dumps({**GOOD, "status": "info", "end": None}), "'result' must be null when status is info"),
+    (json.dumps({**GOOD, "end": 1000}), "'end' (1000) is before 'start' (1712)"),
+    (json.dumps({**GOOD, "result": "stored"}), "'result' of store must be \"saved\" or \"updated\""),
+    (json.dumps({**GOOD, "op": "get", "value": None, "result": 5}), "'result' of get must be a string or null"),
+    (json.dumps({**GOOD, "op": "delete", "value": None, "result": "yes"}), "'result' of delete must be true or false"),
+    (json.dumps({**GOOD, "op": "cas", "expected": None, "result": None}), "'result' of cas must be true or false"),
+    (json.dumps({**GOOD, "op": "cas"}), "missing field 'expected'"),
+    (json.dumps({**GOOD, "expected": "v0"}), "'expected' is only for cas"),
+    (json.dumps({**GOOD, "op": "get", "result": None}), "'value' must be null for get"),
+    (json.dumps({**GOOD, "value": None}), "'value' must be a string"),
+    (json.dumps({**GOOD, "client": 7}), "'client' must be a string"),
+    (json.dumps({**GOOD, "key": ""}), "'key' must not be empty"),
+    (json.dumps({**GOOD, "colour": "red"}), "unknown field \"colour\""),
+]
+
+
+@pytest.mark.parametrize(("line", "problem"), BAD_LINES, ids=[problem for _, problem in BAD_LINES])
+def test_malformed_line_names_file_line_and_problem(tmp_path: Path, line: str, problem: str) -> None:
+    """The error names the file, the line number and what is wrong."""
+    path = write_lines(tmp_path / "history.jsonl", [json.dumps(GOOD), "", line])
+    with pytest.raises(HistoryError) as caught:
+        read_history(path)
+    message = str(caught.value)
+    assert message.startswith(f"{path}:3: ")
+    assert "history.jsonl:3" in message
+    assert problem in message
+
+
+def test_invalid_utf8_names_the_line(tmp_path: Path) -> None:
+    """Undecodable bytes are reported like any other malformed line."""
+    path = tmp_path / "history.jsonl"
+    path.write_bytes(json.dumps(GOOD).encode() + b"\n\xff\xfe\n")
+    with pytest.raises(HistoryError, match=r"history\.jsonl:2: not valid UTF-8"):
+        read_history(path)
+
+
+def test_missing_file_is_named(tmp_path: Path) -> None:
+    """A history that does not exist raises HistoryError with its path."""
+    with pytest.raises(HistoryError, match=r"absent\.jsonl"):
+        read_history(tmp_path / "absent.jsonl")
+
+
+def test_merge_histories(tmp_path: Path) -> None:
+    """Several per-process files become one, ordered by start."""
+    first, second, merged = tmp_path / "a.jsonl", tmp_path / "b.jsonl", tmp_path / "all.jsonl"
+    with HistoryWriter(first) as writer:
+        for operation in SAMPLES[::2]:
+            writer.record(operation)
+    with HistoryWriter(second) as writer:
+        for operation in SAMPLES[1::2]:
+            writer.record(operation)
+    assert merge_histories([first, second], merged) == len(SAMPLES)
+    assert read_history(merged) == sorted(SAMPLES, key=lambda o: o.start)
+
+
+def test_merge_histories_reports_bad_input(tmp_path: Path) -> None:
+    """A malformed input file is named, and its line."""
+    bad = write_lines(tmp_path / "bad.jsonl", ["{"])
+    with pytest.raises(HistoryError, match=r"bad\.jsonl:1"):
+        merge_histories([bad], tmp_path / "out.jsonl")
