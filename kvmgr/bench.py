@@ -898,6 +898,8 @@ def draw_plot(results: Sequence[Sample], path: Path) -> None:
 
 def run_bench_command(args: argparse.Namespace) -> int:
     """Run the benchmark, print the tables, write --json and --plot; 1 if a measurement failed."""
+    if args.checker:
+        return run_checker_command(args)
     if args.plot and importlib.util.find_spec("matplotlib") is None:
         print("kvmgr bench: --plot needs matplotlib: pip install 'kvmgr[plot]'", file=sys.stderr)
         return 2
@@ -927,6 +929,21 @@ def run_bench_command(args: argparse.Namespace) -> int:
     return 1 if failures else 0
 
 
+def run_checker_command(args: argparse.Namespace) -> int:
+    """--checker: time `kvmgr check` on a 50,000-operation history of 8 clients over 16 keys."""
+    from kvmgr.check_bench import run_checker_benchmark
+
+    progress("timing the linearizability checker on a synthetic 50,000-operation history (8 clients, 16 keys)")
+    result = run_checker_benchmark(repeats=args.repeats or 3)
+    rows = [["operations", result["operations"]], ["clients", result["clients"]], ["keys", result["keys"]],
+            ["linearizable", result["linearizable"]], ["seconds (median)", round(result["seconds_median"], 3)],
+            ["seconds (all runs)", ", ".join(f"{t:.3f}" for t in result["seconds_all"])]]
+    print(tabulate(rows, headers=["checker", ""]))
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2))
+    return 0
+
+
 def write_outputs(args: argparse.Namespace, results: list[Sample], ratios: dict[str, float], profile: Profile, repeats: int) -> None:
     """Write the --json and --plot files that were asked for."""
     if args.json:
@@ -953,6 +970,7 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repeats", type=positive_int, help="interleaved repeats; the median is reported (default 3, --quick 1)")
     parser.add_argument("--json", metavar="FILE", help="write the machine, the results and the ratios as JSON")
     parser.add_argument("--plot", metavar="FILE.png", help="draw the results (needs matplotlib: pip install 'kvmgr[plot]')")
+    parser.add_argument("--checker", action="store_true", help="only time the linearizability checker on a 50,000-operation history")
     parser.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)
 
 

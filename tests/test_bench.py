@@ -95,3 +95,12 @@ def test_medians_and_ratios_of_known_samples() -> None:
     assert [(r.system, r.ops_per_s) for r in results] == [("kvmgr", 200.0), ("multiprocessing-dict", 400.0)]
     assert bench.compute_ratios(results, (1,)) == {"kvmgr/tcp get x1 vs multiprocessing-dict/tcp": 0.5}
     assert bench.percentile([1.0, 2.0, 3.0, 4.0, 5.0], 50) == 3.0
+
+
+def test_checker_benchmark_reports_a_linearizable_verdict(tmp_path: Path) -> None:
+    out = tmp_path / "checker.json"
+    result = subprocess.run(python_module("kvmgr", "bench", "--checker", "--repeats", "1", "--json", str(out)),
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(out.read_text())
+    assert report["operations"] == 50_000 and report["linearizable"] is True and report["seconds_median"] > 0
