@@ -25,9 +25,7 @@ from kvmgr.config import (
     parse_address,
 )
 from kvmgr.durable import FSYNC_MODES
-from kvmgr.errors import ConfigError, HistoryError, KvmgrError, ScenarioError, ServerUnavailable
-
-EXIT_OK, EXIT_NEGATIVE, EXIT_USAGE, EXIT_UNAVAILABLE = 0, 1, 2, 3
+from kvmgr.errors import EXIT_NEGATIVE, EXIT_OK, ConfigError, KvmgrError, ServerUnavailable, exit_status
 
 
 def command_serve(args: argparse.Namespace) -> int:
@@ -132,12 +130,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format=f"kvmgr {args.command}: %(message)s", stream=sys.stderr)
     try:
         return args.handler(args)
-    except (ConfigError, ScenarioError, HistoryError) as exc:
-        return _fail(args, exc, EXIT_USAGE)
-    except ServerUnavailable as exc:
-        return _fail(args, exc, EXIT_UNAVAILABLE)
     except KvmgrError as exc:
-        return _fail(args, exc, EXIT_UNAVAILABLE)
+        return _fail(args, exc, exit_status(exc))
     except KeyboardInterrupt:
         return 130
 

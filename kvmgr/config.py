@@ -13,8 +13,10 @@ from kvmgr.errors import ConfigError
 
 DEFAULT_ADDRESS = "127.0.0.1:50000"
 DEFAULT_TIMEOUT = 5.0
+IDLE_CHECK_AFTER = 0.05  # seconds idle after which a client first checks that the server has not closed the connection
 AUTHKEY_ENV = "KVMGR_AUTHKEY"
 HANDSHAKE_TIMEOUT = 5.0
+RENDEZVOUS_TIMEOUT = 30.0  # the longest a rendezvous waits for its parties
 MAX_PENDING_HANDSHAKES = 1024
 MAX_KEY_BYTES = 1024
 MAX_VALUE_BYTES = 16 * 1024 * 1024
@@ -125,6 +127,11 @@ def generated_authkey() -> tuple[bytes, Path]:
         handle.write(key + b"\n")
     os.replace(temporary, path)
     return key, path
+
+
+def is_redis_url(address: object) -> bool:
+    """True for redis:// and rediss:// URLs: targets served by the Redis client, not a kvmgr server."""
+    return isinstance(address, str) and address.startswith(("redis://", "rediss://"))
 
 
 def fresh_authkey() -> str:

@@ -21,7 +21,8 @@ import psutil
 from tabulate import tabulate
 
 from kvmgr.check import check_operations
-from kvmgr.errors import ConfigError, KvmgrError, ScenarioError, ServerUnavailable
+from kvmgr.config import is_redis_url
+from kvmgr.errors import EXIT_NEGATIVE, EXIT_OK, ConfigError, KvmgrError, exit_status
 from kvmgr.history import read_history
 from kvmgr.processes import ProcessGroup, ServerProcess, child_environment, python_module, read_line
 from kvmgr.scenarios import Scenario, Step, load_scenario, seed_scenario_path
@@ -305,7 +306,7 @@ def _closing_quit(number: int) -> Step:
 
 def prepare_target(target: str, flush: bool) -> None:
     """Check that the Redis target is reachable and empty (emptying it first when asked)."""
-    if not target.startswith(("redis://", "rediss://")):
+    if not is_redis_url(target):
         raise ConfigError(f"--target must be a redis:// URL (got {target!r})")
     from kvmgr.redis_client import connect_redis
 
@@ -341,12 +342,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.target is not None:
             prepare_target(args.target, args.flush_target)
         report = run_scenario(scenario, args.address, args.target)
-    except (ScenarioError, ConfigError) as exc:
+    except KvmgrError as exc:
         print(f"run_driver.py: error: {exc}", file=sys.stderr)
-        return 2
-    except (ServerUnavailable, KvmgrError) as exc:
-        print(f"run_driver.py: error: {exc}", file=sys.stderr)
-        return 3
+        return exit_status(exc)
     except KeyboardInterrupt:
         return 130
     if args.json:
@@ -358,4 +356,4 @@ def main(argv: list[str] | None = None) -> int:
         skipped = sum(row.passed is None for row in report.rows)
         verdict = "PASS" if report.passed else "FAIL"
         print(f"{verdict}: {passed}/{len(report.rows)} rows passed ({skipped} skipped) in {report.seconds:.2f}s")
-    return 0 if report.passed else 1
+    return EXIT_OK if report.passed else EXIT_NEGATIVE

@@ -19,11 +19,12 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from kvmgr.errors import ConfigError, KvmgrError
+from kvmgr.validation import Value
 
 FSYNC_MODES = ("always", "batch", "off")
 DATABASE_NAME = "kvmgr.sqlite3"
 LOCK_NAME = "kvmgr.lock"
-Value = str | bytes
+COMMIT_TIMEOUT = 30.0  # seconds a writer waits for its commit before it is told durable storage failed
 Changes = Mapping[str, Value | None]  # None deletes the key
 
 
@@ -35,10 +36,14 @@ class SQLiteJournal:
             raise ConfigError(f"--fsync must be one of {', '.join(FSYNC_MODES)} (got {fsync!r})")
         self.fsync = fsync
         self._lock_file = _lock_directory(data_dir)
-        self._db = sqlite3.connect(data_dir / DATABASE_NAME, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute(f"PRAGMA synchronous={'OFF' if fsync == 'off' else 'FULL'}")
-        self._db.execute("CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value NOT NULL) WITHOUT ROWID")
+        try:
+            self._db = sqlite3.connect(data_dir / DATABASE_NAME, check_same_thread=False, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute(f"PRAGMA synchronous={'OFF' if fsync == 'off' else 'FULL'}")
+            self._db.execute("CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value NOT NULL) WITHOUT ROWID")
+        except sqlite3.Error as exc:
+            self._lock_file.close()
+            raise ConfigError(f"cannot use {data_dir / DATABASE_NAME}: {exc}") from None
         self._pending: list[tuple[str, Value | None]] = []
         self._appended = 0
         self._committed = 0
@@ -52,7 +57,10 @@ class SQLiteJournal:
 
     def load(self) -> dict[str, Value]:
         """Everything stored, as the dict the server starts from (str stays str, bytes stays bytes)."""
-        return dict(self._db.execute("SELECT key, value FROM kv"))
+        try:
+            return dict(self._db.execute("SELECT key, value FROM kv"))
+        except sqlite3.Error as exc:
+            raise ConfigError(f"cannot read the data in {DATABASE_NAME}: {exc}") from None
 
     def append(self, changes: Changes) -> int:
         """Take a write (call it under the store's lock); returns the ticket to wait on."""
@@ -72,9 +80,10 @@ class SQLiteJournal:
         if ticket == 0:
             return
         with self._changed:
-            self._changed.wait_for(lambda: self._committed >= ticket or self._failure is not None)
+            done = self._changed.wait_for(lambda: self._committed >= ticket or self._failure is not None, COMMIT_TIMEOUT)
             if self._committed < ticket:
-                raise KvmgrError(f"durable storage failed: {self._failure}")
+                reason = self._failure if done else f"no commit within {COMMIT_TIMEOUT:g}s"
+                raise KvmgrError(f"durable storage failed: {reason}")
 
     def close(self) -> None:
         """Commit what is pending, close the database and release the data directory."""
@@ -82,7 +91,7 @@ class SQLiteJournal:
             self._closing = True
             self._changed.notify_all()
         if self._committer is not None:
-            self._committer.join()
+            self._committer.join(COMMIT_TIMEOUT)
         self._db.close()
         self._lock_file.close()
 
@@ -96,7 +105,7 @@ class SQLiteJournal:
                 ticket = self._appended
             try:
                 self._apply(batch)
-            except sqlite3.Error as exc:
+            except BaseException as exc:  # a dead committer must wake every waiter, whatever killed it
                 with self._changed:
                     self._failure = exc
                     self._changed.notify_all()

@@ -56,3 +56,20 @@ class HistoryError(KvmgrError, ValueError):
 
 class ProtocolError(KvmgrError):
     """A peer sent bytes that are not a kvmgr request or reply (or pickled something other than plain data)."""
+
+
+ERROR_CLASSES: dict[str, type[KvmgrError]] = {
+    name: cls for name, cls in list(globals().items()) if isinstance(cls, type) and issubclass(cls, KvmgrError)
+}
+"""Every kvmgr error by name (scenario files name them; replies may carry them)."""
+
+EXIT_OK, EXIT_NEGATIVE, EXIT_USAGE, EXIT_UNAVAILABLE = 0, 1, 2, 3
+"""Exit statuses of every command: success, a negative answer (key not found, a FAIL, not linearizable),
+bad usage or input, and a server that could not be reached, used or started."""
+
+
+def exit_status(error: Exception) -> int:
+    """The exit status a command ends with when `error` stops it."""
+    if isinstance(error, ConfigError | ScenarioError | HistoryError | InvalidKey | InvalidValue):
+        return EXIT_USAGE
+    return EXIT_UNAVAILABLE

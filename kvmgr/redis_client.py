@@ -20,9 +20,8 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
 from kvmgr import wire
-from kvmgr.client import IDLE_CHECK_AFTER
 from kvmgr.client.operations import Operations
-from kvmgr.config import DEFAULT_LIMITS, DEFAULT_TIMEOUT, Limits
+from kvmgr.config import DEFAULT_LIMITS, DEFAULT_TIMEOUT, IDLE_CHECK_AFTER, RENDEZVOUS_TIMEOUT, Limits
 from kvmgr.errors import (
     AuthenticationFailed,
     ConfigError,
@@ -34,7 +33,7 @@ from kvmgr.errors import (
     ServerUnavailable,
 )
 from kvmgr.history import HistoryWriter
-from kvmgr.store import RENDEZVOUS_TIMEOUT, Value, check_key, check_key_list, check_mapping, check_rendezvous, check_value
+from kvmgr.validation import Value, check_key, check_key_list, check_mapping, check_rendezvous, check_value
 
 if TYPE_CHECKING:
     from types import ModuleType

@@ -7,6 +7,7 @@ import logging
 import os
 import signal
 import socket
+import stat
 import sys
 import threading
 import time
@@ -16,7 +17,7 @@ from multiprocessing.managers import Server
 from kvmgr import wire
 from kvmgr.config import DEFAULT_LIMITS, Address, Limits, address_family, format_address
 from kvmgr.durable import SQLiteJournal
-from kvmgr.errors import KvmgrError, ProtocolError
+from kvmgr.errors import ConfigError, KvmgrError, ProtocolError
 from kvmgr.store import Store
 from kvmgr.wire import set_socket_timeout
 
@@ -43,6 +44,8 @@ def open_listener(address: Address) -> socket.socket:
 
 
 def _remove_stale_socket(path: str) -> None:
+    if not stat.S_ISSOCK(os.lstat(path).st_mode):
+        raise ConfigError(f"{path} exists and is not a socket: refusing to replace it")
     probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         probe.connect(path)
@@ -98,8 +101,9 @@ class StoreServer(Server):
         with contextlib.suppress(OSError):
             self.socket.shutdown(socket.SHUT_RDWR)  # wakes the accepter thread
         self.socket.close()
-        if isinstance(self.address, str) and os.path.exists(self.address):
-            os.unlink(self.address)
+        if isinstance(self.address, str):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.address)  # the socket we bound
         deadline = time.monotonic() + DRAIN_TIMEOUT
         while self._busy and time.monotonic() < deadline:
             time.sleep(0.005)  # let calls in flight send their replies
@@ -160,8 +164,16 @@ class StoreServer(Server):
         return getattr(obj, method) if method in exposed else None
 
     def _authenticate(self, conn: connection.Connection, peer: str) -> tuple | None:
-        """The HMAC challenge both ways and the first request, all within the handshake timeout; None if rejected."""
-        set_socket_timeout(conn, self.limits.handshake_timeout)
+        """The HMAC challenge both ways and the first request, all within the handshake timeout; None if rejected.
+
+        Every read is bounded by the timeout, and a timer cuts the connection when the whole handshake
+        takes longer, so a peer that trickles a byte at a time cannot hold a handshake slot.
+        """
+        timeout = self.limits.handshake_timeout
+        set_socket_timeout(conn, timeout)
+        expired = threading.Event()
+        deadline = threading.Timer(timeout, _cut_off, args=(conn, expired))
+        deadline.start()
         try:
             connection.deliver_challenge(conn, self.authkey)
             connection.answer_challenge(conn, self.authkey)
@@ -169,7 +181,10 @@ class StoreServer(Server):
         except connection.AuthenticationError:
             log.warning("rejected peer %s: wrong authkey", peer)
         except (OSError, EOFError, ProtocolError) as exc:
-            log.warning("rejected peer %s: %s", peer, _reason(exc, self.limits.handshake_timeout))
+            reason = f"no handshake within {timeout:g}s" if expired.is_set() else _reason(exc, timeout)
+            log.warning("rejected peer %s: %s", peer, reason)
+        finally:
+            deadline.cancel()
         return None
 
     def open_store(self, conn: connection.Connection) -> None:
@@ -221,6 +236,17 @@ class StoreServer(Server):
             return wire.dump(reply)
         except Exception as exc:
             return wire.dump((wire.ERROR, KvmgrError(f"cannot send the result: {exc}")))
+
+
+def _cut_off(conn: connection.Connection, expired: threading.Event) -> None:
+    """End a handshake that ran out of time: shut the socket down so the blocked read returns."""
+    expired.set()
+    with contextlib.suppress(OSError):
+        sock = socket.socket(fileno=conn.fileno())
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        finally:
+            sock.detach()
 
 
 def _sendable(exc: Exception) -> Exception:

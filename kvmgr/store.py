@@ -5,13 +5,12 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterable, Mapping
 
-from kvmgr.config import DEFAULT_LIMITS, Limits
+from kvmgr.config import DEFAULT_LIMITS, RENDEZVOUS_TIMEOUT, Limits
 from kvmgr.durable import SQLiteJournal
-from kvmgr.errors import InvalidKey, InvalidValue, KeyNotFound, KvmgrError
+from kvmgr.errors import InvalidValue, KeyNotFound, KvmgrError
+from kvmgr.validation import Value, check_key, check_key_list, check_mapping, check_rendezvous, check_value
 
-Value = str | bytes
 QUIT_MESSAGE = "Server Quitting..!"
-RENDEZVOUS_TIMEOUT = 30.0
 
 
 class Store:
@@ -21,6 +20,7 @@ class Store:
         self, limits: Limits = DEFAULT_LIMITS, on_quit: Callable[[], None] = lambda: None, journal: SQLiteJournal | None = None,
     ) -> None:
         self._journal = journal
+        self._closed = False
         self._data: dict[str, Value] = journal.load() if journal is not None else {}
         self._lock = threading.Lock()
         self._limits = limits
@@ -105,6 +105,8 @@ class Store:
 
     def _write(self, changes: Mapping[str, Value | None]) -> int:
         """The one path every change takes (call under the lock): journal it, then apply it. None deletes."""
+        if self._closed:
+            raise KvmgrError("the server is shutting down: the write was not made")
         ticket = self._journal.append(changes) if self._journal is not None else 0
         data = self._data
         for key, value in changes.items():
@@ -120,11 +122,11 @@ class Store:
             self._journal.wait(ticket)
 
     def close(self) -> None:
-        """Commit what is pending and close durable storage, if any."""
+        """Refuse further writes, commit what is pending and close durable storage, if any."""
         with self._lock:
-            if self._journal is not None:
+            if not self._closed and self._journal is not None:
                 self._journal.close()
-                self._journal = None
+            self._closed = True
 
     def quit(self) -> str:
         """Ask the server to shut down gracefully; return the confirmation message."""
@@ -151,56 +153,3 @@ class Store:
             if barrier.parties != parties:
                 raise InvalidValue(f"rendezvous {name!r} was opened for {barrier.parties} parties, not {parties}")
             return barrier
-
-
-def check_key(key: object, limits: Limits = DEFAULT_LIMITS) -> None:
-    """InvalidKey unless key is a non-empty str within the size limit."""
-    if not isinstance(key, str) or not key:
-        raise InvalidKey(f"key must be a non-empty str, not {_describe(key)}")
-    limit = limits.max_key_bytes
-    if len(key) * 4 > limit and len(key.encode("utf-8", "surrogatepass")) > limit:  # UTF-8 takes 1 to 4 bytes a character
-        raise InvalidKey(f"key is longer than {limit} bytes")
-
-
-def check_value(value: object, limits: Limits = DEFAULT_LIMITS) -> None:
-    """InvalidValue unless value is str or bytes within the size limit."""
-    limit = limits.max_value_bytes
-    if isinstance(value, str):
-        size = len(value) if len(value) * 4 <= limit else len(value.encode("utf-8", "surrogatepass"))
-    elif isinstance(value, bytes):
-        size = len(value)
-    else:
-        raise InvalidValue(f"value must be str or bytes, not {_describe(value)}")
-    if size > limit:
-        raise InvalidValue(f"value is larger than {limit} bytes")
-
-
-def check_key_list(keys: object, limits: Limits = DEFAULT_LIMITS) -> list[str]:
-    """The keys as a list; InvalidKey unless it is a list of valid keys."""
-    if isinstance(keys, str | bytes) or not isinstance(keys, Iterable):
-        raise InvalidKey(f"get_many takes a list of keys, not {_describe(keys)}")
-    keys = list(keys)
-    for key in keys:
-        check_key(key, limits)
-    return keys
-
-
-def check_mapping(mapping: object, limits: Limits = DEFAULT_LIMITS) -> None:
-    """InvalidKey/InvalidValue unless store_many got a dict of valid keys and values."""
-    if not isinstance(mapping, Mapping):
-        raise InvalidValue(f"store_many takes a dict of key -> value, not {type(mapping).__name__}")
-    for key, value in mapping.items():
-        check_key(key, limits)
-        check_value(value, limits)
-
-
-def check_rendezvous(name: object, parties: object) -> None:
-    """InvalidValue unless name is a str and parties an int >= 1."""
-    if not isinstance(name, str) or not isinstance(parties, int) or parties < 1:
-        raise InvalidValue("rendezvous takes a name (str) and a number of parties (int >= 1)")
-
-
-def _describe(thing: object) -> str:
-    if isinstance(thing, str):
-        return "an empty str"
-    return type(thing).__name__

@@ -20,7 +20,7 @@ from typing import Any
 from tabulate import tabulate
 
 from kvmgr.check import CheckResult, check_operations, describe
-from kvmgr.config import client_authkey
+from kvmgr.config import client_authkey, is_redis_url
 from kvmgr.errors import ConfigError, KeyNotFound, KvmgrError
 from kvmgr.history import HistoryWriter, Operation, merge_histories, read_history
 from kvmgr.processes import ProcessGroup, child_environment, python_module
@@ -299,7 +299,7 @@ def command_stress(args: argparse.Namespace) -> int:
         if getattr(args, name) < 1:
             raise ConfigError(f"--{name} must be at least 1")
     authkey = None
-    if args.target is not None and not args.target.startswith("redis://"):
+    if args.target is not None and not is_redis_url(args.target):
         authkey = client_authkey(args.authkey_file).decode()
     plan = StressPlan(args.clients, args.ops, args.keys, args.mix, args.seed, args.timeout)
     report = run_stress(plan, args.target, authkey, args.history)

@@ -19,19 +19,14 @@ from kvmgr import errors
 
 TYPEID = "get_store"
 OPEN_STORE = "open_store"
-EXPOSED = (
-    "store", "get", "delete", "exists", "keys", "size", "cas",
-    "get_many", "store_many", "quit", "rendezvous",
-)
+OPERATIONS = ("store", "get", "delete", "exists", "keys", "size", "cas", "get_many", "store_many", "quit")
+EXPOSED = (*OPERATIONS, "rendezvous")
 RETURN = "#RETURN"
 ERROR = "#ERROR"
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 READ_SIZE = 16 * 1024  # small enough for malloc to serve from its pools
 _HEADER = struct.Struct("!i")
 
-_ERROR_CLASSES = {
-    name: cls for name, cls in vars(errors).items() if isinstance(cls, type) and issubclass(cls, Exception)
-}
 _BUILTIN_EXCEPTIONS = {
     name: cls for name, cls in vars(builtins).items() if isinstance(cls, type) and issubclass(cls, BaseException)
 }
@@ -48,8 +43,8 @@ class _ReplyUnpickler(pickle.Unpickler):
     """Unpickles a server's reply: plain data plus kvmgr and built-in exceptions."""
 
     def find_class(self, module: str, name: str) -> Any:
-        if module == "kvmgr.errors" and name in _ERROR_CLASSES:
-            return _ERROR_CLASSES[name]
+        if module == "kvmgr.errors" and name in errors.ERROR_CLASSES:
+            return errors.ERROR_CLASSES[name]
         if module == "builtins" and name in _BUILTIN_EXCEPTIONS:
             return _BUILTIN_EXCEPTIONS[name]
         raise errors.ProtocolError(f"refused to unpickle {module}.{name} in a reply")

@@ -15,10 +15,12 @@ from kvmgr.client.operations import Operations, raise_first_error
 from kvmgr.config import (
     DEFAULT_ADDRESS,
     DEFAULT_TIMEOUT,
+    IDLE_CHECK_AFTER,
     Address,
     address_family,
     client_authkey,
     format_address,
+    is_redis_url,
     parse_address,
 )
 from kvmgr.errors import AuthenticationFailed, KeyNotFound, OutcomeUnknown, ProtocolError, ServerUnavailable
@@ -63,7 +65,6 @@ def _reason(exc: BaseException) -> str:
 
 PIPELINE_WINDOW = 128
 PIPELINE_BYTES = 64 * 1024
-IDLE_CHECK_AFTER = 0.05  # seconds idle after which a call first checks that the server has not closed the connection
 
 
 class Client(Operations):
@@ -205,7 +206,7 @@ def connect(
 
     Raises ServerUnavailable or AuthenticationFailed within `timeout` if it cannot.
     """
-    if isinstance(address, str) and address.startswith(("redis://", "rediss://")):
+    if is_redis_url(address):
         from kvmgr.redis_client import connect_redis  # redis-py is an optional extra
 
         return connect_redis(address, timeout, name=name, history=history)

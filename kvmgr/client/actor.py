@@ -17,17 +17,9 @@ from typing import Any
 
 from kvmgr.client import Client, connect
 from kvmgr.config import DEFAULT_ADDRESS, DEFAULT_TIMEOUT
-from kvmgr.errors import (
-    ConfigError,
-    InvalidKey,
-    InvalidValue,
-    KeyNotFound,
-    KvmgrError,
-)
+from kvmgr.errors import EXIT_NEGATIVE, EXIT_OK, ConfigError, KeyNotFound, KvmgrError, exit_status
 from kvmgr.history import HistoryWriter
-
-EXIT_OK, EXIT_NOT_FOUND, EXIT_USAGE, EXIT_UNAVAILABLE = 0, 1, 2, 3
-OPERATIONS = ("store", "get", "delete", "exists", "keys", "size", "cas", "get_many", "store_many", "quit")
+from kvmgr.wire import OPERATIONS
 
 
 def build_parser(name: str | None) -> argparse.ArgumentParser:
@@ -105,9 +97,9 @@ def message_for(op: str, key: str | None, result: Any) -> tuple[str, int]:
         verb = "Saved" if result == "saved" else "Update"
         return f"{verb} Successfully for key:{key}", EXIT_OK
     if op == "delete":
-        return (f"Deleted key:{key}", EXIT_OK) if result else (f"Invalid Key:{key}", EXIT_NOT_FOUND)
+        return (f"Deleted key:{key}", EXIT_OK) if result else (f"Invalid Key:{key}", EXIT_NEGATIVE)
     if op == "cas":
-        return (f"Swapped key:{key}", EXIT_OK) if result else (f"Not swapped key:{key}", EXIT_NOT_FOUND)
+        return (f"Swapped key:{key}", EXIT_OK) if result else (f"Not swapped key:{key}", EXIT_NEGATIVE)
     if op == "keys":
         return "\n".join(result), EXIT_OK
     if isinstance(result, bool):
@@ -135,7 +127,7 @@ def perform(client: Client, name: str, args: argparse.Namespace) -> tuple[dict[s
         result = client.call(op, *call_args)
     except KeyNotFound as exc:
         outcome.update(end=time.monotonic_ns(), status="error", error="KeyNotFound", result=None, message=str(exc))
-        return outcome, EXIT_NOT_FOUND
+        return outcome, EXIT_NEGATIVE
     outcome["end"] = time.monotonic_ns()
     message, status = message_for(op, args.key, result)
     outcome.update(status="ok", result=result if not isinstance(result, bytes) else printable(result), message=message)
@@ -178,10 +170,8 @@ def main(argv: list[str] | None = None, name: str | None = None) -> int:
             return run_session(actor, args)
         with connected(actor, args) as client:
             outcome, status = perform(client, actor, args)
-    except (ConfigError, InvalidKey, InvalidValue) as exc:
-        return _fail(actor, args, exc, EXIT_USAGE)
-    except KvmgrError as exc:  # ServerUnavailable, AuthenticationFailed and the rest
-        return _fail(actor, args, exc, EXIT_UNAVAILABLE)
+    except KvmgrError as exc:
+        return _fail(actor, args, exc, exit_status(exc))
     print(json.dumps(outcome) if args.json else outcome["message"], flush=True)
     return status
 

@@ -12,10 +12,10 @@ from typing import Any
 
 from kvmgr.errors import InvalidKey, InvalidValue, KeyNotFound, OutcomeUnknown, ServerUnavailable
 from kvmgr.history import HistoryWriter, Operation, encode_value
+from kvmgr.validation import Value
 
 SAFE_TO_REPEAT = frozenset({"store", "get", "exists", "keys", "size", "get_many", "store_many"})
 RECORDED = frozenset({"store", "get", "delete", "cas", "get_many", "store_many"})
-Value = str | bytes
 
 
 class Operations:

@@ -15,17 +15,16 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from kvmgr import errors
-from kvmgr.errors import ScenarioError
+from kvmgr.errors import ERROR_CLASSES, ScenarioError
+from kvmgr.wire import OPERATIONS
 
-OPERATIONS = ("store", "get", "delete", "exists", "keys", "size", "cas", "get_many", "store_many", "quit")
 NEEDS_KEY = ("store", "get", "delete", "exists", "cas")
 NEEDS_VALUE = ("store", "cas")
 EXPECTATIONS = ("expect", "expect_one_of", "expect_error")
 STEP_FIELDS = {
     "name", "actors", "op", "key", "value", "expected", "absent", "keys", "pairs", "same_result", *EXPECTATIONS,
 }
-ERROR_NAMES = {name for name, cls in vars(errors).items() if isinstance(cls, type) and issubclass(cls, Exception)}
+ERROR_NAMES = set(ERROR_CLASSES)
 
 
 @dataclass(frozen=True)
