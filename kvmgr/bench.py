@@ -45,7 +45,7 @@ from typing import Any
 import psutil
 from tabulate import tabulate
 
-from kvmgr.config import AUTHKEY_ENV, format_address, fresh_authkey, parse_address
+from kvmgr.config import AUTHKEY_ENV, format_address, fresh_authkey, parse_address, positive_int
 from kvmgr.errors import KvmgrError
 from kvmgr.processes import ProcessGroup, child_environment, python_module, read_line, reap
 
@@ -952,14 +952,6 @@ def write_outputs(args: argparse.Namespace, results: list[Sample], ratios: dict[
     if args.plot:
         draw_plot(results, Path(args.plot))
         progress(f"wrote {args.plot}")
-
-
-def positive_int(text: str) -> int:
-    """argparse type: an integer >= 1."""
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
-    return value
 
 
 def add_bench_arguments(parser: argparse.ArgumentParser) -> None:

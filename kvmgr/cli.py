@@ -23,9 +23,12 @@ from kvmgr.config import (
     generated_authkey,
     is_loopback,
     parse_address,
+    positive_float,
+    positive_int,
 )
 from kvmgr.durable import FSYNC_MODES
 from kvmgr.errors import EXIT_NEGATIVE, EXIT_OK, ConfigError, KvmgrError, ServerUnavailable, exit_status
+from kvmgr.processes import interrupt_on_terminate
 
 
 def command_serve(args: argparse.Namespace) -> int:
@@ -58,10 +61,14 @@ def add_serve(subparsers: argparse._SubParsersAction) -> None:
         help=f"HOST:PORT (port 0 picks a free one) or a Unix socket path (default {DEFAULT_ADDRESS})",
     )
     parser.add_argument("--authkey-file", type=Path, help="read the authkey from this file (else $KVMGR_AUTHKEY, else generate one)")
-    parser.add_argument("--max-key-bytes", type=int, default=MAX_KEY_BYTES, help="longest key, in UTF-8 bytes (default %(default)s)")
-    parser.add_argument("--max-value-bytes", type=int, default=MAX_VALUE_BYTES, help="largest value, in bytes (default %(default)s)")
     parser.add_argument(
-        "--handshake-timeout", type=float, default=HANDSHAKE_TIMEOUT,
+        "--max-key-bytes", type=positive_int, default=MAX_KEY_BYTES, help="longest key in UTF-8 bytes (default %(default)s)",
+    )
+    parser.add_argument(
+        "--max-value-bytes", type=positive_int, default=MAX_VALUE_BYTES, help="largest value in bytes (default %(default)s)",
+    )
+    parser.add_argument(
+        "--handshake-timeout", type=positive_float, default=HANDSHAKE_TIMEOUT,
         help="seconds an unauthenticated peer may take to authenticate (default %(default)s)",
     )
     parser.add_argument("--data-dir", type=Path, help="keep the data in SQLite inside this directory (default: in memory only)")
@@ -127,6 +134,7 @@ SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [add_serve, ad
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the kvmgr console script and python -m kvmgr."""
     args = build_parser().parse_args(argv)
+    interrupt_on_terminate()  # `serve` installs its own graceful handlers
     logging.basicConfig(level=logging.INFO, format=f"kvmgr {args.command}: %(message)s", stream=sys.stderr)
     try:
         return args.handler(args)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import ipaddress
 import os
 import secrets
@@ -36,6 +37,28 @@ class Limits:
 
 
 DEFAULT_LIMITS = Limits()
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number above 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number above 0, got {text!r}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """An argparse type: a number of seconds above 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number above 0, got {text!r}")
+    return value
 
 
 def parse_address(text: str) -> Address:
@@ -119,13 +142,16 @@ def generated_authkey() -> tuple[bytes, Path]:
     path = default_authkey_path()
     if path.exists() and (path.stat().st_mode & 0o077) == 0:
         return read_authkey_file(path), path
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     key = secrets.token_hex(32).encode()
     temporary = path.with_suffix(".tmp")
-    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(descriptor, "wb") as handle:
-        handle.write(key + b"\n")
-    os.replace(temporary, path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(descriptor, "wb") as handle:
+            handle.write(key + b"\n")
+        os.replace(temporary, path)
+    except OSError as exc:
+        raise ConfigError(f"cannot write a generated authkey to {path}: {exc.strerror} (set ${AUTHKEY_ENV} instead)") from None
     return key, path
 
 

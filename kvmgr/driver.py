@@ -24,7 +24,7 @@ from kvmgr.check import check_operations
 from kvmgr.config import is_redis_url
 from kvmgr.errors import EXIT_NEGATIVE, EXIT_OK, ConfigError, KvmgrError, exit_status
 from kvmgr.history import read_history
-from kvmgr.processes import ProcessGroup, ServerProcess, child_environment, python_module, read_line
+from kvmgr.processes import ProcessGroup, ServerProcess, child_environment, interrupt_on_terminate, python_module, read_line
 from kvmgr.scenarios import Scenario, Step, load_scenario, seed_scenario_path
 
 ACTOR_TIMEOUT = 20.0
@@ -125,7 +125,10 @@ class Actors:
         if line is None:
             reason = f"exited with status {process.poll()}" if process.poll() is not None else f"no answer within {ACTOR_TIMEOUT:g}s"
             return ActorOutcome(actor, "error", error="ActorFailed", message=f"{reason}: {_last_error(process)}")
-        report = json.loads(line)
+        try:
+            report = json.loads(line)
+        except json.JSONDecodeError:
+            return ActorOutcome(actor, "error", error="ActorFailed", message=f"not a JSON outcome: {line[:80]!r}")
         return ActorOutcome(actor, report["status"], report.get("result"), report.get("error"), report.get("message", ""))
 
     def finish(self) -> None:
@@ -337,6 +340,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of run_driver.py."""
     args = build_parser().parse_args(argv)
+    interrupt_on_terminate()
     try:
         scenario = load_scenario(args.scenario or seed_scenario_path())
         if args.target is not None:

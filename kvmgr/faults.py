@@ -24,6 +24,7 @@ from typing import IO
 from tabulate import tabulate
 
 import kvmgr
+from kvmgr.config import positive_int
 from kvmgr.errors import AuthenticationFailed, KvmgrError, ServerUnavailable
 from kvmgr.history import HistoryWriter, read_history
 from kvmgr.processes import ProcessGroup, ServerProcess, child_environment, python_module, read_line, suspend
@@ -376,7 +377,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         description=__doc__.split("\n")[0],
         epilog="Exit status: 0 nothing lost and no honest client failed, 1 otherwise.",
     )
-    parser.add_argument("--rounds", type=int, default=5, help="rounds of each kill -9 scenario (default %(default)s)")
+    parser.add_argument("--rounds", type=positive_int, default=5, help="rounds of each kill -9 scenario (default %(default)s)")
     parser.add_argument("--quick", action="store_true", help="one round of each kill -9 scenario")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     parser.set_defaults(handler=command_faults)

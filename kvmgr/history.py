@@ -228,7 +228,10 @@ class HistoryWriter:
         """Open `path` for appending (created if missing)."""
         self.path = os.fspath(path)
         self._lock = threading.Lock()
-        self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - kept open until close()
+        try:
+            self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - kept open until close()
+        except OSError as exc:
+            raise HistoryError(f"cannot write history file {self.path}: {exc.strerror}") from None
 
     def record(self, op: Operation) -> None:
         """Validate `op`, then write it as one line and flush."""

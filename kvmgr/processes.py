@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import select
+import signal
 import subprocess
 import sys
 import time
@@ -24,6 +25,16 @@ from kvmgr.errors import ServerUnavailable
 READY_PREFIX = "kvmgr listening on "
 READY_TIMEOUT = 15.0
 REAP_TIMEOUT = 3.0
+
+
+def interrupt_on_terminate() -> None:
+    """Make SIGTERM and SIGHUP raise KeyboardInterrupt, so every `with ProcessGroup()` reaps its processes."""
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, interrupt)
 
 
 def python_module(module: str, *args: str) -> list[str]:

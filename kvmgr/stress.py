@@ -20,7 +20,7 @@ from typing import Any
 from tabulate import tabulate
 
 from kvmgr.check import CheckResult, check_operations, describe
-from kvmgr.config import client_authkey, is_redis_url
+from kvmgr.config import client_authkey, is_redis_url, positive_float, positive_int
 from kvmgr.errors import ConfigError, KeyNotFound, KvmgrError
 from kvmgr.history import HistoryWriter, Operation, merge_histories, read_history
 from kvmgr.processes import ProcessGroup, child_environment, python_module
@@ -277,9 +277,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "record the history, check that it is linearizable and print throughput and latency per operation.",
         epilog="Exit status: 0 linearizable and no errors, 1 not linearizable or errors, 2 bad usage, 3 server unreachable.",
     )
-    parser.add_argument("--clients", type=int, default=4, help="client processes (default %(default)s)")
-    parser.add_argument("--ops", type=int, default=1000, help="operations per client (default %(default)s)")
-    parser.add_argument("--keys", type=int, default=8, help="distinct keys (default %(default)s)")
+    parser.add_argument("--clients", type=positive_int, default=4, help="client processes (default %(default)s)")
+    parser.add_argument("--ops", type=positive_int, default=1000, help="operations per client (default %(default)s)")
+    parser.add_argument("--keys", type=positive_int, default=8, help="distinct keys (default %(default)s)")
     parser.add_argument("--mix", default=DEFAULT_MIX, help=f"weights per operation (default {DEFAULT_MIX}); also get_many, store_many")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default %(default)s)")
     parser.add_argument("--history", type=Path, help="also write the merged history (JSON lines) here")
@@ -288,16 +288,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="use this running kvmgr server, or a redis:// URL, instead of starting a server",
     )
     parser.add_argument("--authkey-file", type=Path, help="authkey for --address (else $KVMGR_AUTHKEY or the default key file)")
-    parser.add_argument("--timeout", type=float, default=5.0, help="per-call timeout in seconds (default %(default)s)")
+    parser.add_argument("--timeout", type=positive_float, default=5.0, help="per-call timeout in seconds (default %(default)s)")
     parser.add_argument("--json", action="store_true", help="print a machine-readable report")
     parser.set_defaults(handler=command_stress)
 
 
 def command_stress(args: argparse.Namespace) -> int:
     """Run `kvmgr stress`."""
-    for name in ("clients", "ops", "keys"):
-        if getattr(args, name) < 1:
-            raise ConfigError(f"--{name} must be at least 1")
     authkey = None
     if args.target is not None and not is_redis_url(args.target):
         authkey = client_authkey(args.authkey_file).decode()

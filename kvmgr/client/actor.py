@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from kvmgr.client import Client, connect
-from kvmgr.config import DEFAULT_ADDRESS, DEFAULT_TIMEOUT
+from kvmgr.config import DEFAULT_ADDRESS, DEFAULT_TIMEOUT, positive_float, positive_int
 from kvmgr.errors import EXIT_NEGATIVE, EXIT_OK, ConfigError, KeyNotFound, KvmgrError, exit_status
 from kvmgr.history import HistoryWriter
 from kvmgr.wire import OPERATIONS
@@ -42,9 +42,9 @@ def build_parser(name: str | None) -> argparse.ArgumentParser:
     parser.add_argument("--pairs", help="store_many: JSON object of key -> value; get_many: JSON list of keys")
     parser.add_argument("--address", default=DEFAULT_ADDRESS, help=f"the server, HOST:PORT or a socket path (default {DEFAULT_ADDRESS})")
     parser.add_argument("--authkey-file", type=Path, help="read the authkey from this file")
-    parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, help="seconds to wait for the server (default %(default)s)")
+    parser.add_argument("--timeout", type=positive_float, default=DEFAULT_TIMEOUT, help="seconds to wait for a reply (default %(default)s)")
     parser.add_argument("--barrier", help="wait at this server-hosted barrier before the operation")
-    parser.add_argument("--parties", type=int, default=2, help="how many actors meet at --barrier (default 2)")
+    parser.add_argument("--parties", type=positive_int, default=2, help="how many actors meet at --barrier (default 2)")
     parser.add_argument("--json", action="store_true", help="print one JSON object describing the outcome")
     parser.add_argument("--history", type=Path, help="append the operation to this history file (JSON lines)")
     parser.add_argument("--session", action="store_true", help="run steps read as JSON lines from stdin (used by the driver)")
@@ -152,9 +152,10 @@ def run_session(name: str, args: argparse.Namespace) -> int:
     """
     with connected(name, args) as client:
         for line in sys.stdin:
-            step = argparse.Namespace(**{**vars(args), **json.loads(line)})
             try:
-                outcome, _ = perform(client, name, step)
+                outcome, _ = perform(client, name, argparse.Namespace(**{**vars(args), **json.loads(line)}))
+            except json.JSONDecodeError as exc:
+                outcome = _error_outcome(name, ConfigError(f"a step must be one JSON object per line: {exc}"))
             except KvmgrError as exc:
                 outcome = _error_outcome(name, exc)
             print(json.dumps(outcome), flush=True)
