@@ -24,6 +24,7 @@ from kvmgr.wire import set_socket_timeout
 log = logging.getLogger("kvmgr.server")
 DRAIN_TIMEOUT = 1.0
 LISTEN_BACKLOG = 512
+REPLY_BATCH_BYTES = 256 * 1024  # replies to pipelined requests are written together up to this size
 
 
 def open_listener(address: Address) -> socket.socket:
@@ -214,9 +215,11 @@ class StoreServer(Server):
             busy.add(me)
             try:
                 replies = [wire.frame(self.dispatch(request))]
-                while framed.has_message():
+                size = len(replies[0])
+                while framed.has_message() and size < REPLY_BATCH_BYTES:
                     replies.append(wire.frame(self.dispatch(framed.recv())))
-                framed.send_raw(b"".join(replies))
+                    size += len(replies[-1])
+                framed.send_raw(b"".join(replies) if len(replies) > 1 else replies[0])
             except (OSError, ProtocolError):
                 return
             finally:

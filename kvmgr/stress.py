@@ -141,8 +141,9 @@ class StressReport:
 
     @property
     def unexpected(self) -> int:
-        """Operations that failed or whose outcome is unknown, plus errors the workers reported."""
-        return sum(op.status != "ok" for op in self.operations) + len(self.failed_workers)
+        """Calls that raised (other than a missing key) or left a failed or unknown outcome, and clients that crashed."""
+        not_ok = sum(op.status != "ok" for op in self.operations)
+        return max(not_ok, sum(self.worker_errors.values())) + len(self.failed_workers)
 
     @property
     def passed(self) -> bool:

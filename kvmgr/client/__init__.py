@@ -142,49 +142,59 @@ class Client(Operations):
     def pipeline(self, calls: Iterable[tuple], raise_on_error: bool = True, window: int = PIPELINE_WINDOW) -> list[Any]:
         """Run many calls, each a tuple (method, *args), with up to `window` requests in flight on the connection.
 
-        The server answers them in order. Requests in flight are also bounded to PIPELINE_BYTES, so neither
-        side can block writing while the other blocks writing too. Results come back in order; with
-        raise_on_error=False a call's error is returned in its place instead of raised.
+        The server answers them in order. The requests in flight are also bounded to PIPELINE_BYTES in all
+        (one larger request goes alone), so neither side can block writing while the other blocks writing
+        too. Results come back in order; with raise_on_error=False a call's error is returned in its place.
         """
         calls = [(method, tuple(args)) for method, *args in calls]
         framed = self._connection()
         requests = [wire.frame(wire.dump((self._ident, method, args, {}))) for method, args in calls]
         results: list[Any] = []
         started: list[int] = []
-        sent = 0
+        in_flight_bytes = 0
         while len(results) < len(requests):
-            if sent < len(requests) and sent - len(results) < window:
-                sent = self._send_window(framed, requests, sent, len(results) + window, started)
-            results.append(self._pipelined_reply(framed, calls, len(results), started, sent))
+            sent = len(started)
+            end = sent
+            while end < len(requests) and end - len(results) < window and (
+                end == len(results) or in_flight_bytes + len(requests[end]) <= PIPELINE_BYTES
+            ):
+                in_flight_bytes += len(requests[end])
+                end += 1
+            if end > sent:
+                self._send_batch(framed, calls, b"".join(requests[sent:end]), len(results), end, started)
+            results.append(self._pipelined_reply(framed, calls, len(results), started))
+            in_flight_bytes -= len(requests[len(results) - 1])
         return raise_first_error(results) if raise_on_error else results
 
-    def _send_window(self, framed: wire.FramedSocket, requests: list[bytes], sent: int, limit: int, started: list[int]) -> int:
-        end, size = sent, 0
-        while end < min(limit, len(requests)) and (end == sent or size + len(requests[end]) <= PIPELINE_BYTES):
-            size += len(requests[end])
-            end += 1
-        now = time.monotonic_ns()
+    def _send_batch(self, framed: wire.FramedSocket, calls: list, batch: bytes, answered: int, end: int, started: list[int]) -> None:
+        started.extend([time.monotonic_ns()] * (end - len(started)))
         try:
-            framed.send_raw(b"".join(requests[sent:end]))
+            framed.send_raw(batch)
         except OSError as exc:
-            self.close()
-            raise ServerUnavailable(f"lost the connection to {format_address(self.address)}: {_reason(exc)}") from None
-        started.extend([now] * (end - sent))
-        return end
+            self._lose_in_flight(calls, answered, started)
+            raise OutcomeUnknown(
+                f"pipeline: lost the connection to {format_address(self.address)} ({_reason(exc)}); "
+                f"calls {answered} to {end - 1} may or may not have taken effect"
+            ) from None
 
-    def _pipelined_reply(self, framed: wire.FramedSocket, calls: list, index: int, started: list[int], sent: int) -> Any:
+    def _pipelined_reply(self, framed: wire.FramedSocket, calls: list, index: int, started: list[int]) -> Any:
         method, args = calls[index]
         try:
             result = self._receive(framed, method, None)
         except OutcomeUnknown:
-            for lost in range(index, sent):
-                self._record(*calls[lost], "info", None, started[lost], None)
+            self._lose_in_flight(calls, index, started)
             raise
         except Exception as exc:
             self._record(method, args, "ok" if isinstance(exc, KeyNotFound) else "fail", None, started[index], time.monotonic_ns())
             return exc
         self._record(method, args, "ok", result, started[index], time.monotonic_ns())
         return result
+
+    def _lose_in_flight(self, calls: list, first: int, started: list[int]) -> None:
+        """The connection broke: close it and record every call sent but not answered as outcome unknown."""
+        self.close()
+        for index in range(first, len(started)):
+            self._record(*calls[index], "info", None, started[index], None)
 
     def close(self) -> None:
         """Close the connection (the next call reconnects)."""
