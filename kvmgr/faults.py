@@ -191,17 +191,17 @@ def kill_server_under_writers(fsync: str, rounds: int) -> FaultResult:
 def kill_client_mid_call() -> FaultResult:
     """kill -9 a client while its large calls are in flight; the server and an honest client carry on."""
     result = FaultResult("kill -9 of a client mid-call", rounds=1)
-    code = ("import sys, kvmgr\nc = kvmgr.connect(sys.argv[1])\nprint('ready', flush=True)\n"
-            "while True:\n    c.store_many({f'big{i}': 'x' * 100_000 for i in range(50)})\n")
+    code = ("import sys, kvmgr\nc = kvmgr.connect(sys.argv[1])\n"
+            "while True:\n    c.store_many({f'big{i}': 'x' * 100_000 for i in range(50)})\n    print('stored', flush=True)\n")
     with ProcessGroup() as group:
         server = group.start_server()
         honest = HonestClient(server)
         with honest.running():
             victim = group.launch([sys.executable, "-c", code, server.address_text], child_environment(server.authkey))
-            if read_line(victim, time.monotonic() + PROGRESS_TIMEOUT) != "ready":
-                result.notes.append("the victim client never started")
-            time.sleep(0.2)  # let it get calls in flight: this is the fault, not a synchronization
-            victim.kill()
+            deadline = time.monotonic() + PROGRESS_TIMEOUT
+            if read_line(victim, deadline) != "stored" or read_line(victim, deadline) != "stored":
+                result.notes.append("the victim client never made its calls")
+            victim.kill()  # its calls run back to back: it dies in the middle of one (5 MB on the wire)
             victim.wait(timeout=5)
             time.sleep(0.2)
         if server.process.poll() is not None:

@@ -78,7 +78,9 @@ def suspend(process: psutil.Process, timeout: float = 5.0) -> None:
     """SIGSTOP a process and return once the kernel reports it stopped (the signal is asynchronous)."""
     process.suspend()
     deadline = time.monotonic() + timeout
-    while process.status() != psutil.STATUS_STOPPED and time.monotonic() < deadline:
+    while process.status() != psutil.STATUS_STOPPED:
+        if time.monotonic() > deadline:
+            raise ServerUnavailable(f"process {process.pid} did not stop within {timeout:g}s of SIGSTOP")
         time.sleep(0.005)
 
 
