@@ -47,7 +47,7 @@ from tabulate import tabulate
 
 from kvmgr.config import AUTHKEY_ENV, format_address, fresh_authkey, parse_address, positive_int
 from kvmgr.errors import KvmgrError
-from kvmgr.processes import ProcessGroup, child_environment, python_module, read_line, reap
+from kvmgr.processes import ProcessGroup, child_environment, python_module, read_line, reap, wait_until_ready
 
 ADDRESS_ENV = "KVMGR_BENCH_ADDRESS"
 POINT_WORKLOADS = ("get", "store", "mix")
@@ -514,10 +514,7 @@ def start_peer_server(group: ProcessGroup, role: str, address: str) -> tuple[psu
     """Start a stdlib or floor server process and wait for its ready line; return it, its address and key."""
     authkey = fresh_authkey()
     process = group.launch(python_module("kvmgr.bench", "--serve", role, "--address", address), child_environment(authkey))
-    line = read_line(process, time.monotonic() + READY_TIMEOUT)
-    if line is None or not line.startswith("ready "):
-        raise BenchError(f"the {role} server on {address} did not start: {failure_text(process)}")
-    return process, line.removeprefix("ready "), authkey
+    return process, wait_until_ready(process, "ready ", f"the {role} server on {address}"), authkey
 
 
 def failure_text(process: psutil.Popen) -> str:

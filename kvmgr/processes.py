@@ -99,6 +99,16 @@ def read_line(process: psutil.Popen, deadline: float) -> str | None:
     return line.decode().rstrip("\n")
 
 
+def wait_until_ready(process: psutil.Popen, prefix: str, what: str, timeout: float = READY_TIMEOUT) -> str:
+    """Wait for the process's ready line (`prefix` + details) and return the details; ServerUnavailable if none comes."""
+    line = read_line(process, time.monotonic() + timeout)
+    if line is None or not line.startswith(prefix):
+        status = process.poll()
+        reason = f"exited with status {status}" if status is not None else f"no ready line within {timeout:g}s"
+        raise ServerUnavailable(f"{what} did not start: {reason}")
+    return line.removeprefix(prefix)
+
+
 @dataclass
 class ServerProcess:
     """A kvmgr server this process started: its process handle, address and authkey."""
@@ -133,13 +143,8 @@ class ProcessGroup:
         argv = python_module("kvmgr", "serve", "--address", address, *extra_args)
         process = psutil.Popen(argv, env=child_environment(key), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log)
         self.processes.append(process)
-        line = read_line(process, time.monotonic() + READY_TIMEOUT)
-        if line is None or not line.startswith(READY_PREFIX):
-            status = process.poll()
-            reason = f"exited with status {status}" if status is not None else f"no ready line within {READY_TIMEOUT:g}s"
-            raise ServerUnavailable(f"kvmgr server on {address} did not start: {reason}")
+        text = wait_until_ready(process, READY_PREFIX, f"kvmgr server on {address}")
         process.stdout.close()
-        text = line.removeprefix(READY_PREFIX)
         return ServerProcess(process, parse_address(text), text, key)
 
     def reap_all(self) -> None:
