@@ -117,6 +117,7 @@ class WorkerSpec:
     memory_keys: int
     seed: int = 0
     preload: bool = False
+    output: str = ""  # the file the worker writes its results to (a pipe could fill and stall it mid-run)
 
 
 @dataclass
@@ -361,10 +362,11 @@ def run_worker(spec: WorkerSpec) -> int:
     print("ready", flush=True)
     start_at = wait_for_go(Path(spec.go_file))
     rng = random.Random(spec.seed)
-    for index, workload in enumerate(spec.workloads):
-        begin = start_at + index * (spec.duration + PHASE_GAP)
-        outcome = run_memory_load(adapter, spec) if workload == "memory" else run_phase(adapter, workload, spec, rng, begin)
-        print(json.dumps({"workload": workload, **outcome}), flush=True)
+    with open(spec.output, "w", encoding="utf-8") as results:
+        for index, workload in enumerate(spec.workloads):
+            begin = start_at + index * (spec.duration + PHASE_GAP)
+            outcome = run_memory_load(adapter, spec) if workload == "memory" else run_phase(adapter, workload, spec, rng, begin)
+            results.write(json.dumps({"workload": workload, **outcome}) + "\n")
     adapter.close()
     return 0
 
@@ -570,15 +572,16 @@ def run_clients(group: ProcessGroup, target: Target, spec: WorkerSpec, clients: 
     env = target.environment()
     workers = []
     try:
+        outputs = [Path(spec.go_file).with_name(f"{Path(spec.go_file).name}-client{index}.jsonl") for index in range(clients)]
         for index in range(clients):
-            worker_spec = replace(spec, seed=index, preload=spec.preload and index == 0)
+            worker_spec = replace(spec, seed=index, preload=spec.preload and index == 0, output=str(outputs[index]))
             workers.append(group.launch(python_module("kvmgr.bench", "--worker", json.dumps(asdict(worker_spec))), env))
         deadline = time.monotonic() + READY_TIMEOUT
         for worker in workers:
             if read_line(worker, deadline) != "ready":
                 raise BenchError(f"a {target.system}/{target.transport} client did not get ready: {failure_text(worker)}")
         write_go_file(Path(spec.go_file), time.time() + GO_DELAY)
-        return [finished_output(worker, timeout) for worker in workers]
+        return [finished_output(worker, timeout, output) for worker, output in zip(workers, outputs, strict=True)]
     finally:
         for worker in workers:
             reap(worker)
@@ -592,15 +595,17 @@ def write_go_file(path: Path, start_at: float) -> None:
     temporary.replace(path)
 
 
-def finished_output(worker: psutil.Popen, timeout: float) -> list[dict]:
-    """The JSON lines a worker printed after "ready", once it has exited successfully."""
+def finished_output(worker: psutil.Popen, timeout: float, output: Path) -> list[dict]:
+    """The JSON lines a worker wrote to its output file, once it has exited successfully."""
     try:
-        out, err = worker.communicate(timeout=timeout)
+        _, err = worker.communicate(timeout=timeout)
     except subprocess.TimeoutExpired as exc:
         raise BenchError(f"a client did not finish within {timeout:g}s") from exc
     if worker.returncode != 0:
         raise BenchError(f"a client failed with exit status {worker.returncode}: {last_line(err.decode(errors='replace'))}")
-    return [json.loads(line) for line in out.decode().splitlines() if line.strip()]
+    lines = output.read_text(encoding="utf-8").splitlines()
+    output.unlink()
+    return [json.loads(line) for line in lines if line.strip()]
 
 
 # ----------------------------------------------------------------------------------------------
