@@ -13,6 +13,7 @@ import psutil
 import pytest
 
 import kvmgr
+from kvmgr.client.operations import Operations
 from kvmgr.processes import ProcessGroup, ServerProcess, child_environment, python_module
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -66,6 +67,30 @@ def server(group: ProcessGroup) -> ServerProcess:
 def client(server: ServerProcess) -> Iterator[kvmgr.Client]:
     """A client connected to the server fixture."""
     with kvmgr.connect(server.address_text, authkey=server.authkey.encode(), timeout=5.0) as connected:
+        yield connected
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    """A real redis-server for the session (the test is skipped, saying why, where none is installed)."""
+    from kvmgr.redis_server import find_redis_server, start_redis_server
+
+    if find_redis_server() is None:
+        pytest.skip("redis-server not found: apt-get install redis-server")
+    with ProcessGroup() as processes:
+        yield start_redis_server(processes).url
+
+
+@pytest.fixture(params=["manager", "redis"])
+def any_client(request: pytest.FixtureRequest) -> Iterator[Operations]:
+    """A client of each backend: a fresh kvmgr server, and an emptied Redis database."""
+    if request.param == "manager":
+        yield request.getfixturevalue("client")
+        return
+    from kvmgr.redis_client import connect_redis
+
+    with connect_redis(request.getfixturevalue("redis_url"), timeout=5.0) as connected:
+        connected.flush()
         yield connected
 
 

@@ -16,9 +16,7 @@ import pytest
 from kvmgr.errors import (
     AuthenticationFailed,
     ConfigError,
-    InvalidKey,
     InvalidValue,
-    KeyNotFound,
     KvmgrError,
     OutcomeUnknown,
     ProtocolError,
@@ -75,127 +73,6 @@ def run_in_processes(group: ProcessGroup, code: str, count: int) -> list[str]:
 
 
 # --- the operations, mirroring tests/test_store.py ---
-
-
-def test_store_says_saved_then_updated(client: RedisClient) -> None:
-    assert client.store("foo", "bar") == "saved"
-    assert client.store("foo", "baz") == "updated"
-    assert client.get("foo") == "baz"
-
-
-def test_bytes_and_str_values_round_trip_as_their_own_type(client: RedisClient) -> None:
-    client.store("blob", b"\x00\xff")
-    client.store("text", "h\u00e9llo \u2603")
-    client.store("looks-like-bytes", "\x00\xff")
-    assert client.get("blob") == b"\x00\xff"
-    assert client.get("text") == "h\u00e9llo \u2603"
-    assert client.get("looks-like-bytes") == "\x00\xff"
-
-
-def test_empty_values_are_present_not_absent(client: RedisClient) -> None:
-    assert client.store("empty", "") == "saved"
-    assert client.store("empty", "") == "updated"
-    assert client.get("empty") == ""
-    client.store("nothing", b"")
-    assert client.get("nothing") == b""
-    assert client.cas("empty", None, "x") is False
-    assert client.cas("empty", "", "x") is True
-
-
-def test_missing_key_raises_key_not_found_a_key_error(client: RedisClient) -> None:
-    with pytest.raises(KeyNotFound) as caught:
-        client.get("abc")
-    assert isinstance(caught.value, KeyError)
-    assert str(caught.value) == "Invalid Key:abc"
-
-
-@pytest.mark.parametrize("key", [1, "", None, b"bytes-key", ("t",)])
-def test_bad_keys_are_rejected_and_the_client_keeps_working(client: RedisClient, key: object) -> None:
-    with pytest.raises(InvalidKey, match="key must be a non-empty str"):
-        client.store(key, "v")  # type: ignore[arg-type]
-    assert client.store("still", "serving") == "saved"
-
-
-@pytest.mark.parametrize("value", [1, None, 2.5, ["list"], {"a": 1}])
-def test_bad_values_are_rejected_naming_the_type(client: RedisClient, value: object) -> None:
-    with pytest.raises(InvalidValue, match=f"value must be str or bytes, not {type(value).__name__}"):
-        client.store("k", value)  # type: ignore[arg-type]
-    with pytest.raises(KeyNotFound):
-        client.get("k")
-
-
-def test_oversized_key_is_rejected_like_the_store_does(client: RedisClient) -> None:
-    with pytest.raises(InvalidKey, match="key is longer than 1024 bytes"):
-        client.store("k" * 1025, "v")
-
-
-def test_invalid_errors_are_type_errors(client: RedisClient) -> None:
-    with pytest.raises(TypeError):
-        client.store("", "v")
-
-
-def test_delete_exists_keys_size(client: RedisClient) -> None:
-    client.store("b", "2")
-    client.store("a", "1")
-    assert client.exists("a") and not client.exists("zz")
-    assert client.keys() == ["a", "b"]
-    assert client.size() == 2
-    assert client.delete("a") is True
-    assert client.delete("a") is False
-    assert client.keys() == ["b"]
-
-
-def test_keys_are_sorted_and_complete_beyond_one_scan_page(client: RedisClient) -> None:
-    names = [f"key-{number:04d}" for number in range(2500)]
-    client.store_many({name: "v" for name in reversed(names)})
-    assert client.keys() == names
-    assert client.size() == 2500
-
-
-def test_cas_swaps_only_on_the_expected_value(client: RedisClient) -> None:
-    assert client.cas("k", None, "v1") is True
-    assert client.cas("k", None, "v2") is False
-    assert client.cas("k", "wrong", "v2") is False
-    assert client.cas("k", b"v1", "v2") is False  # bytes never equal str, as in Python
-    assert client.cas("k", "v1", "v2") is True
-    assert client.get("k") == "v2"
-
-
-def test_cas_validates_expected_and_value(client: RedisClient) -> None:
-    with pytest.raises(InvalidValue, match="not int"):
-        client.cas("k", 1, "v")  # type: ignore[arg-type]
-    with pytest.raises(InvalidValue, match="not NoneType"):
-        client.cas("k", None, None)  # type: ignore[arg-type]
-
-
-def test_get_many_and_store_many(client: RedisClient) -> None:
-    assert client.store_many({"a": "1", "b": b"2"}) == {"a": "saved", "b": "saved"}
-    assert client.store_many({"a": "3", "c": "4"}) == {"a": "updated", "c": "saved"}
-    assert client.get_many(["a", "b", "c", "missing"]) == {"a": "3", "b": b"2", "c": "4"}
-    assert client.get_many([]) == {}
-    assert client.store_many({}) == {}
-
-
-def test_get_many_rejects_bad_keys(client: RedisClient) -> None:
-    with pytest.raises(InvalidKey, match="key must be a non-empty str"):
-        client.get_many(["ok", ""])
-
-
-def test_store_many_is_all_or_nothing_on_bad_input(client: RedisClient) -> None:
-    with pytest.raises(InvalidValue):
-        client.store_many({"good": "1", "bad": 2})  # type: ignore[dict-item]
-    assert not client.exists("good")
-
-
-def test_store_many_rejects_a_non_mapping(client: RedisClient) -> None:
-    with pytest.raises(InvalidValue, match="store_many takes a dict of key -> value, not list"):
-        client.call("store_many", [("a", "1")])
-
-
-def test_unexposed_method_is_refused(client: RedisClient) -> None:
-    with pytest.raises(AttributeError, match="not exposed"):
-        client.call("_check_key", "x")
-    assert client.call("store", "after", "x") == "saved"
 
 
 def test_quit_is_refused_and_redis_keeps_running(client: RedisClient) -> None:
