@@ -8,6 +8,7 @@ honest clients and their worst latency. `python -m kvmgr.faults --writer ...` is
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import socket
@@ -233,14 +234,19 @@ def _wrong_authkey(server: ServerProcess) -> None:
 
 
 def _idle_connections(server: ServerProcess) -> None:
+    """Open IDLE_CONNECTIONS connections that never authenticate and hold each until the server drops it."""
     family = socket.AF_UNIX if isinstance(server.address, str) else socket.AF_INET
     sockets = []
     try:
         for _ in range(IDLE_CONNECTIONS):
             sock = socket.socket(family, socket.SOCK_STREAM)
             sockets.append(sock)
+            sock.settimeout(HANDSHAKE_TIMEOUT + 5)
             sock.connect(server.address)
-        time.sleep(HANDSHAKE_TIMEOUT / 2)  # hold them open while the honest client works
+        for sock in sockets:
+            with contextlib.suppress(OSError):
+                while sock.recv(65536):  # the challenge, then nothing until the handshake timeout cuts us off
+                    pass
     finally:
         for sock in sockets:
             sock.close()
