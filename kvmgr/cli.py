@@ -119,7 +119,10 @@ def add_bench(subparsers: argparse._SubParsersAction) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The `kvmgr` argument parser with every subcommand."""
-    parser = argparse.ArgumentParser(prog="kvmgr", description=__doc__.split("\n")[0], epilog=__doc__.split("\n\n", 1)[1])
+    parser = argparse.ArgumentParser(
+        prog="kvmgr", description="kvmgr: a key-value store shared by Python processes through a multiprocessing.managers server.",
+        epilog=__doc__.split("\n\n", 1)[1],
+    )
     parser.add_argument("--version", action="version", version=f"kvmgr {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")

@@ -208,6 +208,8 @@ class StressPlan:
 def run_stress(plan: StressPlan, target: str | None, authkey: str | None, history_path: Path | None) -> StressReport:
     """Start a server unless a target is given, run the workers, merge and check their histories."""
     parse_mix(plan.mix)
+    if target is not None:
+        _check_reachable(target, authkey, plan.timeout)
     with ProcessGroup() as group, tempfile.TemporaryDirectory(prefix="kvmgr-stress-") as scratch:
         if target is None:
             server = group.start_server()
@@ -221,6 +223,14 @@ def run_stress(plan: StressPlan, target: str | None, authkey: str | None, histor
         merge_histories([p for p in paths if p.exists()], merged)
         operations = read_history(merged)
     return StressReport(plan.clients, operations, busy_seconds(operations), check_operations(operations), errors, failed)
+
+
+def _check_reachable(target: str, authkey: str | None, timeout: float) -> None:
+    """Fail with one clear line (ServerUnavailable, AuthenticationFailed) before spawning any client."""
+    from kvmgr import connect
+
+    with connect(target, authkey=authkey.encode() if authkey else None, timeout=timeout):
+        pass
 
 
 def busy_seconds(operations: list[Operation]) -> float:

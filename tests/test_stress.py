@@ -96,3 +96,10 @@ def test_stress_against_a_running_server_with_batches(server: ServerProcess) -> 
 def test_stress_rejects_a_bad_mix() -> None:
     result = kvmgr_command("stress", "--mix", "store=40,fly=3")
     assert result.returncode == 2 and "bad --mix entry 'fly=3'" in result.stderr
+
+
+def test_stress_against_an_unreachable_server_is_one_line_and_exit_3() -> None:
+    env = child_environment("some-key")
+    result = kvmgr_command("stress", "--address", "127.0.0.1:1", "--clients", "2", "--ops", "5", env=env)
+    assert result.returncode == 3
+    assert result.stderr.strip() == "kvmgr stress: error: cannot reach kvmgr server at 127.0.0.1:1: Connection refused"
