@@ -9,6 +9,7 @@ import argparse
 import json
 import random
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -258,7 +259,7 @@ def _wait_for_workers(workers: list, started: float) -> tuple[list[str], dict[st
         process = pending[0]
         try:
             stdout, stderr = process.communicate(timeout=PROGRESS_EVERY)
-        except Exception:
+        except subprocess.TimeoutExpired:
             if time.monotonic() - started > WORKER_TIMEOUT:
                 raise KvmgrError(f"stress workers still running after {WORKER_TIMEOUT:g}s") from None
             if time.monotonic() - last_progress >= PROGRESS_EVERY:
