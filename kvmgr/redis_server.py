@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import tempfile
@@ -42,10 +43,10 @@ def free_loopback_port() -> int:
 
 
 def redis_server_argv(binary: str, port: int, extra_args: Sequence[str] = ()) -> list[str]:
-    """argv for a loopback-only, memory-only redis-server that logs only warnings."""
+    """argv for a loopback-only, memory-only redis-server that writes no files and no log."""
     return [
         binary, "--port", str(port), "--bind", LOOPBACK, "--protected-mode", "yes",
-        "--save", "", "--appendonly", "no", "--dir", tempfile.gettempdir(), "--loglevel", "warning",
+        "--save", "", "--appendonly", "no", "--dir", tempfile.gettempdir(), "--loglevel", "warning", "--logfile", os.devnull,
         *extra_args,
     ]
 

@@ -1,0 +1,196 @@
+"""Client-side adapters: one per kind of system, each with the same small interface, and the ADAPTERS table."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from multiprocessing import connection
+from typing import Any
+
+from kvmgr.bench.peers import stdlib_manager_class
+from kvmgr.config import parse_address
+
+PIPELINE_DEPTH = 100
+
+
+class KvmgrAdapter:
+    """A kvmgr Client."""
+
+    ops_per_call = 1
+
+    def __init__(self, address: str, authkey: bytes) -> None:
+        from kvmgr.client import connect
+
+        self.client = connect(address, authkey=authkey, timeout=30.0)
+        self.get, self.store = self.client.get, self.client.store
+        self.get_many, self.store_many = self.client.get_many, self.client.store_many
+
+    def load(self, mapping: dict[str, bytes], bulk: bool = False) -> None:
+        """Store a batch of keys."""
+        self.client.store_many(mapping)
+
+    def close(self) -> None:
+        """Disconnect."""
+        self.client.close()
+
+
+class KvmgrPipelineAdapter(KvmgrAdapter):
+    """Each call sends PIPELINE_DEPTH gets or stores on one connection with Client.pipeline."""
+
+    ops_per_call = PIPELINE_DEPTH
+
+    def __init__(self, address: str, authkey: bytes) -> None:
+        super().__init__(address, authkey)
+        self.get, self.store = self._pipelined_get, self._pipelined_store
+
+    def _pipelined_get(self, key: str) -> list[Any]:
+        return self.client.pipeline([("get", key)] * PIPELINE_DEPTH)
+
+    def _pipelined_store(self, key: str, value: bytes) -> list[Any]:
+        return self.client.pipeline([("store", key, value)] * PIPELINE_DEPTH)
+
+
+class StdlibDictAdapter:
+    """Proxies of dicts hosted by a multiprocessing SyncManager server."""
+
+    ops_per_call = 1
+
+    def __init__(self, address: str, authkey: bytes) -> None:
+        manager = stdlib_manager_class(None)(address=parse_address(address), authkey=authkey)
+        manager.connect()
+        self.point, self.bulk = manager.point_dict(), manager.bulk_dict()
+
+    def get(self, key: str) -> bytes:
+        """One read through the proxy."""
+        return self.point[key]
+
+    def store(self, key: str, value: bytes) -> None:
+        """One write through the proxy."""
+        self.point[key] = value
+
+    def get_many(self, keys: Sequence[str]) -> dict[str, bytes]:
+        """Bulk read: a copy of the dict that holds exactly the bulk keys (the proxy has no multi-get)."""
+        return self.bulk.copy()
+
+    def store_many(self, mapping: dict[str, bytes]) -> None:
+        """Bulk write with update()."""
+        self.bulk.update(mapping)
+
+    def load(self, mapping: dict[str, bytes], bulk: bool = False) -> None:
+        """Store a batch of keys."""
+        (self.bulk if bulk else self.point).update(mapping)
+
+    def close(self) -> None:
+        """Nothing to close: the manager's connections go with the process."""
+
+
+class FloorAdapter:
+    """A bare multiprocessing.connection to the echo server: one send and one recv per operation."""
+
+    ops_per_call = 1
+
+    def __init__(self, address: str, authkey: bytes) -> None:
+        self.conn = connection.Client(parse_address(address), authkey=authkey)
+
+    def get(self, key: str) -> object:
+        """Round trip of a (key, None) tuple."""
+        self.conn.send((key, None))
+        return self.conn.recv()
+
+    def store(self, key: str, value: bytes) -> object:
+        """Round trip of a (key, value) tuple."""
+        self.conn.send((key, value))
+        return self.conn.recv()
+
+    def load(self, mapping: dict[str, bytes], bulk: bool = False) -> None:
+        """Nothing to load: the echo server keeps no data."""
+
+    def close(self) -> None:
+        """Disconnect."""
+        self.conn.close()
+
+
+class RedisAdapter:
+    """redis-py against the benchmark's own redis-server: GET, SET, MGET, MSET."""
+
+    ops_per_call = 1
+
+    def __init__(self, address: str, authkey: bytes) -> None:
+        import redis
+
+        self.redis = redis.Redis.from_url(address, socket_timeout=30.0)
+
+    def get(self, key: str) -> bytes | None:
+        """GET."""
+        return self.redis.get(key)
+
+    def store(self, key: str, value: bytes) -> object:
+        """SET."""
+        return self.redis.set(key, value)
+
+    def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
+        """MGET."""
+        return self.redis.mget(keys)
+
+    def store_many(self, mapping: dict[str, bytes]) -> object:
+        """MSET."""
+        return self.redis.mset(mapping)
+
+    def load(self, mapping: dict[str, bytes], bulk: bool = False) -> None:
+        """Store a batch of keys."""
+        self.redis.mset(mapping)
+
+    def close(self) -> None:
+        """Disconnect."""
+        self.redis.close()
+
+
+class RedisPipelineAdapter(RedisAdapter):
+    """Each call sends PIPELINE_DEPTH GETs or SETs on random keys in one pipeline."""
+
+    ops_per_call = PIPELINE_DEPTH
+    keyspace = 1_000
+
+    def get(self, key: str) -> list[Any]:
+        """PIPELINE_DEPTH GETs in one round trip (key is one of them)."""
+        pipe = self.redis.pipeline(transaction=False)
+        for other in self._keys_like(key):
+            pipe.get(other)
+        return pipe.execute()
+
+    def store(self, key: str, value: bytes) -> list[Any]:
+        """PIPELINE_DEPTH SETs in one round trip (key is one of them)."""
+        pipe = self.redis.pipeline(transaction=False)
+        for other in self._keys_like(key):
+            pipe.set(other, value)
+        return pipe.execute()
+
+    def _keys_like(self, key: str) -> list[str]:
+        number = int(key[1:])
+        return [f"{key[0]}{(number + step) % self.keyspace:015d}" for step in range(PIPELINE_DEPTH)]
+
+
+class BareDictAdapter:
+    """A plain dict in this process: the memory baseline."""
+
+    ops_per_call = 1
+
+    def __init__(self, address: str, authkey: bytes) -> None:
+        self.data: dict[str, bytes] = {}
+
+    def load(self, mapping: dict[str, bytes], bulk: bool = False) -> None:
+        """Add a batch of keys."""
+        self.data.update(mapping)
+
+    def close(self) -> None:
+        """Nothing to close."""
+
+
+ADAPTERS: dict[str, Callable[[str, bytes], Any]] = {
+    "kvmgr": KvmgrAdapter,
+    "kvmgr-pipelined": KvmgrPipelineAdapter,
+    "stdlib": StdlibDictAdapter,
+    "floor": FloorAdapter,
+    "redis": RedisAdapter,
+    "redis-pipelined": RedisPipelineAdapter,
+    "bare": BareDictAdapter,
+}

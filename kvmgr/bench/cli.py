@@ -1,0 +1,144 @@
+"""kvmgr bench: kvmgr against its peers on loopback, every system interleaved in one run.
+
+Systems: kvmgr (tcp, unix), the stdlib multiprocessing.Manager().dict() proxy (tcp, unix), Redis through
+redis-py (single commands, 100-command pipelines, MGET/MSET; only when a redis-server and redis-py are
+installed), and the bare multiprocessing.connection round trip, the floor under any BaseManager proxy.
+
+Every measurement runs in fresh client processes (`python -m kvmgr.bench --worker SPEC`, the authkey in
+$KVMGR_AUTHKEY, the server address in $KVMGR_BENCH_ADDRESS), never in threads of this process. Clients
+connect, print "ready", and start together when this process writes the start time into a go file.
+Each repeat runs every system once per workload, systems taking turns in an order rotated every repeat,
+so machine noise hits all of them alike; the table shows the median over repeats.
+
+Units: get/store/mix are operations per second summed over all clients, with latency percentiles over
+every client's samples (redis-pipelined counts commands; its latency is one 100-command round trip);
+get_many/store_many are keys per second with the latency of one 10,000-key call (the stdlib dict reads
+its 10,000-key dict with copy(), writes with update()); memory is the RSS growth of the server process
+after storing N keys of 16 bytes with 100-byte values in batches of 10,000 (rate: keys/s of the load,
+latency: one batch), against the same dict built in a bare Python process; driver is `python run_driver.py`
+end to end (rate: runs/s, latency: its wall time in µs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from tabulate import tabulate
+
+from kvmgr.bench.common import PROFILES, Profile, Sample, WorkerSpec, progress
+from kvmgr.bench.launch import load_redis, start_targets
+from kvmgr.bench.peers import SERVE_ROLES
+from kvmgr.bench.report import compute_ratios, draw_plot, ratios_table, report, results_table
+from kvmgr.bench.run import Bench, run_repeats
+from kvmgr.bench.stats import medians
+from kvmgr.bench.worker import run_worker
+from kvmgr.config import AUTHKEY_ENV, positive_int
+from kvmgr.errors import KvmgrError
+from kvmgr.processes import ProcessGroup
+
+
+def run_bench_command(args: argparse.Namespace) -> int:
+    """Run the benchmark, print the tables, write --json and --plot; 1 if a measurement failed."""
+    if args.checker:
+        return run_checker_command(args)
+    if args.plot and importlib.util.find_spec("matplotlib") is None:
+        print("kvmgr bench: --plot needs matplotlib: pip install 'kvmgr[plot]'", file=sys.stderr)
+        return 2
+    profile = PROFILES["tiny" if args.tiny else "quick" if args.quick else "full"]
+    repeats = args.repeats or (1 if args.tiny or args.quick else 3)
+    redis_module, why_not = load_redis()
+    if redis_module is None:
+        progress(f"skipping redis: {why_not}")
+    if profile.name != "full":
+        full = PROFILES["full"]
+        progress(f"{profile.name} run: {profile.duration:g} s per workload instead of {full.duration:g} s, {repeats} repeat(s), "
+                 f"memory with {profile.memory_keys:,} keys instead of {full.memory_keys:,}")
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="kvmgr-bench-") as scratch, ProcessGroup() as group:
+        bench = Bench(group, Path(scratch), profile, redis_module)
+        bench.targets = start_targets(group, bench.workdir, redis_module)
+        samples, failures = run_repeats(bench, repeats)
+    results = medians(samples)
+    ratios = compute_ratios(results, profile.client_counts)
+    print(results_table(results, profile))
+    print()
+    print(ratios_table(ratios))
+    progress(f"{len(results)} results from {repeats} repeat(s) in {time.monotonic() - started:.1f}s")
+    write_outputs(args, results, ratios, profile, repeats)
+    if failures:
+        progress(f"{failures} measurement(s) failed; see the FAILED lines above")
+    return 1 if failures else 0
+
+
+def run_checker_command(args: argparse.Namespace) -> int:
+    """--checker: time `kvmgr check` on a 50,000-operation history of 8 clients over 16 keys."""
+    from kvmgr.check_bench import run_checker_benchmark
+
+    progress("timing the linearizability checker on a synthetic 50,000-operation history (8 clients, 16 keys)")
+    result = run_checker_benchmark(repeats=args.repeats or 3)
+    rows = [["operations", result["operations"]], ["clients", result["clients"]], ["keys", result["keys"]],
+            ["linearizable", result["linearizable"]], ["seconds (median)", round(result["seconds_median"], 3)],
+            ["seconds (all runs)", ", ".join(f"{t:.3f}" for t in result["seconds_all"])]]
+    print(tabulate(rows, headers=["checker", ""]))
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2))
+    return 0
+
+
+def write_outputs(args: argparse.Namespace, results: list[Sample], ratios: dict[str, float], profile: Profile, repeats: int) -> None:
+    """Write the --json and --plot files that were asked for."""
+    if args.json:
+        Path(args.json).write_text(json.dumps(report(results, ratios, profile, repeats), indent=2) + "\n")
+        progress(f"wrote {args.json}")
+    if args.plot:
+        draw_plot(results, Path(args.plot))
+        progress(f"wrote {args.plot}")
+
+
+def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of `kvmgr bench`."""
+    parser.add_argument(
+        "--quick", action="store_true", help="under a minute: 0.25 s per workload, 200,000 keys for memory, one repeat unless --repeats"
+    )
+    parser.add_argument("--repeats", type=positive_int, help="interleaved repeats; the median is reported (default 3, --quick 1)")
+    parser.add_argument("--json", metavar="FILE", help="write the machine, the results and the ratios as JSON")
+    parser.add_argument("--plot", metavar="FILE.png", help="draw the results (needs matplotlib: pip install 'kvmgr[plot]')")
+    parser.add_argument("--checker", action="store_true", help="only time the linearizability checker on a 50,000-operation history")
+    parser.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    """Register the `bench` subcommand."""
+    parser = subparsers.add_parser(
+        "bench", help="measure kvmgr against its peers on loopback",
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1],
+    )
+    add_bench_arguments(parser)
+    parser.set_defaults(handler=run_bench_command)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """python -m kvmgr.bench: the benchmark itself, or (hidden) one of its client or server processes."""
+    parser = argparse.ArgumentParser(prog="python -m kvmgr.bench", description=__doc__.split("\n\n")[0])
+    add_bench_arguments(parser)
+    parser.add_argument("--worker", metavar="SPEC", help=argparse.SUPPRESS)
+    parser.add_argument("--serve", choices=sorted(SERVE_ROLES), help=argparse.SUPPRESS)
+    parser.add_argument("--address", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.worker:
+        return run_worker(WorkerSpec(**json.loads(args.worker)))
+    if args.serve:
+        return SERVE_ROLES[args.serve](args.address, os.environ.get(AUTHKEY_ENV, "").encode())
+    try:
+        return run_bench_command(args)
+    except KvmgrError as exc:
+        print(f"kvmgr bench: error: {exc}", file=sys.stderr)
+        return 3

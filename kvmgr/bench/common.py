@@ -1,0 +1,95 @@
+"""What every part of kvmgr bench shares: the protocol constants, the run profiles, targets, worker specs and samples."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+
+from kvmgr.errors import KvmgrError
+from kvmgr.processes import child_environment
+
+ADDRESS_ENV = "KVMGR_BENCH_ADDRESS"
+POINT_WORKLOADS = ("get", "store", "mix")
+BULK_WORKLOADS = ("get_many", "store_many")
+PHASE_GAP = 0.03
+GO_DELAY = 0.02
+READY_TIMEOUT = 30.0
+
+
+class BenchError(KvmgrError):
+    """A benchmark process failed, timed out or printed something unexpected."""
+
+
+@dataclass(frozen=True)
+class Profile:
+    """How long and how big a run is."""
+
+    name: str
+    duration: float
+    client_counts: tuple[int, ...]
+    bulk_keys: int
+    memory_keys: int
+    keyspace: int = 1_000
+
+
+PROFILES = {
+    "full": Profile("full", 2.0, (1, 8), 10_000, 1_000_000),
+    "quick": Profile("quick", 0.25, (1, 8), 10_000, 200_000),
+    "tiny": Profile("tiny", 0.05, (1, 2), 1_000, 20_000),
+}
+
+
+@dataclass(frozen=True)
+class Target:
+    """One system on one transport that client processes can talk to."""
+
+    system: str
+    transport: str
+    kind: str
+    address: str
+    authkey: str = ""
+
+    def environment(self) -> dict[str, str]:
+        """The environment a client process of this target needs (authkey and address, never argv)."""
+        return child_environment(self.authkey or None, {ADDRESS_ENV: self.address})
+
+
+@dataclass
+class WorkerSpec:
+    """What one client process does; passed to it as JSON on its command line."""
+
+    kind: str
+    workloads: list[str]
+    duration: float
+    go_file: str
+    keyspace: int
+    bulk_keys: int
+    memory_keys: int
+    seed: int = 0
+    preload: bool = False
+    output: str = ""  # the file the worker writes its results to (a pipe could fill and stall it mid-run)
+
+
+@dataclass
+class Sample:
+    """One measurement of one system on one workload (or the median of several)."""
+
+    system: str
+    transport: str
+    workload: str
+    clients: int
+    ops_per_s: float
+    p50_us: float
+    p99_us: float
+    unit: str = "ops/s"
+    rss_growth_bytes: int | None = None
+
+    @property
+    def key(self) -> tuple[str, str, str, int]:
+        """What identifies the measurement across repeats."""
+        return self.system, self.transport, self.workload, self.clients
+
+
+def progress(message: str) -> None:
+    """One progress line on stderr."""
+    print(f"bench: {message}", file=sys.stderr, flush=True)

@@ -1,0 +1,114 @@
+"""Starting servers and client processes for a run (always through a ProcessGroup) and collecting what the
+clients wrote."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from kvmgr.bench.common import GO_DELAY, READY_TIMEOUT, BenchError, Target, WorkerSpec
+from kvmgr.config import fresh_authkey
+from kvmgr.processes import ProcessGroup, child_environment, python_module, read_line, reap, wait_until_ready
+
+
+def start_peer_server(group: ProcessGroup, role: str, address: str) -> tuple[psutil.Popen, str, str]:
+    """Start a stdlib or floor server process and wait for its ready line; return it, its address and key."""
+    authkey = fresh_authkey()
+    process = group.launch(python_module("kvmgr.bench", "--serve", role, "--address", address), child_environment(authkey))
+    return process, wait_until_ready(process, "ready ", f"the {role} server on {address}"), authkey
+
+
+def failure_text(process: psutil.Popen) -> str:
+    """Why a process failed: its exit status and the end of its stderr, or that it is still running."""
+    try:
+        status = process.wait(timeout=1.0)
+    except (subprocess.TimeoutExpired, psutil.TimeoutExpired):
+        status = None
+    if status is None:
+        return "no answer in time"
+    error = process.stderr.read().decode(errors="replace") if process.stderr else ""
+    return f"exit status {status}: {last_line(error)}"
+
+
+def last_line(text: str) -> str:
+    """The last non-blank line of a process's stderr (the exception of a traceback)."""
+    lines = [line for line in text.splitlines() if line.strip()]
+    return lines[-1].strip() if lines else "(no error output)"
+
+
+def load_redis() -> tuple[Any, str]:
+    """The kvmgr.redis_server module when redis-server and redis-py are both there, else None and why not."""
+    try:
+        from kvmgr import redis_server
+    except ImportError:
+        return None, "kvmgr.redis_server is not available"
+    if importlib.util.find_spec("redis") is None:
+        return None, "redis-py is not installed (pip install 'kvmgr[redis]')"
+    if redis_server.find_redis_server() is None:
+        return None, "no redis-server executable found"
+    return redis_server, ""
+
+
+def start_targets(group: ProcessGroup, workdir: Path, redis_module: Any) -> list[Target]:
+    """Start one server per system and transport; return the targets the workloads run against."""
+    targets = []
+    for transport, address in (("tcp", "127.0.0.1:0"), ("unix", str(workdir / "kvmgr.sock"))):
+        server = group.start_server(address)
+        targets.append(Target("kvmgr", transport, "kvmgr", server.address_text, server.authkey))
+        targets.append(Target("kvmgr-pipelined", transport, "kvmgr-pipelined", server.address_text, server.authkey))
+    for system, role in (("multiprocessing-dict", "stdlib"), ("connection-floor", "floor")):
+        for transport, address in (("tcp", "127.0.0.1:0"), ("unix", str(workdir / f"{role}.sock"))):
+            _, actual, authkey = start_peer_server(group, role, address)
+            targets.append(Target(system, transport, role, actual, authkey))
+    if redis_module is not None:
+        url = redis_module.start_redis_server(group).url
+        targets += [Target("redis", "tcp", "redis", url), Target("redis-pipelined", "tcp", "redis-pipelined", url)]
+    return targets
+
+
+def run_clients(group: ProcessGroup, target: Target, spec: WorkerSpec, clients: int, timeout: float) -> list[list[dict]]:
+    """Run `clients` worker processes that start together; return each one's per-workload outputs."""
+    env = target.environment()
+    workers = []
+    try:
+        outputs = [Path(spec.go_file).with_name(f"{Path(spec.go_file).name}-client{index}.jsonl") for index in range(clients)]
+        for index in range(clients):
+            worker_spec = replace(spec, seed=index, preload=spec.preload and index == 0, output=str(outputs[index]))
+            workers.append(group.launch(python_module("kvmgr.bench", "--worker", json.dumps(asdict(worker_spec))), env))
+        deadline = time.monotonic() + READY_TIMEOUT
+        for worker in workers:
+            if read_line(worker, deadline) != "ready":
+                raise BenchError(f"a {target.system}/{target.transport} client did not get ready: {failure_text(worker)}")
+        write_go_file(Path(spec.go_file), time.time() + GO_DELAY)
+        return [finished_output(worker, timeout, output) for worker, output in zip(workers, outputs, strict=True)]
+    finally:
+        for worker in workers:
+            reap(worker)
+        Path(spec.go_file).unlink(missing_ok=True)
+
+
+def write_go_file(path: Path, start_at: float) -> None:
+    """Publish the start time atomically: clients see either no file or the whole of it."""
+    temporary = path.with_suffix(".tmp")
+    temporary.write_text(repr(start_at))
+    temporary.replace(path)
+
+
+def finished_output(worker: psutil.Popen, timeout: float, output: Path) -> list[dict]:
+    """The JSON lines a worker wrote to its output file, once it has exited successfully."""
+    try:
+        _, err = worker.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired as exc:
+        raise BenchError(f"a client did not finish within {timeout:g}s") from exc
+    if worker.returncode != 0:
+        raise BenchError(f"a client failed with exit status {worker.returncode}: {last_line(err.decode(errors='replace'))}")
+    lines = output.read_text(encoding="utf-8").splitlines()
+    output.unlink()
+    return [json.loads(line) for line in lines if line.strip()]

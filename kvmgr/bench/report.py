@@ -1,0 +1,139 @@
+"""What a run reports: kvmgr ÷ peer ratios, the text tables, the --json document and the --plot chart."""
+
+from __future__ import annotations
+
+import os
+import platform
+import shlex
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import psutil
+from tabulate import tabulate
+
+from kvmgr.bench.common import BULK_WORKLOADS, POINT_WORKLOADS, Profile, Sample
+
+
+def compute_ratios(results: Sequence[Sample], client_counts: Sequence[int]) -> dict[str, float]:
+    """kvmgr ÷ each peer on comparable workloads (throughput: >1 means kvmgr is faster; memory: >1 means bigger)."""
+    found = {sample.key: sample for sample in results}
+    ratios: dict[str, float] = {}
+
+    def add(name: str, mine: tuple, theirs: tuple, attribute: str = "ops_per_s") -> None:
+        if mine in found and theirs in found and getattr(found[theirs], attribute):
+            ratios[name] = round(getattr(found[mine], attribute) / getattr(found[theirs], attribute), 3)
+
+    most = max(client_counts)
+    for transport in ("tcp", "unix"):
+        peers = [("multiprocessing-dict", transport), ("connection-floor", transport)]
+        peers += [("redis", "tcp"), ("redis-pipelined", "tcp")] if transport == "tcp" else []
+        for workload in POINT_WORKLOADS:
+            for clients in client_counts:
+                mine = ("kvmgr", transport, workload, clients)
+                for system, theirs in peers:
+                    add(f"kvmgr/{transport} {workload} x{clients} vs {system}/{theirs}", mine, (system, theirs, workload, clients))
+            add(f"kvmgr-pipelined/{transport} {workload} vs kvmgr/{transport} sequential",
+                ("kvmgr-pipelined", transport, workload, 1), ("kvmgr", transport, workload, 1))
+            if most > 1:
+                add(f"kvmgr/{transport} {workload} x{most} vs x1", ("kvmgr", transport, workload, most), ("kvmgr", transport, workload, 1))
+        for workload, redis_name in (("get_many", "MGET"), ("store_many", "MSET")):
+            mine = ("kvmgr", transport, workload, 1)
+            add(f"kvmgr/{transport} {workload} vs multiprocessing-dict/{transport}", mine, ("multiprocessing-dict", transport, workload, 1))
+            if transport == "tcp":
+                add(f"kvmgr/tcp {workload} vs redis/tcp {redis_name}", mine, ("redis", "tcp", workload, 1))
+    memory = ("kvmgr", "unix", "memory", 1)
+    for name, peer in (("python-dict", ("python-dict", "in-process", "memory", 1)),
+                       ("multiprocessing-dict", ("multiprocessing-dict", "unix", "memory", 1)), ("redis", ("redis", "tcp", "memory", 1))):
+        add(f"kvmgr memory vs {name}", memory, peer, "rss_growth_bytes")
+    driver = found.get(("kvmgr", "tcp", "driver", 1))
+    if driver is not None:
+        ratios["driver p50 seconds"] = round(driver.p50_us / 1e6, 3)
+    return ratios
+
+
+def results_table(results: Sequence[Sample], profile: Profile) -> str:
+    """The results as a text table."""
+    rows = []
+    for s in results:
+        rate, p50, p99 = f"{s.ops_per_s:,.0f}", f"{s.p50_us:,.1f}", f"{s.p99_us:,.1f}"
+        rows.append([s.system, s.transport, s.workload, s.clients, rate, s.unit, p50, p99, result_note(s, profile)])
+    headers = ["system", "transport", "workload", "clients", "rate", "unit", "p50 µs", "p99 µs", "note"]
+    alignment = ("left", "left", "left", "right", "right", "left", "right", "right")
+    return tabulate(rows, headers=headers, colalign=alignment, disable_numparse=True)
+
+
+def result_note(sample: Sample, profile: Profile) -> str:
+    """The memory figures of a memory result, the seconds per run of the driver, else nothing."""
+    if sample.rss_growth_bytes is not None:
+        growth = sample.rss_growth_bytes
+        return f"RSS +{growth / 2**20:,.1f} MiB for {profile.memory_keys:,} keys ({growth / profile.memory_keys:,.0f} B/key)"
+    if sample.workload == "driver":
+        return f"{sample.p50_us / 1e6:.2f} s per run"
+    return ""
+
+
+def ratios_table(ratios: Mapping[str, float]) -> str:
+    """The ratios as a text table."""
+    rows = [[name, f"{value:,.3f}"] for name, value in ratios.items()]
+    return tabulate(rows, headers=["kvmgr ÷ peer", "ratio"], colalign=("left", "right"), disable_numparse=True)
+
+
+def machine_info() -> dict[str, Any]:
+    """What the numbers were measured on."""
+    return {
+        "cores": os.cpu_count(),
+        "physical_cores": psutil.cpu_count(logical=False),
+        "memory_bytes": psutil.virtual_memory().total,
+        "python": platform.python_version(),
+        "implementation": platform.python_implementation(),
+        "platform": platform.platform(),
+    }
+
+
+def report(results: list[Sample], ratios: dict[str, float], profile: Profile, repeats: int) -> dict[str, Any]:
+    """The JSON document --json writes."""
+    return {
+        "machine": machine_info(),
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "command": shlex.join(sys.argv),
+        "settings": {**asdict(profile), "repeats": repeats},
+        "results": [asdict(sample) for sample in results],
+        "ratios": ratios,
+    }
+
+
+def draw_plot(results: Sequence[Sample], path: Path) -> None:
+    """Bar chart of the rate per system and workload (1 client), and throughput against client count."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, (bars, lines) = plt.subplots(1, 2, figsize=(16, 6))
+    workloads = [*POINT_WORKLOADS, *BULK_WORKLOADS]
+    systems = sorted({(s.system, s.transport) for s in results if s.workload in workloads})
+    width = 0.8 / max(1, len(systems))
+    found = {s.key: s for s in results}
+    for offset, (system, transport) in enumerate(systems):
+        heights = [found[key].ops_per_s if (key := (system, transport, w, 1)) in found else 0 for w in workloads]
+        bars.bar([i + offset * width for i in range(len(workloads))], heights, width, label=f"{system}/{transport}")
+    bars.set_xticks([i + 0.4 - width / 2 for i in range(len(workloads))], workloads)
+    bars.set_yscale("log")
+    bars.set_ylabel("ops/s (get/store/mix), keys/s (bulk); 1 client")
+    bars.legend(fontsize="small")
+    for system, transport in systems:
+        points = sorted((s.clients, s.ops_per_s) for s in results if (s.system, s.transport, s.workload) == (system, transport, "get"))
+        if points:
+            lines.plot(*zip(*points, strict=True), marker="o", label=f"{system}/{transport}")
+    lines.set_xticks(sorted({s.clients for s in results if s.workload == "get"}))
+    lines.set_xlabel("clients")
+    lines.set_ylabel("get ops/s, all clients")
+    lines.set_yscale("log")
+    lines.legend(fontsize="small")
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)

@@ -1,0 +1,56 @@
+"""The arithmetic on measurements: combining clients' phases into a Sample, percentiles, units, medians over repeats."""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Sequence
+from dataclasses import replace
+
+from kvmgr.bench.common import BULK_WORKLOADS, POINT_WORKLOADS, Sample
+
+
+def combine(system: str, transport: str, workload: str, outputs: list[list[dict]], index: int) -> Sample:
+    """Aggregate ops/s over all clients and latency percentiles over all their samples for one workload."""
+    phases = [per_client[index] for per_client in outputs]
+    rate = sum(phase["ops"] / phase["seconds"] for phase in phases)
+    latencies = sorted(value for phase in phases for value in phase["latencies_us"])
+    p50, p99 = percentile(latencies, 50), percentile(latencies, 99)
+    return Sample(system, transport, workload, len(outputs), rate, p50, p99, unit_of(system, workload))
+
+
+def percentile(ordered: Sequence[float], percent: float) -> float:
+    """Nearest-rank percentile of an ascending sequence."""
+    if not ordered:
+        return 0.0
+    return ordered[min(len(ordered) - 1, round(percent / 100 * (len(ordered) - 1)))]
+
+
+def unit_of(system: str, workload: str) -> str:
+    """The unit of a rate."""
+    if workload in BULK_WORKLOADS or workload == "memory":
+        return "keys/s"
+    return "cmds/s" if system.endswith("-pipelined") else "ops/s"
+
+
+def medians(samples: Sequence[Sample]) -> list[Sample]:
+    """One Sample per measurement: the median over repeats of each number."""
+    grouped: dict[tuple, list[Sample]] = {}
+    for sample in samples:
+        grouped.setdefault(sample.key, []).append(sample)
+    merged = []
+    for group in grouped.values():
+        growths = [s.rss_growth_bytes for s in group if s.rss_growth_bytes is not None]
+        merged.append(replace(
+            group[0],
+            ops_per_s=statistics.median(s.ops_per_s for s in group),
+            p50_us=statistics.median(s.p50_us for s in group),
+            p99_us=statistics.median(s.p99_us for s in group),
+            rss_growth_bytes=int(statistics.median(growths)) if growths else None,
+        ))
+    return sorted(merged, key=lambda s: (workload_order(s.workload), s.clients, s.system, s.transport))
+
+
+def workload_order(workload: str) -> int:
+    """Position of a workload in the tables."""
+    order = [*POINT_WORKLOADS, *BULK_WORKLOADS, "memory", "driver"]
+    return order.index(workload) if workload in order else len(order)
