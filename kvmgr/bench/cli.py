@@ -85,7 +85,7 @@ def run_checker_command(args: argparse.Namespace) -> int:
     progress("timing the linearizability checker on a synthetic 50,000-operation history (8 clients, 16 keys)")
     result = run_checker_benchmark(repeats=args.repeats or 3)
     rows = [["operations", result["operations"]], ["clients", result["clients"]], ["keys", result["keys"]],
-            ["linearizable", result["linearizable"]], ["seconds (median)", round(result["seconds_median"], 3)],
+            ["linearizable", "yes" if result["linearizable"] else "NO"], ["seconds (median)", round(result["seconds_median"], 3)],
             ["seconds (all runs)", ", ".join(f"{t:.3f}" for t in result["seconds_all"])]]
     print(tabulate(rows, headers=["checker", ""]))
     if args.json:
