@@ -10,7 +10,7 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from kvmgr.errors import InvalidKey, InvalidValue, KeyNotFound, OutcomeUnknown, ServerUnavailable
+from kvmgr.errors import KeyNotFound, OutcomeUnknown, ServerUnavailable
 from kvmgr.history import HistoryWriter, Operation, encode_value
 from kvmgr.validation import Value
 
@@ -80,7 +80,9 @@ class Operations:
         for method, *args in calls:
             try:
                 results.append(self.call(method, *args))
-            except (KeyNotFound, InvalidKey, InvalidValue, AttributeError, TypeError) as exc:
+            except ServerUnavailable:
+                raise  # the connection is gone: no later call can succeed either
+            except Exception as exc:  # the call's own error, in its place
                 results.append(exc)
         return raise_first_error(results) if raise_on_error else results
 
