@@ -27,6 +27,9 @@ from kvmgr.errors import AuthenticationFailed, KeyNotFound, OutcomeUnknown, Prot
 from kvmgr.history import HistoryWriter
 from kvmgr.wire import set_socket_timeout
 
+PIPELINE_WINDOW = 128  # requests in flight at most on one connection
+PIPELINE_BYTES = 64 * 1024  # ... and bytes of requests in flight at most (one larger request goes alone)
+
 
 def open_connection(address: Address, authkey: bytes, timeout: float) -> connection.Connection:
     """Connect and authenticate, every step bounded by timeout; raise ServerUnavailable or AuthenticationFailed."""
@@ -61,10 +64,6 @@ def _reason(exc: BaseException) -> str:
     if isinstance(exc, EOFError):
         return "connection closed"
     return exc.strerror or str(exc) if isinstance(exc, OSError) else str(exc)
-
-
-PIPELINE_WINDOW = 128
-PIPELINE_BYTES = 64 * 1024
 
 
 class Client(Operations):
