@@ -6,7 +6,7 @@ import os
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import psutil
@@ -92,6 +92,21 @@ def any_client(request: pytest.FixtureRequest) -> Iterator[Operations]:
     with connect_redis(request.getfixturevalue("redis_url"), timeout=5.0) as connected:
         connected.flush()
         yield connected
+
+
+@pytest.fixture(params=["manager", "redis"])
+def dedicated_backend(request: pytest.FixtureRequest, group: ProcessGroup) -> tuple[psutil.Popen, Callable[..., Operations]]:
+    """A server of each backend for this test alone (free to suspend or kill), and a way to connect to it."""
+    if request.param == "manager":
+        server = group.start_server()
+        return server.process, lambda **options: kvmgr.connect(server.address_text, authkey=server.authkey.encode(), **options)
+    from kvmgr.redis_client import connect_redis
+    from kvmgr.redis_server import find_redis_server, start_redis_server
+
+    if find_redis_server() is None:
+        pytest.skip("redis-server not found: apt-get install redis-server")
+    redis = start_redis_server(group)
+    return redis.process, lambda **options: connect_redis(redis.url, **options)
 
 
 def run_actor(server: ServerProcess, *args: str, name: str = "alice", authkey: str | None = None) -> subprocess.CompletedProcess:

@@ -44,17 +44,18 @@ def test_silent_peer_times_out_instead_of_hanging() -> None:
         assert time.monotonic() - started < 5
 
 
-def test_hung_server_mid_session_gives_outcome_unknown(server: ServerProcess) -> None:
-    client = kvmgr.connect(server.address_text, authkey=server.authkey.encode(), timeout=0.5)
+def test_hung_server_mid_session_gives_outcome_unknown(dedicated_backend: tuple) -> None:
+    process, connect = dedicated_backend
+    client = connect(timeout=0.5)
     client.store("k", "v")
-    suspend(server.process)
+    suspend(process)
     try:
         started = time.monotonic()
         with pytest.raises(OutcomeUnknown, match="may or may not have taken effect"):
-            client.store("k", "v2")
+            client.cas("k", "v", "v2")  # never retried: the outcome stays unknown
         assert time.monotonic() - started < 5
     finally:
-        server.process.resume()
+        process.resume()
     assert client.get("k") in ("v", "v2")
     client.close()
 
