@@ -34,13 +34,14 @@ def test_bad_address_is_a_config_error() -> None:
         kvmgr.connect("no-port-here", authkey=b"k")
 
 
-def test_silent_peer_times_out_instead_of_hanging() -> None:
+@pytest.mark.parametrize("address", ["127.0.0.1:{port}", "redis://127.0.0.1:{port}/0"])
+def test_silent_peer_times_out_instead_of_hanging(address: str) -> None:
     with socket.socket() as silent:
         silent.bind(("127.0.0.1", 0))
         silent.listen()
         started = time.monotonic()
         with pytest.raises(ServerUnavailable, match="timed out"):
-            kvmgr.connect(f"127.0.0.1:{silent.getsockname()[1]}", authkey=b"k", timeout=0.5)
+            kvmgr.connect(address.format(port=silent.getsockname()[1]), authkey=b"k", timeout=0.5)
         assert time.monotonic() - started < 5
 
 
