@@ -103,6 +103,7 @@ def test_unreachable_url_raises_server_unavailable_within_the_timeout() -> None:
     assert time.monotonic() - started < 3
 
 
+@pytest.mark.parametrize("url", ["http://127.0.0.1:6379/0", "redis://127.0.0.1:99999/0", "redis://127.0.0.1:6379/zero"])
 def test_bad_url_is_a_config_error(url: str) -> None:
     with pytest.raises(ConfigError, match="bad Redis URL"):
         connect_redis(url)
