@@ -147,3 +147,24 @@ def test_server_unpickles_plain_data_only(server: ServerProcess, client: kvmgr.C
     assert kind == wire.ERROR and "refused to unpickle builtins.print" in str(error)
     conn.close()
     assert client.store("k", "still serving") == "saved"
+
+
+def test_a_peer_trickling_bytes_is_cut_off_at_the_handshake_deadline(group: ProcessGroup) -> None:
+    import socket
+    import time
+
+    server = group.start_server(extra_args=["--handshake-timeout", "1"])
+    with socket.create_connection(server.address, timeout=10) as peer:
+        peer.recv(4096)  # the server's challenge
+        started = time.monotonic()
+        peer.sendall(b"\x00\x00\x00\x40")  # an answer of 64 bytes is coming...
+        try:
+            for _ in range(64):  # ...one byte every 0.2 s: each read is quick, the whole would take 12.8 s
+                peer.sendall(b"x")
+                time.sleep(0.2)
+        except OSError:
+            pass  # the server cut the connection
+        cut_after = time.monotonic() - started
+    assert cut_after < 6, f"a trickling peer kept its handshake open for {cut_after:.1f}s"
+    with kvmgr.connect(server.address_text, authkey=server.authkey.encode()) as client:
+        assert client.store("k", "v") == "saved"
