@@ -168,3 +168,13 @@ def test_a_peer_trickling_bytes_is_cut_off_at_the_handshake_deadline(group: Proc
     assert cut_after < 6, f"a trickling peer kept its handshake open for {cut_after:.1f}s"
     with kvmgr.connect(server.address_text, authkey=server.authkey.encode()) as client:
         assert client.store("k", "v") == "saved"
+
+
+def test_a_socket_path_that_is_a_regular_file_is_never_replaced(tmp_path: Path) -> None:
+    precious = tmp_path / "precious.txt"
+    precious.write_text("keep me")
+    result = subprocess.run(python_module("kvmgr", "serve", "--address", str(precious)),
+                            env=child_environment("key"), capture_output=True, text=True, timeout=30)
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"kvmgr serve: error: {precious} exists and is not a socket: refusing to replace it"
+    assert precious.read_text() == "keep me"
