@@ -235,8 +235,9 @@ class HistoryWriter:
 
     def record(self, op: Operation) -> None:
         """Validate `op`, then write it as one line and flush."""
-        line = operation_to_json(op)
-        operation_from_dict(json.loads(line), f"{self.path} (record)")
+        data = operation_to_dict(op)
+        operation_from_dict(data, f"{self.path} (record)")
+        line = json.dumps(data)
         with self._lock:
             if self._file.closed:
                 raise HistoryError(f"{self.path}: history writer is closed")

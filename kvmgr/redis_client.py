@@ -46,7 +46,6 @@ BYTES_TAG = b"b"
 NO_VALUE = b""  # what cas sends for expected=None: no encoded value is empty
 RENDEZVOUS_PREFIX = "kvmgr:rendezvous:"
 GO = b"go"
-BROKEN = b"broken"
 MISSING_REDIS = "redis:// targets need redis-py: pip install 'kvmgr[redis]'"
 QUIT_REFUSED = "quit is not supported on a Redis target: kvmgr never shuts down a Redis server it did not start"
 

@@ -88,36 +88,30 @@ class Operations:
 
     def call(self, method: str, *args: Any, timeout: float | None = None) -> Any:
         """Run one operation; a safe one whose connection broke mid-call is repeated once on a new connection."""
-        if self.history is not None:
-            return self._recorded_call(method, args, timeout)
+        attempt = self._call_once if self.history is None else self._recorded_attempt
         try:
-            return self._call_once(method, args, timeout)
+            return attempt(method, args, timeout)
         except OutcomeUnknown as exc:
             if method not in SAFE_TO_REPEAT or exc.timed_out:
                 raise
-        return self._call_once(method, args, timeout)
+        return attempt(method, args, timeout)
 
-    def _recorded_call(self, method: str, args: tuple, timeout: float | None) -> Any:
-        """call(), writing every attempt to the history."""
-        attempts = 2 if method in SAFE_TO_REPEAT else 1
-        for attempt in range(1, attempts + 1):
-            start = time.monotonic_ns()
-            try:
-                result = self._call_once(method, args, timeout)
-            except OutcomeUnknown as exc:
-                self._record(method, args, "info", None, start, None)
-                if attempt == attempts or exc.timed_out:
-                    raise
-                continue
-            except KeyNotFound:
-                self._record(method, args, "ok", None, start, time.monotonic_ns())
-                raise
-            except ServerUnavailable:
-                self._record(method, args, "fail", None, start, time.monotonic_ns())
-                raise
-            self._record(method, args, "ok", result, start, time.monotonic_ns())
-            return result
-        raise AssertionError("unreachable")
+    def _recorded_attempt(self, method: str, args: tuple, timeout: float | None) -> Any:
+        """One attempt of a call, written to the history whatever its outcome."""
+        start = time.monotonic_ns()
+        try:
+            result = self._call_once(method, args, timeout)
+        except OutcomeUnknown:
+            self._record(method, args, "info", None, start, None)
+            raise
+        except KeyNotFound:
+            self._record(method, args, "ok", None, start, time.monotonic_ns())
+            raise
+        except ServerUnavailable:
+            self._record(method, args, "fail", None, start, time.monotonic_ns())
+            raise
+        self._record(method, args, "ok", result, start, time.monotonic_ns())
+        return result
 
     def _call_once(self, method: str, args: tuple, timeout: float | None) -> Any:
         raise NotImplementedError
