@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ipaddress
 import os
 import secrets
 import socket
+import stat
+import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,15 +54,32 @@ def positive_int(text: str) -> int:
     return value
 
 
-def positive_float(text: str) -> float:
-    """An argparse type: a number of seconds above 0."""
+def positive_float(text: str, maximum: float = 86400.0) -> float:
+    """An argparse type: a number of seconds above 0 and at most `maximum` (a day)."""
     try:
         value = float(text)
     except ValueError:
         value = 0.0
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a number above 0, got {text!r}")
+    if not 0 < value <= maximum:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds above 0 and at most {maximum:g}, got {text!r}")
     return value
+
+
+def writable_path(text: str) -> Path:
+    """An argparse type: a file this process can create or overwrite (checked before any work starts)."""
+    path = Path(text)
+    directory = path.parent
+    if path.is_dir():
+        problem = "it is a directory"
+    elif not directory.is_dir():
+        problem = f"directory {directory} does not exist"
+    elif path.exists() and not os.access(path, os.W_OK):
+        problem = "it is not writable"
+    elif not path.exists() and not os.access(directory, os.W_OK | os.X_OK):
+        problem = f"directory {directory} is not writable"
+    else:
+        return path
+    raise argparse.ArgumentTypeError(f"cannot write {text}: {problem}")
 
 
 def parse_address(text: str) -> Address:
@@ -106,7 +127,7 @@ def default_authkey_path() -> Path:
 
 
 def read_authkey_file(path: Path) -> bytes:
-    """Read an authkey file (surrounding whitespace is ignored)."""
+    """Read an authkey file (surrounding whitespace is ignored); any bytes make a key."""
     try:
         key = path.read_bytes().strip()
     except OSError as exc:
@@ -117,13 +138,28 @@ def read_authkey_file(path: Path) -> bytes:
 
 
 def configured_authkey(authkey_file: Path | None) -> bytes | None:
-    """The key set explicitly by --authkey-file or $KVMGR_AUTHKEY, or None."""
+    """The key set explicitly by --authkey-file or $KVMGR_AUTHKEY, or None (warns if the file is open to others)."""
     if authkey_file is not None:
+        if _open_to_others(authkey_file):
+            print(f"kvmgr: warning: {_exposure(authkey_file)}: run chmod 600 {authkey_file}", file=sys.stderr, flush=True)
         return read_authkey_file(authkey_file)
     from_env = os.environ.get(AUTHKEY_ENV)
     if from_env:
         return from_env.encode()
     return None
+
+
+def _open_to_others(path: Path) -> bool:
+    """True if path is a regular file that its group or other users may read or write."""
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return False  # reading it says what is wrong
+    return stat.S_ISREG(mode) and bool(mode & 0o077)
+
+
+def _exposure(path: Path) -> str:
+    return f"authkey file {path} is open to other users (mode {stat.S_IMODE(path.stat().st_mode):04o})"
 
 
 def client_authkey(authkey_file: Path | None = None) -> bytes:
@@ -138,21 +174,35 @@ def client_authkey(authkey_file: Path | None = None) -> bytes:
 
 
 def generated_authkey() -> tuple[bytes, Path]:
-    """Reuse the default key file if it is private to this user, else write a new random key there."""
+    """The default key file's key, written first (random) if there is none; never replaces a file that is there.
+
+    A key file that other users may read or write is refused with ConfigError saying how to fix it.
+    """
     path = default_authkey_path()
-    if path.exists() and (path.stat().st_mode & 0o077) == 0:
-        return read_authkey_file(path), path
-    key = secrets.token_hex(32).encode()
-    temporary = path.with_suffix(".tmp")
+    if not path.exists():
+        _create_authkey_file(path)
+    if _open_to_others(path):
+        raise ConfigError(
+            f"{_exposure(path)}, so it is not used (and not replaced, a running server may use it): "
+            f"run chmod 600 {path}, or remove it to have a new key generated"
+        )
+    return read_authkey_file(path), path
+
+
+def _create_authkey_file(path: Path) -> None:
+    """Write a random key to path (mode 0600) unless a file appeared there meanwhile: the first writer wins."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(descriptor, "wb") as handle:
-            handle.write(key + b"\n")
-        os.replace(temporary, path)
+        descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=".authkey-")
+        try:
+            with os.fdopen(descriptor, "wb") as handle:
+                handle.write(secrets.token_hex(32).encode() + b"\n")
+            with contextlib.suppress(FileExistsError):
+                os.link(temporary, path)  # atomic, and fails rather than replace a key another server wrote
+        finally:
+            os.unlink(temporary)
     except OSError as exc:
         raise ConfigError(f"cannot write a generated authkey to {path}: {exc.strerror} (set ${AUTHKEY_ENV} instead)") from None
-    return key, path
 
 
 def is_redis_url(address: object) -> bool:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from kvmgr.client import Client, connect
-from kvmgr.config import DEFAULT_ADDRESS, DEFAULT_TIMEOUT, positive_float, positive_int
+from kvmgr.config import DEFAULT_ADDRESS, DEFAULT_TIMEOUT, positive_float, positive_int, writable_path
 from kvmgr.errors import EXIT_NEGATIVE, EXIT_OK, ConfigError, KeyNotFound, KvmgrError, exit_status
 from kvmgr.history import HistoryWriter
 from kvmgr.wire import OPERATIONS
@@ -46,7 +46,7 @@ def build_parser(name: str | None) -> argparse.ArgumentParser:
     parser.add_argument("--barrier", help="wait at this server-hosted barrier before the operation")
     parser.add_argument("--parties", type=positive_int, default=2, help="how many actors meet at --barrier (default 2)")
     parser.add_argument("--json", action="store_true", help="print one JSON object describing the outcome")
-    parser.add_argument("--history", type=Path, help="append the operation to this history file (JSON lines)")
+    parser.add_argument("--history", type=writable_path, help="append the operation to this history file (JSON lines)")
     parser.add_argument("--session", action="store_true", help="run steps read as JSON lines from stdin (used by the driver)")
     return parser
 
