@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
+import re
 import statistics
 import subprocess
 import sys
@@ -21,17 +23,17 @@ from typing import Any
 from tabulate import tabulate
 
 from kvmgr.check import CheckResult, check_operations, describe
-from kvmgr.config import client_authkey, is_redis_url, positive_float, positive_int
+from kvmgr.config import client_authkey, is_redis_url, positive_float, positive_int, writable_path
 from kvmgr.errors import ConfigError, KeyNotFound, KvmgrError
 from kvmgr.history import HistoryWriter, Operation, merge_histories, read_history
-from kvmgr.processes import ProcessGroup, child_environment, python_module
+from kvmgr.processes import ProcessGroup, python_module
 
 DEFAULT_MIX = "store=40,get=40,cas=10,delete=10"
 MIX_OPERATIONS = ("store", "get", "cas", "delete", "get_many", "store_many")
 BATCH_SIZE = 4
 PROGRESS_EVERY = 2.0
 WORKER_TIMEOUT = 600.0
-START_BARRIER = "stress-start"
+MAX_WEIGHT_DIGITS = 9
 
 
 def parse_mix(text: str) -> dict[str, int]:
@@ -39,8 +41,11 @@ def parse_mix(text: str) -> dict[str, int]:
     mix: dict[str, int] = {}
     for part in text.split(","):
         name, sep, weight = part.strip().partition("=")
-        if not sep or name not in MIX_OPERATIONS or not weight.isdigit():
-            raise ConfigError(f"bad --mix entry {part.strip()!r}: expected OP=WEIGHT with OP one of {', '.join(MIX_OPERATIONS)}")
+        if not sep or name not in MIX_OPERATIONS or not re.fullmatch(f"[0-9]{{1,{MAX_WEIGHT_DIGITS}}}", weight):
+            raise ConfigError(
+                f"bad --mix entry {part.strip()[:40]!r}: expected OP=WEIGHT with OP one of {', '.join(MIX_OPERATIONS)} "
+                f"and WEIGHT a whole number (digits 0-9, at most {MAX_WEIGHT_DIGITS})"
+            )
         mix[name] = int(weight)
     if not any(mix.values()):
         raise ConfigError("--mix needs at least one operation with a weight above 0")
@@ -48,12 +53,16 @@ def parse_mix(text: str) -> dict[str, int]:
 
 
 class Worker:
-    """One client process's random workload: unique values per write, cas against values it has seen."""
+    """One client process's random workload: unique values per write, cas against values it has seen.
 
-    def __init__(self, name: str, client: Any, keys: list[str], mix: dict[str, int], seed: int) -> None:
+    Keys are `PREFIX k INDEX` for an index below key_count, made when drawn: the key list is never built.
+    """
+
+    def __init__(self, name: str, client: Any, key_count: int, prefix: str, mix: dict[str, int], seed: int) -> None:
         self.name = name
         self.client = client
-        self.keys = keys
+        self.key_count = key_count
+        self.prefix = prefix
         self.operations = list(mix)
         self.weights = list(mix.values())
         self.random = random.Random(seed)
@@ -79,7 +88,12 @@ class Worker:
 
     def key(self) -> str:
         """A random key."""
-        return self.random.choice(self.keys)
+        return f"{self.prefix}k{self.random.randrange(self.key_count)}"
+
+    def some_keys(self) -> list[str]:
+        """BATCH_SIZE distinct random keys (fewer if there are fewer keys)."""
+        indexes = self.random.sample(range(self.key_count), min(BATCH_SIZE, self.key_count))
+        return [f"{self.prefix}k{index}" for index in indexes]
 
     def do_store(self) -> None:
         key, value = self.key(), self.value()
@@ -100,16 +114,16 @@ class Worker:
             self.seen[key] = value
 
     def do_get_many(self) -> None:
-        self.seen.update(self.client.get_many(self.random.sample(self.keys, min(BATCH_SIZE, len(self.keys)))))
+        self.seen.update(self.client.get_many(self.some_keys()))
 
     def do_store_many(self) -> None:
-        pairs = {key: self.value() for key in self.random.sample(self.keys, min(BATCH_SIZE, len(self.keys)))}
+        pairs = {key: self.value() for key in self.some_keys()}
         self.client.store_many(pairs)
         self.seen.update(pairs)
 
 
 def worker_main(argv: list[str]) -> int:
-    """Entry point of one stress client process (authkey from the environment)."""
+    """Entry point of one stress client process (authkey from --authkey-file, for Redis none)."""
     from kvmgr import connect
 
     parser = argparse.ArgumentParser(prog="python -m kvmgr.stress --worker")
@@ -119,11 +133,13 @@ def worker_main(argv: list[str]) -> int:
     for option in ("--ops", "--keys", "--seed", "--parties"):
         parser.add_argument(option, type=int, required=True)
     parser.add_argument("--timeout", type=float, default=5.0)
+    parser.add_argument("--authkey-file", type=Path)
     args = parser.parse_args(argv)
-    with HistoryWriter(args.history) as history, connect(args.target, timeout=args.timeout, name=args.worker, history=history) as client:
-        client.rendezvous(START_BARRIER, args.parties, timeout=60)
-        keys = [f"{args.prefix}k{i}" for i in range(args.keys)]
-        worker = Worker(args.worker, client, keys, parse_mix(args.mix), args.seed)
+    with HistoryWriter(args.history) as history, connect(
+        args.target, timeout=args.timeout, name=args.worker, authkey_file=args.authkey_file, history=history,
+    ) as client:
+        client.rendezvous(f"{args.prefix}start", args.parties, timeout=60)  # this run's own barrier
+        worker = Worker(args.worker, client, args.keys, args.prefix, parse_mix(args.mix), args.seed)
         worker.run(args.ops)
     print(json.dumps({"client": args.worker, "errors": worker.errors}), flush=True)
     return 0
@@ -206,19 +222,23 @@ class StressPlan:
     timeout: float = 5.0
 
 
-def run_stress(plan: StressPlan, target: str | None, authkey: str | None, history_path: Path | None) -> StressReport:
-    """Start a server unless a target is given, run the workers, merge and check their histories."""
+def run_stress(plan: StressPlan, target: str | None, authkey: bytes | None, history_path: Path | None) -> StressReport:
+    """Start a server unless a target is given, run the workers, merge and check their histories.
+
+    Every run has its own random prefix for its keys and its start barrier, so runs sharing a server never collide.
+    """
     parse_mix(plan.mix)
     if target is not None:
         _check_reachable(target, authkey, plan.timeout)
     with ProcessGroup() as group, tempfile.TemporaryDirectory(prefix="kvmgr-stress-") as scratch:
         if target is None:
             server = group.start_server()
-            target, authkey = server.address_text, server.authkey
+            target, authkey = server.address_text, server.authkey.encode()
+        key_file = _private_file(Path(scratch) / "authkey", authkey) if authkey is not None else None
         paths = [Path(scratch) / f"c{n}.jsonl" for n in range(plan.clients)]
         started = time.monotonic()
-        prefix = f"stress-{uuid.uuid4().hex[:8]}-"  # keys no earlier run touched: every key starts absent
-        workers = [group.launch(_worker_argv(plan, n, target, path, prefix), child_environment(authkey)) for n, path in enumerate(paths)]
+        prefix = f"stress-{uuid.uuid4().hex[:12]}-"  # keys no earlier run touched: every key starts absent
+        workers = [group.launch(_worker_argv(plan, n, target, path, prefix, key_file)) for n, path in enumerate(paths)]
         failed, errors = _wait_for_workers(workers, started)
         merged = history_path or Path(scratch) / "history.jsonl"
         merge_histories([p for p in paths if p.exists()], merged)
@@ -226,12 +246,19 @@ def run_stress(plan: StressPlan, target: str | None, authkey: str | None, histor
     return StressReport(plan.clients, operations, busy_seconds(operations), check_operations(operations), errors, failed)
 
 
-def _check_reachable(target: str, authkey: str | None, timeout: float) -> None:
+def _check_reachable(target: str, authkey: bytes | None, timeout: float) -> None:
     """Fail with one clear line (ServerUnavailable, AuthenticationFailed) before spawning any client."""
     from kvmgr import connect
 
-    with connect(target, authkey=authkey.encode() if authkey else None, timeout=timeout):
+    with connect(target, authkey=authkey, timeout=timeout):
         pass
+
+
+def _private_file(path: Path, content: bytes) -> Path:
+    """Write content to a new file only this user can read (how workers get the authkey, whatever its bytes)."""
+    with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as handle:
+        handle.write(content)
+    return path
 
 
 def busy_seconds(operations: list[Operation]) -> float:
@@ -242,11 +269,11 @@ def busy_seconds(operations: list[Operation]) -> float:
     return (last - min(op.start for op in operations)) / 1e9
 
 
-def _worker_argv(plan: StressPlan, number: int, target: str, history: Path, prefix: str) -> list[str]:
+def _worker_argv(plan: StressPlan, number: int, target: str, history: Path, prefix: str, key_file: Path | None) -> list[str]:
     return python_module(
         "kvmgr.stress", "--worker", f"c{number}", "--target", target, "--history", str(history), "--mix", plan.mix, "--prefix", prefix,
         "--ops", str(plan.ops), "--keys", str(plan.keys), "--seed", str(plan.seed * 1000 + number),
-        "--parties", str(plan.clients), "--timeout", str(plan.timeout),
+        "--parties", str(plan.clients), "--timeout", str(plan.timeout), *(["--authkey-file", str(key_file)] if key_file else []),
     )
 
 
@@ -294,7 +321,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--keys", type=positive_int, default=8, help="distinct keys (default %(default)s)")
     parser.add_argument("--mix", default=DEFAULT_MIX, help=f"weights per operation (default {DEFAULT_MIX}); also get_many, store_many")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default %(default)s)")
-    parser.add_argument("--history", type=Path, help="also write the merged history (JSON lines) here")
+    parser.add_argument(
+        "--history", type=writable_path, help="also write the merged history (JSON lines) here (checked before the run)",
+    )
     parser.add_argument(
         "--address", "--target", dest="target",
         help="use this running kvmgr server, or a redis:// URL, instead of starting a server",
@@ -309,7 +338,7 @@ def command_stress(args: argparse.Namespace) -> int:
     """Run `kvmgr stress`."""
     authkey = None
     if args.target is not None and not is_redis_url(args.target):
-        authkey = client_authkey(args.authkey_file).decode()
+        authkey = client_authkey(args.authkey_file)
     plan = StressPlan(args.clients, args.ops, args.keys, args.mix, args.seed, args.timeout)
     report = run_stress(plan, args.target, authkey, args.history)
     print(report.to_json() if args.json else report.table())

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import resource
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -11,11 +13,16 @@ import pytest
 import kvmgr
 from kvmgr.check import check_file
 from kvmgr.history import HistoryWriter, read_history
-from kvmgr.processes import ServerProcess, child_environment, python_module, suspend
+from kvmgr.processes import ProcessGroup, ServerProcess, child_environment, python_module, suspend
 
 
-def kvmgr_command(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(python_module("kvmgr", *args), capture_output=True, text=True, timeout=120, env=env)
+def kvmgr_command(*args: str, env: dict | None = None, preexec_fn: Callable[[], None] | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(python_module("kvmgr", *args), capture_output=True, text=True, timeout=120, env=env, preexec_fn=preexec_fn)
+
+
+def memory_limit(mebibytes: int) -> Callable[[], None]:
+    """A preexec_fn capping a command's address space (and its children's): unbounded memory use ends in MemoryError."""
+    return lambda: resource.setrlimit(resource.RLIMIT_AS, (mebibytes << 20, mebibytes << 20))
 
 
 def test_client_records_every_operation_with_its_outcome(server: ServerProcess, tmp_path: Path) -> None:
@@ -103,3 +110,41 @@ def test_stress_against_an_unreachable_server_is_one_line_and_exit_3() -> None:
     result = kvmgr_command("stress", "--address", "127.0.0.1:1", "--clients", "2", "--ops", "5", env=env)
     assert result.returncode == 3
     assert result.stderr.strip() == "kvmgr stress: error: cannot reach kvmgr server at 127.0.0.1:1: Connection refused"
+
+
+def test_runs_sharing_a_server_each_meet_at_their_own_barrier(server: ServerProcess) -> None:
+    """Two concurrent runs with different --clients: the server's barriers are per run, not global."""
+    env = child_environment(server.authkey)
+    runs = [subprocess.Popen(python_module("kvmgr", "stress", "--address", server.address_text, "--clients", str(clients), "--ops", "50"),
+                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for clients in (2, 3)]
+    results = [(run.communicate(timeout=60), run.returncode) for run in runs]
+    assert [status for _, status in results] == [0, 0], results
+
+
+def test_stress_takes_a_binary_authkey_file(group: ProcessGroup, tmp_path: Path) -> None:
+    key_file = tmp_path / "binary.key"
+    key_file.write_bytes(bytes(range(1, 256)) + b"\x00\xff")
+    key_file.chmod(0o600)
+    server = group.start_server(extra_args=["--authkey-file", str(key_file)])
+    env = child_environment(None)
+    env.pop("KVMGR_AUTHKEY", None)
+    result = kvmgr_command("stress", "--address", server.address_text, "--authkey-file", str(key_file),
+                           "--clients", "2", "--ops", "50", env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    argv = python_module("kvmgr.client", "--name=alice", "--address", server.address_text, "--authkey-file", str(key_file), "--op", "size")
+    alice = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=30)
+    assert alice.returncode == 0, alice.stderr
+
+
+def test_huge_key_space_is_never_materialized() -> None:
+    """--keys 50000000 under a 1 GiB address-space limit: workers draw keys, they never build the list."""
+    result = kvmgr_command("stress", "--keys", "50000000", "--clients", "2", "--ops", "100", "--json", preexec_fn=memory_limit(1024))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert json.loads(result.stdout)["operations"] == 200
+
+
+@pytest.mark.parametrize("mix", ["store=²", "store=٣", "store=" + "9" * 5000, "store=-1"])
+def test_stress_rejects_a_weight_that_is_not_ascii_digits(mix: str) -> None:
+    result = kvmgr_command("stress", "--mix", mix)
+    assert result.returncode == 2
+    assert result.stderr.startswith("kvmgr stress: error: bad --mix entry 'store=") and result.stderr.count("\n") == 1
