@@ -12,6 +12,7 @@ import json
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -21,13 +22,14 @@ import psutil
 from tabulate import tabulate
 
 from kvmgr.check import check_operations
-from kvmgr.config import is_redis_url
+from kvmgr.config import DEFAULT_TIMEOUT, is_redis_url, positive_float
 from kvmgr.errors import EXIT_NEGATIVE, EXIT_OK, ConfigError, KvmgrError, exit_status
 from kvmgr.history import read_history
-from kvmgr.processes import ProcessGroup, ServerProcess, child_environment, interrupt_on_terminate, python_module, read_line
-from kvmgr.scenarios import Scenario, Step, load_scenario, seed_scenario_path
+from kvmgr.processes import ProcessGroup, ServerProcess, child_environment, interrupt_on_terminate, python_module, read_line, reap
+from kvmgr.scenarios import Scenario, Step, load_scenario, notation, seed_scenario_path
 
-ACTOR_TIMEOUT = 20.0
+ACTOR_SLACK = 10.0  # beyond its own timeouts (a barrier, a call, a reconnect), how long an actor may take to answer
+SERVER_TROUBLE = ("ServerUnavailable", "OutcomeUnknown", "ActorFailed")  # outcomes after which the server is probed
 SHUTDOWN_TIMEOUT = 2.0
 SHUTDOWN_CHECKS = ("server exits with status 0", "server leaves no child processes", "server stops listening")
 HEADERS = ("step", "actor(s)", "operation", "key", "value", "expected", "actual", "result")
@@ -67,13 +69,13 @@ class ActorOutcome:
     message: str = ""
 
     def text(self) -> str:
-        """The outcome as a table cell."""
+        """The outcome as a table cell: the result in JSON notation, or `error NAME: message`."""
         if self.status == "ok":
-            return _cell(self.result)
-        return f"{self.error}: {self.message}" if self.message else str(self.error)
+            return notation(self.result)
+        return f"error {self.error}: {self.message}" if self.message else f"error {self.error}"
 
 
-def step_request(step: Step, actor: str) -> dict[str, Any]:
+def step_request(step: Step, actor: str, namespace: str = "driver") -> dict[str, Any]:
     """What one actor is asked to do for one step (the flags of `python -m kvmgr.client`, as JSON)."""
     request: dict[str, Any] = {"op": step.op, "key": step.key, "value": step.value_for(actor)}
     if step.op == "cas":
@@ -83,7 +85,7 @@ def step_request(step: Step, actor: str) -> dict[str, Any]:
     if step.pairs is not None:
         request["pairs"] = json.dumps(step.pairs)
     if len(step.actors) > 1:
-        request.update(barrier=f"step-{step.number}", parties=len(step.actors))
+        request.update(barrier=f"{namespace}-step-{step.number}", parties=len(step.actors))
     return request
 
 
@@ -91,30 +93,66 @@ class Actors:
     """One long-lived OS process per actor (`python -m kvmgr.client --name NAME --session`), fed a step at a time.
 
     Each records its operations in its own history file; a step's actors get their requests before any of
-    them answers, and the server-hosted barrier makes them fire together.
+    them answers, and the server-hosted barrier makes them fire together. Barrier names carry a random run
+    id, so runs sharing a server never meet at each other's barriers. Once the server stops answering (or
+    an actor is gone), the steps it would take are failed at once as "not run" instead of timing out one by one.
     """
 
-    def __init__(self, group: ProcessGroup, endpoint: ServerProcess | Endpoint, history_dir: Path) -> None:
-        self.group, self.endpoint, self.history_dir = group, endpoint, history_dir
+    def __init__(
+        self, group: ProcessGroup, endpoint: ServerProcess | Endpoint, history_dir: Path, timeout: float = DEFAULT_TIMEOUT,
+    ) -> None:
+        self.group, self.endpoint, self.history_dir, self.timeout = group, endpoint, history_dir, timeout
         self.processes: dict[str, psutil.Popen] = {}
+        self.namespace = f"driver-{uuid.uuid4().hex[:12]}"
+        self.unavailable: str | None = None  # why the server was given up on, once it was
 
     def start(self, names: Iterable[str]) -> None:
         """Launch the actors that are not running yet (all at once, so their start-ups overlap)."""
         for name in names:
             if name not in self.processes:
-                argv = python_module("kvmgr.client", "--name", name, "--address", self.endpoint.address_text, "--session",
-                                     "--history", str(self.history_dir / f"{name}.jsonl"))
+                argv = python_module("kvmgr.client", f"--name={name}", "--address", self.endpoint.address_text, "--session",
+                                     "--timeout", str(self.timeout), "--history", str(self.history_dir / f"{name}.jsonl"))
                 self.processes[name] = self.group.launch(argv, child_environment(self.endpoint.authkey), stdin=True)
 
     def run(self, step: Step) -> list[ActorOutcome]:
-        """Send the step to each of its actors, then collect what each reported."""
+        """Send the step to each of its actors and collect what each reported; probe the server if one had trouble."""
         self.start(step.actors)
+        reason = self.unavailable or self._gone(step.actors)
+        if reason is not None:
+            return [ActorOutcome(actor, "error", error="NotRun", message=reason) for actor in step.actors]
         for actor in step.actors:
-            self._send(actor, step_request(step, actor))
-        deadline = time.monotonic() + ACTOR_TIMEOUT
-        return [self._receive(actor, deadline) for actor in step.actors]
+            self._send(actor, step_request(step, actor, self.namespace))
+        deadline = time.monotonic() + self.answer_within
+        outcomes = [self._receive(actor, deadline) for actor in step.actors]
+        if any(outcome.error in SERVER_TROUBLE for outcome in outcomes):
+            self.unavailable = self._probe(step)
+        return outcomes
+
+    @property
+    def answer_within(self) -> float:
+        """The longest the driver waits for an actor's answer to a step: its barrier, its call and a reconnect."""
+        return 3 * self.timeout + ACTOR_SLACK
+
+    def _gone(self, actors: Iterable[str]) -> str | None:
+        """Why a step cannot run because one of its actors is no longer running, or None."""
+        statuses = {actor: self.processes[actor].poll() for actor in actors}
+        gone = [f"actor {actor} exited with status {status}" for actor, status in statuses.items() if status is not None]
+        return ", ".join(gone) or None
+
+    def _probe(self, step: Step) -> str | None:
+        """None if the server answers a fresh connection within the timeout, else why the remaining steps are not run."""
+        from kvmgr.client import connect
+
+        authkey = self.endpoint.authkey.encode() if self.endpoint.authkey else None
+        try:
+            with connect(self.endpoint.address_text, authkey=authkey, timeout=self.timeout, name="driver-probe") as client:
+                client.size()
+        except KvmgrError as exc:
+            return f"the server stopped answering at step {step.number} ({type(exc).__name__}: {exc})"
+        return None
 
     def _send(self, actor: str, request: dict[str, Any]) -> None:
+        """Write one request line to the actor (a broken pipe shows up as the actor's failure in _receive)."""
         with contextlib.suppress(OSError):  # an actor that died is reported by _receive
             self.processes[actor].stdin.write(json.dumps(request).encode() + b"\n")
             self.processes[actor].stdin.flush()
@@ -123,7 +161,12 @@ class Actors:
         process = self.processes[actor]
         line = read_line(process, deadline)
         if line is None:
-            reason = f"exited with status {process.poll()}" if process.poll() is not None else f"no answer within {ACTOR_TIMEOUT:g}s"
+            if time.monotonic() >= deadline:
+                reap(process)  # a wedged actor: later steps that need it fail at once
+                return ActorOutcome(actor, "error", error="ActorFailed", message=f"no answer within {self.answer_within:g}s")
+            with contextlib.suppress(psutil.TimeoutExpired):
+                process.wait(timeout=SHUTDOWN_TIMEOUT)  # its output ended: it is exiting
+            reason = f"exited with status {process.poll()}"
             return ActorOutcome(actor, "error", error="ActorFailed", message=f"{reason}: {_last_error(process)}")
         try:
             report = json.loads(line)
@@ -178,15 +221,15 @@ def _cell(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value)
 
 
-def check_shutdown(server: ServerProcess, children: list[psutil.Process]) -> list[Row]:
-    """Rows proving the server exited with status 0, left no children and no longer listens."""
+def check_shutdown(server: ServerProcess, children: list[psutil.Process], wait: float = SHUTDOWN_TIMEOUT) -> list[Row]:
+    """Rows proving the server exited with status 0 (within `wait` seconds), left no children and no longer listens."""
     try:
-        status = server.process.wait(timeout=SHUTDOWN_TIMEOUT)
+        status = server.process.wait(timeout=wait)
     except psutil.TimeoutExpired:
         status = None
     leftover = [child.pid for child in children if child.is_running()]
     listening = is_listening(server.address)
-    exit_text = f"exit {status}" if status is not None else f"still running after {SHUTDOWN_TIMEOUT:g}s"
+    exit_text = f"exit {status}" if status is not None else f"still running after {wait:g}s"
     listen_text = "listening" if listening else "not listening"
     return [
         _check_row(SHUTDOWN_CHECKS[0], "0", exit_text, status == 0),
@@ -242,44 +285,61 @@ class Endpoint:
     authkey: str | None = None
 
 
-def run_scenario(scenario: Scenario, server_address: str = "127.0.0.1:0", target: str | None = None) -> Report:
-    """Run every step against a server of our own (or a Redis target), then check the history and the shutdown."""
+def run_scenario(
+    scenario: Scenario, server_address: str = "127.0.0.1:0", target: str | None = None, timeout: float = DEFAULT_TIMEOUT,
+) -> Report:
+    """Run every step against a server of our own (or a Redis target), then check the history and the shutdown.
+
+    `timeout` bounds each actor's calls and barrier waits (and the driver's probe of a server that stopped answering).
+    """
     started = time.monotonic()
     with ProcessGroup() as group, tempfile.TemporaryDirectory(prefix="kvmgr-driver-") as scratch:
         history_dir = Path(scratch)
         if target is None:
-            rows = run_against_own_server(group, scenario, server_address, history_dir)
+            rows = run_against_own_server(group, scenario, server_address, history_dir, timeout)
         else:
-            rows = run_against_target(group, scenario, Endpoint(target), history_dir)
+            rows = run_against_target(group, scenario, Endpoint(target), history_dir, timeout)
     return Report(scenario.name, scenario.path, rows, time.monotonic() - started)
 
 
-def run_against_own_server(group: ProcessGroup, scenario: Scenario, server_address: str, history_dir: Path) -> list[Row]:
+def run_against_own_server(
+    group: ProcessGroup, scenario: Scenario, server_address: str, history_dir: Path, timeout: float = DEFAULT_TIMEOUT,
+) -> list[Row]:
     """Start a server, run the steps until one quits it (or quit it at the end), check history and shutdown."""
     rows: list[Row] = []
     server = group.start_server(server_address)
-    actors = Actors(group, server, history_dir)
+    actors = Actors(group, server, history_dir, timeout)
     actors.start(scenario.actors)
     children: list[psutil.Process] = []
     for step in scenario.steps:
         if step.op == "quit":
-            children = server.process.children(recursive=True)
+            children = _children(server)
         rows += judge(step, actors.run(step))
         if step.op == "quit" and any(row.passed for row in rows[-len(step.actors):]):
             break
     else:
-        children = server.process.children(recursive=True)
+        children = _children(server)
         closing = _closing_quit(len(scenario.steps) + 1)
         rows += judge(closing, actors.run(closing))
     actors.finish()
     rows.append(check_history(history_dir))
-    return rows + check_shutdown(server, children)
+    return rows + check_shutdown(server, children, 0 if actors.unavailable else SHUTDOWN_TIMEOUT)
 
 
-def run_against_target(group: ProcessGroup, scenario: Scenario, endpoint: Endpoint, history_dir: Path) -> list[Row]:
+def _children(server: ServerProcess) -> list[psutil.Process]:
+    """The server's child processes now (none if it is already gone)."""
+    try:
+        return server.process.children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
+
+
+def run_against_target(
+    group: ProcessGroup, scenario: Scenario, endpoint: Endpoint, history_dir: Path, timeout: float = DEFAULT_TIMEOUT,
+) -> list[Row]:
     """Run the steps against a Redis target; quitting it and the shutdown checks are shown as skipped."""
     rows: list[Row] = []
-    actors = Actors(group, endpoint, history_dir)
+    actors = Actors(group, endpoint, history_dir, timeout)
     actors.start(scenario.actors)
     for step in scenario.steps:
         if step.op == "quit":
@@ -329,6 +389,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--address", default="127.0.0.1:0", help="where the driver's server listens (default: a free loopback port)")
     parser.add_argument("--json", action="store_true", help="print a machine-readable report instead of the table")
     parser.add_argument(
+        "--timeout", type=positive_float, default=DEFAULT_TIMEOUT, metavar="SECONDS",
+        help="bound on each actor's call and barrier wait (default %(default)s); once the server stops answering, "
+        "the remaining steps fail at once",
+    )
+    parser.add_argument(
         "--target", metavar="redis://HOST:PORT/DB",
         help="run the scenario against this Redis database instead of a server of our own (it must be empty: "
         "scenarios assume they start from nothing; see --flush-target)",
@@ -345,7 +410,7 @@ def main(argv: list[str] | None = None) -> int:
         scenario = load_scenario(args.scenario or seed_scenario_path())
         if args.target is not None:
             prepare_target(args.target, args.flush_target)
-        report = run_scenario(scenario, args.address, args.target)
+        report = run_scenario(scenario, args.address, args.target, args.timeout)
     except KvmgrError as exc:
         print(f"run_driver.py: error: {exc}", file=sys.stderr)
         return exit_status(exc)

@@ -59,6 +59,7 @@ def reap(process: psutil.Popen | psutil.Process, timeout: float = REAP_TIMEOUT) 
         family = [process]
     for member in family:
         _signal(member, "terminate")
+        _signal(member, "resume")  # a stopped (SIGSTOPped) process acts on SIGTERM only once continued
     _, alive = psutil.wait_procs(family, timeout=timeout)
     for member in alive:
         _signal(member, "kill")
@@ -66,11 +67,12 @@ def reap(process: psutil.Popen | psutil.Process, timeout: float = REAP_TIMEOUT) 
     if isinstance(process, psutil.Popen):
         for stream in (process.stdin, process.stdout, process.stderr):
             if stream is not None:
-                stream.close()
+                with contextlib.suppress(OSError):  # e.g. a broken pipe: unsent input to a process that died
+                    stream.close()
 
 
 def _signal(process: psutil.Process, how: str) -> None:
-    with contextlib.suppress(psutil.NoSuchProcess):
+    with contextlib.suppress(psutil.NoSuchProcess, psutil.ZombieProcess):
         getattr(process, how)()
 
 
@@ -148,10 +150,16 @@ class ProcessGroup:
         return ServerProcess(process, parse_address(text), text, key)
 
     def reap_all(self) -> None:
-        """Reap every process of the group."""
-        for process in reversed(self.processes):
-            reap(process)
-        self.processes.clear()
+        """Reap every process of the group, newest first; one that fails to go never stops the rest being reaped."""
+        pending, self.processes = list(reversed(self.processes)), []
+        first_error: BaseException | None = None
+        for process in pending:
+            try:
+                reap(process)
+            except BaseException as exc:  # even Ctrl-C: reap the others (the server last), then raise it
+                first_error = first_error or exc
+        if first_error is not None:
+            raise first_error
 
     def __enter__(self) -> ProcessGroup:
         return self

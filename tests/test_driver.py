@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import re
 import signal
 import subprocess
 import sys
@@ -12,8 +15,11 @@ from pathlib import Path
 import psutil
 import pytest
 
-from kvmgr.processes import reap
+from kvmgr.driver import Actors, Endpoint, step_request
+from kvmgr.processes import ProcessGroup, reap, suspend
+from kvmgr.scenarios import load_scenario
 from tests.conftest import ROOT
+from tests.test_stress import memory_limit
 
 DRIVER = [sys.executable, str(ROOT / "run_driver.py")]
 
@@ -43,7 +49,7 @@ def test_json_report_lists_every_step_and_the_shutdown_checks() -> None:
     assert operations[:3] == ["store", "get", "store"]
     assert sum(row["step"] == "shutdown" for row in report["rows"]) == 3
     concurrent = [row for row in report["rows"] if row["step"] == "3"]
-    assert {row["actual"] for row in concurrent} == {"updated"}
+    assert {row["actual"] for row in concurrent} == {'"updated"'}  # the table's cells: values in JSON notation
 
 
 def test_failing_expectation_gives_a_fail_row_and_exit_1(tmp_path: Path) -> None:
@@ -58,7 +64,7 @@ expect = "updated"
     result = drive("--scenario", str(scenario), "--json")
     assert result.returncode == 1
     rows = json.loads(result.stdout)["rows"]
-    assert rows[0]["result"] == "FAIL" and rows[0]["actual"] == "saved"
+    assert rows[0]["result"] == "FAIL" and rows[0]["actual"] == '"saved"' and rows[0]["expected"] == '"updated"'
     assert all(row["result"] == "PASS" for row in rows[1:])  # the driver still quit the server cleanly
 
 
@@ -97,6 +103,12 @@ expect = { a = "saved", b = "saved" }
     ("[[steps]]\nactors = 'alice'\nop = 'get'\nkey = 'k'\nexpect = 'x'\n", "'actors' must be a non-empty list"),
     ("[[steps]\n", "not valid TOML"),
     ("name = 'empty'\n", "no [[steps]]"),
+    ("[[steps]]\nactors = ['--help']\nop = 'size'\nexpect = 0\n", "step 1: actor name '--help' is not a plain name"),
+    (f"[[steps]]\nactors = ['{'a' * 65}']\nop = 'size'\nexpect = 0\n", "at most 64 characters"),
+    ("[[steps]]\nactors = ['alice']\nop = 'get'\nkey = 'k'\nexpect_error = ['KeyNotFound']\n", "'expect_error' must name a kvmgr error"),
+    ("[[steps]]\nactors = ['alice']\nop = 'get'\nkey = 'k'\nexpect_error = { a = 1 }\n", "'expect_error' must name a kvmgr error"),
+    ("[[steps]]\nactors = ['bob']\nop = 'quit'\nexpect = 'Server Quitting..!'\n"
+     "[[steps]]\nactors = ['alice']\nop = 'size'\nexpect = 0\n", "step 2 (size): comes after the quit of step 1"),
 ])
 def test_invalid_scenario_names_file_step_and_problem(tmp_path: Path, text: str, problem: str) -> None:
     scenario = write(tmp_path, text)
@@ -138,3 +150,145 @@ def test_interrupt_reaps_every_process_the_driver_started(tmp_path: Path, signum
         assert [p.pid for p in alive if p.status() != psutil.STATUS_ZOMBIE] == []
     finally:
         reap(driver)
+
+
+def test_actor_name_cannot_write_outside_the_run_directory(tmp_path: Path) -> None:
+    scratch = tmp_path / "a" / "b"
+    scratch.mkdir(parents=True)
+    scenario = write(tmp_path, "[[steps]]\nactors = ['../../x']\nop = 'size'\nexpect = 0\n")
+    result = subprocess.run([*DRIVER, "--scenario", str(scenario)], capture_output=True, text=True, timeout=60, cwd=ROOT,
+                            env={**os.environ, "TMPDIR": str(scratch)})
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and "actor name '../../x' is not a plain name" in result.stderr
+    assert list(tmp_path.rglob("x*")) == []
+
+
+def test_scenario_file_is_read_only_up_to_a_bound(tmp_path: Path) -> None:
+    """/dev/zero would be read until memory runs out: refused after 1 MiB, as one line (the bound is under a 1 GiB limit)."""
+    result = subprocess.run([*DRIVER, "--scenario", "/dev/zero"], capture_output=True, text=True, timeout=60, cwd=ROOT,
+                            preexec_fn=memory_limit(1024))
+    assert result.returncode == 2
+    assert result.stderr == "run_driver.py: error: /dev/zero: larger than 1 MiB: not a scenario file\n"
+
+
+def test_results_are_compared_with_types_and_shown_in_json_notation(tmp_path: Path) -> None:
+    scenario = write(tmp_path, """
+[[steps]]
+actors = ["alice"]
+op = "store"
+key = "k"
+value = "1"
+expect = "saved"
+
+[[steps]]
+actors = ["alice"]
+op = "exists"
+key = "k"
+expect = 1
+
+[[steps]]
+actors = ["alice"]
+op = "get"
+key = "k"
+expect_one_of = [1, true]
+
+[[steps]]
+actors = ["alice"]
+op = "size"
+expect = 1
+""")
+    result = drive("--scenario", str(scenario), "--json")
+    assert result.returncode == 1, result.stdout + result.stderr
+    rows = {row["step"]: row for row in json.loads(result.stdout)["rows"]}
+    assert (rows["1"]["expected"], rows["1"]["actual"], rows["1"]["result"]) == ('"saved"', '"saved"', "PASS")
+    assert (rows["2"]["expected"], rows["2"]["actual"], rows["2"]["result"]) == ("1", "true", "FAIL")
+    assert (rows["3"]["expected"], rows["3"]["actual"], rows["3"]["result"]) == ("one of 1, true", '"1"', "FAIL")
+    assert (rows["4"]["expected"], rows["4"]["actual"], rows["4"]["result"]) == ("1", "1", "PASS")
+    table = drive("--scenario", str(scenario)).stdout
+    assert re.search(r"^2 +alice +exists +k +1 +true +FAIL *$", table, re.MULTILINE), table
+
+
+def test_every_run_has_its_own_barrier_namespace(tmp_path: Path) -> None:
+    scenario = write(tmp_path, "[[steps]]\nactors = ['alice', 'bob']\nop = 'size'\nexpect = 0\n")
+    step = load_scenario(scenario).steps[0]
+    with ProcessGroup() as group:
+        first, second = (Actors(group, Endpoint("127.0.0.1:1"), tmp_path) for _ in range(2))
+        barriers = {step_request(step, "alice", actors.namespace)["barrier"] for actors in (first, second)}
+    assert len(barriers) == 2
+
+
+def scenario_of(steps: int, actors: str, first: str = "") -> str:
+    """A scenario of `first` and then `steps` stores, each by `actors` (a TOML list)."""
+    step = "[[steps]]\nactors = {}\nop = 'store'\nkey = 'k{}'\nvalue = 'v'\nexpect_one_of = ['saved', 'updated']\n"
+    return first + "".join(step.format(actors, i) for i in range(steps))
+
+
+def actor_process(driver: psutil.Popen, name: str, deadline: float) -> psutil.Process:
+    """The driver's actor process called name, once it has started."""
+    while time.monotonic() < deadline and driver.poll() is None:
+        for child in driver.children(recursive=True):
+            if re.search(f"--name[= ]{name} ", command_line(child)):
+                return child
+        time.sleep(0.005)
+    raise AssertionError(f"the driver never started actor {name}")
+
+
+def test_hung_server_fails_the_remaining_steps_at_once(tmp_path: Path) -> None:
+    """A SIGSTOPped server: one timeout, a probe, then every remaining step fails at once (not 1,000 timeouts)."""
+    scenario = write(tmp_path, scenario_of(1000, "['alice']"))
+    driver = psutil.Popen([*DRIVER, "--scenario", str(scenario), "--timeout", "0.5", "--json"],
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    try:
+        deadline = time.monotonic() + 30
+        alice = actor_process(driver, "alice", deadline)
+        history = Path(alice.cmdline()[alice.cmdline().index("--history") + 1])
+        [server] = [p for p in driver.children() if " serve " in command_line(p)]
+        while time.monotonic() < deadline and not (history.exists() and history.stat().st_size):
+            time.sleep(0.005)
+        suspend(server)
+        stopped = time.monotonic()
+        stdout, stderr = driver.communicate(timeout=30)
+        assert time.monotonic() - stopped < 10
+    finally:
+        reap(driver)
+    assert driver.returncode == 1 and "Traceback" not in stderr
+    rows = [row for row in json.loads(stdout)["rows"] if row["step"].isdigit()]
+    failed = [row for row in rows if row["result"] == "FAIL"]
+    assert 900 < len(failed) < len(rows), "the server was stopped mid-scenario"
+    assert re.match("error (OutcomeUnknown|ServerUnavailable)", failed[0]["actual"]), failed[0]
+    assert all(row["actual"].startswith("error NotRun: the server stopped answering at step") for row in failed[1:])
+
+
+def test_an_actor_that_died_fails_its_steps_at_once_and_nothing_is_left_running(tmp_path: Path) -> None:
+    """bob is killed before his first step: his steps fail at once; an interrupt (had it come) reaps everything."""
+    solo = scenario_of(300, "['alice']")
+    scenario = write(tmp_path, solo + scenario_of(500, "['alice', 'bob']").replace("key = 'k", "key = 'pair"))
+    driver = psutil.Popen([*DRIVER, "--scenario", str(scenario)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    try:
+        bob = actor_process(driver, "bob", time.monotonic() + 30)
+        seen = driver.children(recursive=True)
+        bob.kill()
+        try:
+            stdout, stderr = driver.communicate(timeout=5)
+        except subprocess.TimeoutExpired:  # still waiting for bob, step after step: interrupt it
+            driver.send_signal(signal.SIGINT)
+            stdout, stderr = driver.communicate(timeout=15)
+        _, alive = psutil.wait_procs(seen, timeout=5)
+        assert [command_line(p) for p in alive if p.status() != psutil.STATUS_ZOMBIE] == []
+    finally:
+        reap(driver)
+    assert "Traceback" not in stderr, stderr
+    assert driver.returncode == 1, stderr
+    assert "error NotRun: actor bob exited with status -9" in stdout
+
+
+def test_reaping_survives_a_process_whose_pipe_is_broken() -> None:
+    with ProcessGroup() as group:
+        sleeper = group.launch([sys.executable, "-c", "import time; time.sleep(60)"])
+        quitter = group.launch([sys.executable, "-c", "pass"], stdin=True)
+        quitter.wait(timeout=10)
+        with contextlib.suppress(BrokenPipeError):
+            quitter.stdin.write(b"unsent\n")  # buffered: flushing it to a dead process fails
+            quitter.stdin.flush()
+        group.reap_all()
+    assert not sleeper.is_running() or sleeper.status() == psutil.STATUS_ZOMBIE

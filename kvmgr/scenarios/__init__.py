@@ -4,11 +4,14 @@ A scenario is a list of [[steps]]. Each step names its actors (one, or several t
 moment), the operation, its arguments, and one expectation: `expect` (an exact result), `expect_one_of`
 (a list of acceptable results) or `expect_error` (the name of a kvmgr error, e.g. "KeyNotFound").
 `same_result = true` also requires every actor of the step to get the same result. In `value`,
-`{actor}` is replaced by the actor's name.
+`{actor}` is replaced by the actor's name. Results are compared with their types (true is not 1, 1 is not
+1.0) and shown in JSON notation. Actor names are plain identifiers; a `quit` step can only be the last.
 """
 
 from __future__ import annotations
 
+import json
+import re
 import tomllib
 from dataclasses import dataclass, field
 from importlib import resources
@@ -25,6 +28,23 @@ STEP_FIELDS = {
     "name", "actors", "op", "key", "value", "expected", "absent", "keys", "pairs", "same_result", *EXPECTATIONS,
 }
 ERROR_NAMES = set(ERROR_CLASSES)
+MAX_SCENARIO_BYTES = 1024 * 1024
+MAX_ACTOR_NAME = 64
+ACTOR_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
+
+
+def notation(value: Any) -> str:
+    """A value as the results table and the JSON report show it: JSON ("saved", true, 1, null)."""
+    return json.dumps(value, ensure_ascii=False, default=str)
+
+
+def same_value(expected: Any, actual: Any) -> bool:
+    """Equal with types, all the way down: true is not 1, 1 is not 1.0, "1" is not 1."""
+    if isinstance(expected, dict) and isinstance(actual, dict):
+        return expected.keys() == actual.keys() and all(same_value(expected[k], actual[k]) for k in expected)
+    if isinstance(expected, list) and isinstance(actual, list):
+        return len(expected) == len(actual) and all(map(same_value, expected, actual))
+    return type(expected) is type(actual) and expected == actual
 
 
 @dataclass(frozen=True)
@@ -52,18 +72,18 @@ class Step:
     def accepts(self, result: Any) -> bool:
         """True if a successful result meets the expectation."""
         if self.expect_kind == "expect":
-            return result == self.expect
+            return same_value(self.expect, result)
         if self.expect_kind == "expect_one_of":
-            return result in self.expect
+            return any(same_value(choice, result) for choice in self.expect)
         return False
 
     def describe_expectation(self) -> str:
-        """The expectation as a table cell."""
+        """The expectation as a table cell (values in JSON notation, like the actual results)."""
         if self.expect_kind == "expect_error":
             return f"error {self.expect}"
         if self.expect_kind == "expect_one_of":
-            return "one of " + ", ".join(map(str, self.expect)) + (" (same for all)" if self.same_result else "")
-        return str(self.expect)
+            return "one of " + ", ".join(map(notation, self.expect)) + (" (same for all)" if self.same_result else "")
+        return notation(self.expect)
 
 
 @dataclass(frozen=True)
@@ -86,9 +106,7 @@ def load_scenario(path: str | Path) -> Scenario:
     """Read and validate a scenario file; raise ScenarioError naming the file, the step and the problem."""
     path = Path(path)
     try:
-        document = tomllib.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ScenarioError(f"{path}: cannot read scenario: {exc.strerror}") from None
+        document = tomllib.loads(_read_text(path))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ScenarioError(f"{path}: not valid TOML: {exc}") from None
     unknown = set(document) - {"name", "description", "steps"}
@@ -98,9 +116,33 @@ def load_scenario(path: str | Path) -> Scenario:
     if not isinstance(raw_steps, list) or not raw_steps:
         raise ScenarioError(f"{path}: no [[steps]]: a scenario needs at least one step")
     steps = tuple(_parse_step(path, number, raw) for number, raw in enumerate(raw_steps, start=1))
+    _check_quit_is_last(path, steps)
     actors = tuple(dict.fromkeys(actor for step in steps for actor in step.actors))
     name = document.get("name", path.stem)
     return Scenario(str(name), str(path), steps, str(document.get("description", "")), actors)
+
+
+def _read_text(path: Path) -> str:
+    """The file's text, read no further than MAX_SCENARIO_BYTES (so /dev/zero is refused, not read forever)."""
+    try:
+        with path.open("rb") as handle:
+            data = handle.read(MAX_SCENARIO_BYTES + 1)
+    except OSError as exc:
+        raise ScenarioError(f"{path}: cannot read scenario: {exc.strerror}") from None
+    if len(data) > MAX_SCENARIO_BYTES:
+        raise ScenarioError(f"{path}: larger than {MAX_SCENARIO_BYTES // 1024 // 1024} MiB: not a scenario file")
+    return data.decode("utf-8")
+
+
+def _check_quit_is_last(path: Path, steps: tuple[Step, ...]) -> None:
+    """A step after a quit could never run (the server is gone): refuse the scenario instead of dropping it."""
+    quits = [step.number for step in steps if step.op == "quit"]
+    if quits and quits[0] != len(steps):
+        after = steps[quits[0]]
+        raise ScenarioError(
+            f"{path}: step {after.number} ({after.name}): comes after the quit of step {quits[0]}, "
+            "when the server is gone: make quit the last step"
+        )
 
 
 def _parse_step(path: Path, number: int, raw: Any) -> Step:
@@ -123,6 +165,12 @@ def _parse_step(path: Path, number: int, raw: Any) -> Step:
         raise problem("'actors' must be a non-empty list of names")
     if len(set(actors)) != len(actors):
         raise problem("'actors' names an actor twice")
+    for actor in actors:
+        if not ACTOR_NAME.fullmatch(actor) or len(actor) > MAX_ACTOR_NAME:
+            raise problem(
+                f"actor name {actor[:80]!r} is not a plain name: a letter or _, then letters, digits, _ or -, "
+                f"at most {MAX_ACTOR_NAME} characters"
+            )
     _check_arguments(op, raw, problem)
     kind, expect = _expectation(raw, problem)
     return Step(
@@ -160,6 +208,6 @@ def _expectation(raw: dict, problem: Any) -> tuple[str, Any]:
     value = raw[kind]
     if kind == "expect_one_of" and (not isinstance(value, list) or not value):
         raise problem("'expect_one_of' must be a non-empty list")
-    if kind == "expect_error" and value not in ERROR_NAMES:
+    if kind == "expect_error" and (not isinstance(value, str) or value not in ERROR_NAMES):
         raise problem(f"'expect_error' must name a kvmgr error such as KeyNotFound or InvalidKey (got {value!r})")
     return kind, value
