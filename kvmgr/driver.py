@@ -201,7 +201,7 @@ def judge(step: Step, outcomes: list[ActorOutcome]) -> list[Row]:
             passed = outcome.status == "error" and outcome.error == step.expect
         else:
             passed = outcome.status == "ok" and step.accepts(outcome.result) and same
-        actual = outcome.text() + ("" if same else " (actors disagree)")
+        actual = outcome.text() + (" (actors disagree)" if step.same_result and len(results) > 1 else "")
         rows.append(Row(
             str(step.number), _actors_cell(step, outcome.actor), step.op, step.key or "", _cell(step.value_for(outcome.actor)),
             step.describe_expectation(), actual, passed,
@@ -268,7 +268,7 @@ class Report:
 
     def table(self) -> str:
         """The results table."""
-        return tabulate([row.cells() for row in self.rows], headers=HEADERS)
+        return tabulate([row.cells() for row in self.rows], headers=HEADERS, disable_numparse=True)  # 1.0 stays 1.0
 
     def to_json(self) -> str:
         """The machine-readable report."""

@@ -195,7 +195,7 @@ expect_one_of = [1, true]
 [[steps]]
 actors = ["alice"]
 op = "size"
-expect = 1
+expect = 1.0
 """)
     result = drive("--scenario", str(scenario), "--json")
     assert result.returncode == 1, result.stdout + result.stderr
@@ -203,9 +203,10 @@ expect = 1
     assert (rows["1"]["expected"], rows["1"]["actual"], rows["1"]["result"]) == ('"saved"', '"saved"', "PASS")
     assert (rows["2"]["expected"], rows["2"]["actual"], rows["2"]["result"]) == ("1", "true", "FAIL")
     assert (rows["3"]["expected"], rows["3"]["actual"], rows["3"]["result"]) == ("one of 1, true", '"1"', "FAIL")
-    assert (rows["4"]["expected"], rows["4"]["actual"], rows["4"]["result"]) == ("1", "1", "PASS")
+    assert (rows["4"]["expected"], rows["4"]["actual"], rows["4"]["result"]) == ("1.0", "1", "FAIL")
     table = drive("--scenario", str(scenario)).stdout
     assert re.search(r"^2 +alice +exists +k +1 +true +FAIL *$", table, re.MULTILINE), table
+    assert re.search(r"^4 +alice +size +1\.0 +1 +FAIL *$", table, re.MULTILINE), table
 
 
 def test_every_run_has_its_own_barrier_namespace(tmp_path: Path) -> None:
