@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from kvmgr.config import default_authkey_path, generated_authkey
 from kvmgr.processes import ProcessGroup, ServerProcess, child_environment, python_module, read_line
 from tests.conftest import ROOT
 
@@ -87,3 +88,22 @@ def test_output_path_that_is_a_directory_is_refused(tmp_path: Path) -> None:
     result = run(python_module("kvmgr", "stress", "--history", str(tmp_path)))
     assert result.returncode == 2
     assert result.stderr.splitlines()[-1].endswith(f"argument --history: cannot write {tmp_path}: it is a directory")
+
+
+def test_a_key_file_another_server_writes_meanwhile_is_kept(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two servers starting at once: the one that finds no file, then loses the race, uses the winner's key."""
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
+    path = default_authkey_path()
+    real_exists = Path.exists
+
+    def written_right_after_the_check(self: Path) -> bool:
+        if self == path and not real_exists(self):
+            path.parent.mkdir(mode=0o700)
+            path.write_text("the-winners-key\n")
+            path.chmod(0o600)
+            return False
+        return real_exists(self)
+
+    monkeypatch.setattr(Path, "exists", written_right_after_the_check)
+    assert generated_authkey() == (b"the-winners-key", path)
+    assert path.read_text() == "the-winners-key\n"
