@@ -87,12 +87,12 @@ def suspend(process: psutil.Process, timeout: float = 5.0) -> None:
 
 
 def read_line(process: psutil.Popen, deadline: float) -> str | None:
-    """One line of the process's stdout before the deadline, or None on timeout or end of output."""
+    """One line of the process's stdout before the deadline (or already written when it passed), or None."""
     fd = process.stdout.fileno()
     line = b""
     while not line.endswith(b"\n"):
-        remaining = deadline - time.monotonic()
-        if remaining <= 0 or not select.select([fd], [], [], remaining)[0]:
+        remaining = max(0.0, deadline - time.monotonic())
+        if not select.select([fd], [], [], remaining)[0]:
             return None
         byte = os.read(fd, 1)
         if not byte:

@@ -16,7 +16,7 @@ import psutil
 import pytest
 
 from kvmgr.driver import Actors, Endpoint, step_request
-from kvmgr.processes import ProcessGroup, reap, suspend
+from kvmgr.processes import ProcessGroup, read_line, reap, suspend
 from kvmgr.scenarios import load_scenario
 from tests.conftest import ROOT
 from tests.test_stress import memory_limit
@@ -293,3 +293,11 @@ def test_reaping_survives_a_process_whose_pipe_is_broken() -> None:
             quitter.stdin.flush()
         group.reap_all()
     assert not sleeper.is_running() or sleeper.status() == psutil.STATUS_ZOMBIE
+
+
+def test_an_answer_already_written_is_read_even_after_the_deadline() -> None:
+    """After waiting out one wedged actor, the others' answers that did come are still read (not counted as silence)."""
+    with ProcessGroup() as group:
+        actor = group.launch([sys.executable, "-c", "print('answered')"])
+        actor.wait(timeout=10)
+        assert read_line(actor, time.monotonic() - 1) == "answered"
