@@ -1,22 +1,30 @@
 """Durable mode: the store's data in SQLite (WAL) inside a data directory, written before writes are acknowledged.
 
-Every change goes through one path: `append(changes)` under the store's lock (so the journal's order is
-the store's order), then `wait(ticket)` outside it; a write is acknowledged when `wait` returns.
+Every change goes through one path: `append(changes, undo)` under the store's lock (so the journal's order
+is the store's order), then `wait(group)` outside it; a write is acknowledged when `wait` returns.
 - fsync "always": each write is committed and fsynced inside `append`.
 - fsync "batch": a committer thread commits everything appended since its last commit in one
   transaction (group commit); `wait` returns once the commit holding that write is durable.
 - fsync "off": each write is committed inside `append`; the operating system decides when it reaches disk.
+
+A commit that fails (a full disk, an I/O error) fails every write not yet committed and is logged once.
+In "always" and "off" that is the one write, refused before the store changes. In "batch" the store has
+already applied the writes of the failed group and of any group queued behind it (later writes may
+depend on them), so the journal hands their undo records back to the store, which restores the last
+committed state under its lock (see `on_failure`). Nothing sticks: the next commit is tried afresh.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import logging
 import os
 import sqlite3
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
+from typing import Any
 
 from kvmgr.errors import ConfigError, KvmgrError
 from kvmgr.validation import Value
@@ -26,6 +34,22 @@ DATABASE_NAME = "kvmgr.sqlite3"
 LOCK_NAME = "kvmgr.lock"
 COMMIT_TIMEOUT = 30.0  # seconds a writer waits for its commit before it is told durable storage failed
 Changes = Mapping[str, Value | None]  # None deletes the key
+Undo = tuple[str, Any]  # (key, the value it had before a write): opaque to the journal, the store's to restore
+
+log = logging.getLogger("kvmgr.durable")
+
+
+class CommitGroup:
+    """Writes committed in one transaction: their changes, their undo records, and the outcome once decided."""
+
+    __slots__ = ("changes", "done", "failure", "undo", "writes")
+
+    def __init__(self) -> None:
+        self.changes: list[tuple[str, Value | None]] = []
+        self.undo: list[Undo] = []
+        self.writes = 0
+        self.done = False
+        self.failure: BaseException | None = None
 
 
 class SQLiteJournal:
@@ -35,100 +59,188 @@ class SQLiteJournal:
         if fsync not in FSYNC_MODES:
             raise ConfigError(f"--fsync must be one of {', '.join(FSYNC_MODES)} (got {fsync!r})")
         self.fsync = fsync
+        self.path = data_dir / DATABASE_NAME
         self._lock_file = _lock_directory(data_dir)
         try:
-            self._db = sqlite3.connect(data_dir / DATABASE_NAME, check_same_thread=False, isolation_level=None)
+            self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute(f"PRAGMA synchronous={'OFF' if fsync == 'off' else 'FULL'}")
             self._db.execute("CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value NOT NULL) WITHOUT ROWID")
         except sqlite3.Error as exc:
             self._lock_file.close()
-            raise ConfigError(f"cannot use {data_dir / DATABASE_NAME}: {exc}") from None
-        self._pending: list[tuple[str, Value | None]] = []
-        self._appended = 0
-        self._committed = 0
-        self._failure: BaseException | None = None
+            raise ConfigError(f"cannot use {self.path}: {exc}") from None
+        self._mutex = threading.Lock()
+        self._work = threading.Condition(self._mutex)  # the committer waits here for writes
+        self._decided = threading.Condition(self._mutex)  # writers wait here for their group's outcome
+        self._open = CommitGroup()  # collecting writes
+        self._committing: CommitGroup | None = None
         self._closing = False
-        self._changed = threading.Condition()
+        self._on_failure: Callable[[BaseException], None] = self.fail_uncommitted
         self._committer: threading.Thread | None = None
         if fsync == "batch":
             self._committer = threading.Thread(target=self._commit_batches, name="kvmgr-group-commit", daemon=True)
             self._committer.start()
 
+    @property
+    def deferred(self) -> bool:
+        """True when a write is committed after `append` returns (batch), so the store must be able to undo it."""
+        return self._committer is not None
+
+    def on_failure(self, handler: Callable[[BaseException], None]) -> None:
+        """Call handler(failure) from the committer after a group commit fails (batch mode).
+
+        The handler must hold the store's lock while it calls `fail_uncommitted` and applies the undo
+        records it returns, so that no write or read comes between the failure and the rollback.
+        """
+        self._on_failure = handler
+
     def load(self) -> dict[str, Value]:
-        """Everything stored, as the dict the server starts from (str stays str, bytes stays bytes)."""
+        """Everything stored, as the dict the server starts from (str stays str, bytes stays bytes).
+
+        ConfigError, naming the file, if a row is not one kvmgr writes (another tool wrote a non-text key, say).
+        """
         try:
+            self._check_rows()
             return dict(self._db.execute("SELECT key, value FROM kv"))
         except sqlite3.Error as exc:
-            raise ConfigError(f"cannot read the data in {DATABASE_NAME}: {exc}") from None
+            raise ConfigError(f"cannot read the data in {self.path}: {exc}") from None
 
-    def append(self, changes: Changes) -> int:
-        """Take a write (call it under the store's lock); returns the ticket to wait on."""
-        if self.fsync != "batch":
-            self._apply(list(changes.items()))
-            return 0
-        with self._changed:
-            if self._failure is not None:
-                raise KvmgrError(f"durable storage failed: {self._failure}")
-            self._pending.extend(changes.items())
-            self._appended += 1
-            self._changed.notify_all()
-            return self._appended
-
-    def wait(self, ticket: int) -> None:
-        """Return once the write with this ticket is committed."""
-        if ticket == 0:
+    def _check_rows(self) -> None:
+        """ConfigError for the first row whose key is not non-empty text or whose value is neither text nor a blob."""
+        row = self._db.execute(
+            "SELECT typeof(key), typeof(value), CAST(key AS BLOB) FROM kv "
+            "WHERE typeof(key) != 'text' OR key = '' OR typeof(value) NOT IN ('text', 'blob') LIMIT 1"
+        ).fetchone()
+        if row is None:
             return
-        with self._changed:
-            done = self._changed.wait_for(lambda: self._committed >= ticket or self._failure is not None, COMMIT_TIMEOUT)
-            if self._committed < ticket:
-                reason = self._failure if done else f"no commit within {COMMIT_TIMEOUT:g}s"
-                raise KvmgrError(f"durable storage failed: {reason}")
+        key_type, value_type, raw_key = row
+        shown = _shorten(raw_key)
+        if key_type != "text":
+            problem = f"a row has a key of type {key_type} ({shown}), not text"
+        elif not raw_key:
+            problem = "a row has an empty key"
+        else:
+            problem = f"the value of key {shown} is of type {value_type}, not text or blob"
+        raise ConfigError(f"cannot use {self.path}: {problem}; kvmgr did not write it (was the database changed by another tool?)")
+
+    def append(self, changes: Changes, undo: Iterable[Undo] = ()) -> CommitGroup | None:
+        """Take a write (call it under the store's lock); returns what to `wait` on (None: already committed).
+
+        In "always" and "off" the write is committed here, and a failure raises KvmgrError before the
+        store changes. In "batch" `undo` says how to take the write back out of the store should its commit fail.
+        """
+        if self._committer is None:
+            try:
+                self._commit(changes.items())
+            except Exception as exc:
+                _report(exc, 1)
+                raise _failed(exc) from None
+            return None
+        with self._mutex:
+            group = self._open
+            group.changes.extend(changes.items())
+            group.undo.extend(undo)
+            group.writes += 1
+            self._work.notify()
+            return group
+
+    def wait(self, group: CommitGroup | None) -> None:
+        """Return once the write's group is committed; KvmgrError if its commit failed (the write was not made)."""
+        if group is None:
+            return
+        with self._mutex:
+            if not self._decided.wait_for(lambda: group.done, COMMIT_TIMEOUT):
+                raise KvmgrError(f"durable storage failed: no commit within {COMMIT_TIMEOUT:g}s: the write may or may not be made")
+        if group.failure is not None:
+            raise _failed(group.failure)
+
+    def fail_uncommitted(self, failure: BaseException) -> list[Undo]:
+        """Fail every write not yet committed (the committing group and the one queued behind it).
+
+        Returns their undo records, oldest first; the store restores them in reverse order. Call it under
+        the store's lock (the committer does, through the `on_failure` handler).
+        """
+        with self._mutex:
+            groups = [group for group in (self._committing, self._open) if group is not None]
+            self._committing, self._open = None, CommitGroup()
+            undo: list[Undo] = []
+            for group in groups:
+                undo.extend(group.undo)
+                group.failure, group.done, group.changes, group.undo = failure, True, [], []
+            self._decided.notify_all()
+        _report(failure, sum(group.writes for group in groups))
+        return undo
 
     def close(self) -> None:
         """Commit what is pending, close the database and release the data directory."""
-        with self._changed:
+        with self._mutex:
             self._closing = True
-            self._changed.notify_all()
+            self._work.notify()
         if self._committer is not None:
             self._committer.join(COMMIT_TIMEOUT)
         self._db.close()
         self._lock_file.close()
 
     def _commit_batches(self) -> None:
+        """The committer thread (batch): commit each group of writes, until closed with nothing pending."""
         while True:
-            with self._changed:
-                self._changed.wait_for(lambda: self._pending or self._closing)
-                if not self._pending:
+            with self._mutex:
+                self._work.wait_for(lambda: self._open.writes or self._closing)
+                if not self._open.writes:
                     return
-                batch, self._pending = self._pending, []
-                ticket = self._appended
+                group = self._committing = self._open
+                self._open = CommitGroup()
             try:
-                self._apply(batch)
-            except BaseException as exc:  # a dead committer must wake every waiter, whatever killed it
-                with self._changed:
-                    self._failure = exc
-                    self._changed.notify_all()
-                return
-            with self._changed:
-                self._committed = ticket
-                self._changed.notify_all()
+                self._commit(group.changes)
+            except Exception as exc:  # whatever the cause, the writers must hear of it and the store go back
+                self._on_failure(exc)
+                continue
+            with self._mutex:
+                group.done, group.changes, group.undo = True, [], []
+                self._committing = None
+                self._decided.notify_all()
 
-    def _apply(self, changes: list[tuple[str, Value | None]]) -> None:
-        final = dict(changes)  # only each key's last change of the batch matters
+    def _commit(self, changes: Iterable[tuple[str, Value | None]]) -> None:
+        """Write changes in one transaction; on any failure roll it back, so the next transaction starts clean."""
+        final = dict(changes)  # only each key's last change matters
         db = self._db
-        db.execute("BEGIN")
         try:
+            db.execute("BEGIN")
             db.executemany("DELETE FROM kv WHERE key = ?", [(key,) for key, value in final.items() if value is None])
             db.executemany("INSERT OR REPLACE INTO kv (key, value) VALUES (?, ?)", [kv for kv in final.items() if kv[1] is not None])
+            db.execute("COMMIT")
         except BaseException:
-            db.execute("ROLLBACK")
+            if db.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    db.execute("ROLLBACK")
             raise
-        db.execute("COMMIT")
+
+
+def _describe(failure: BaseException) -> str:
+    return str(failure) or type(failure).__name__
+
+
+def _failed(failure: BaseException) -> KvmgrError:
+    """The one-line error a writer of a failed commit gets."""
+    return KvmgrError(f"durable storage failed: {_describe(failure)}: the write was not made")
+
+
+def _report(failure: BaseException, writes: int) -> None:
+    """Log one line for a failed commit."""
+    what = "1 write" if writes == 1 else f"{writes} writes"
+    log.warning("commit to durable storage failed: %s: %s not made, the store is back at its last commit", _describe(failure), what)
+
+
+def _shorten(raw: bytes | None, limit: int = 40) -> str:
+    """A key's bytes for a message: decoded where possible, cut to `limit` characters."""
+    text = repr((raw or b"").decode("utf-8", "backslashreplace"))
+    return text if len(text) <= limit else text[: limit - 4] + "...'"
 
 
 def _lock_directory(data_dir: Path):
     """Hold an exclusive lock on the data directory for as long as the server runs."""
+    if data_dir.exists() and not data_dir.is_dir():
+        raise ConfigError(f"--data-dir {data_dir} is not a directory")
     try:
         data_dir.mkdir(parents=True, exist_ok=True)
         handle = open(data_dir / LOCK_NAME, "a+")  # noqa: SIM115 - held open for the server's lifetime

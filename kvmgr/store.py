@@ -1,4 +1,9 @@
-"""Store: the shared dict and the lock that serializes every operation on it. No sockets, no processes."""
+"""Store: the shared dict and the lock that serializes every operation on it. No sockets, no processes.
+
+Every argument goes through kvmgr.validation first (and is used in the plain form it returns). Every change
+goes through `_write`, which journals it (durable mode) and applies it to the dict. In batch mode a write is
+applied before its commit; should the commit fail, the journal calls `_roll_back`, which undoes it.
+"""
 
 from __future__ import annotations
 
@@ -6,11 +11,22 @@ import threading
 from collections.abc import Callable, Iterable, Mapping
 
 from kvmgr.config import DEFAULT_LIMITS, RENDEZVOUS_TIMEOUT, Limits
-from kvmgr.durable import SQLiteJournal
+from kvmgr.durable import CommitGroup, SQLiteJournal
 from kvmgr.errors import InvalidValue, KeyNotFound, KvmgrError
-from kvmgr.validation import Value, check_key, check_key_list, check_mapping, check_rendezvous, check_value
+from kvmgr.validation import (
+    Value,
+    check_expected,
+    check_key,
+    check_key_list,
+    check_keys_page,
+    check_mapping,
+    check_rendezvous,
+    check_value,
+    page_of_keys,
+)
 
 QUIT_MESSAGE = "Server Quitting..!"
+ABSENT = object()  # in an undo record: the key was not there before the write
 
 
 class Store:
@@ -23,6 +39,8 @@ class Store:
         self._closed = False
         self._data: dict[str, Value] = journal.load() if journal is not None else {}
         self._lock = threading.Lock()
+        if journal is not None:
+            journal.on_failure(self._roll_back)
         self._limits = limits
         self._on_quit = on_quit
         self._barriers: dict[str, threading.Barrier] = {}
@@ -30,17 +48,16 @@ class Store:
 
     def store(self, key: str, value: Value) -> str:
         """Set key to value; return "saved" if the key was new, "updated" if it overwrote a value."""
-        check_key(key, self._limits)
-        check_value(value, self._limits)
+        key, value = check_key(key, self._limits), check_value(value, self._limits)
         with self._lock:
             existed = key in self._data
-            ticket = self._write({key: value})
-        self._wait(ticket)
+            pending = self._write({key: value})
+        self._wait(pending)
         return "updated" if existed else "saved"
 
     def get(self, key: str) -> Value:
         """Return the value of key; raise KeyNotFound if it is absent."""
-        check_key(key, self._limits)
+        key = check_key(key, self._limits)
         with self._lock:
             try:
                 return self._data[key]
@@ -49,24 +66,26 @@ class Store:
 
     def delete(self, key: str) -> bool:
         """Remove key; return True if it existed."""
-        check_key(key, self._limits)
+        key = check_key(key, self._limits)
         with self._lock:
             if key not in self._data:
                 return False
-            ticket = self._write({key: None})
-        self._wait(ticket)
+            pending = self._write({key: None})
+        self._wait(pending)
         return True
 
     def exists(self, key: str) -> bool:
         """True if key is in the store."""
-        check_key(key, self._limits)
+        key = check_key(key, self._limits)
         with self._lock:
             return key in self._data
 
-    def keys(self) -> list[str]:
-        """Every key, sorted."""
+    def keys(self, prefix: str | None = None, limit: int | None = None, after: str | None = None) -> list[str]:
+        """The keys in sorted order: those starting with prefix and after `after`, at most `limit` of them."""
+        prefix, limit, after = check_keys_page(prefix, limit, after)
         with self._lock:
-            return sorted(self._data)
+            keys = list(self._data)
+        return page_of_keys(keys, prefix, limit, after)
 
     def size(self) -> int:
         """How many keys the store holds."""
@@ -75,15 +94,13 @@ class Store:
 
     def cas(self, key: str, expected: Value | None, value: Value) -> bool:
         """Set key to value only if it currently holds expected (None: only if absent); True if it swapped."""
-        check_key(key, self._limits)
-        if expected is not None:
-            check_value(expected, self._limits)
-        check_value(value, self._limits)
+        key, value = check_key(key, self._limits), check_value(value, self._limits)
+        expected = check_expected(expected, self._limits)
         with self._lock:
             if self._data.get(key) != expected:
                 return False
-            ticket = self._write({key: value})
-        self._wait(ticket)
+            pending = self._write({key: value})
+        self._wait(pending)
         return True
 
     def get_many(self, keys: Iterable[str]) -> dict[str, Value]:
@@ -95,55 +112,75 @@ class Store:
 
     def store_many(self, mapping: Mapping[str, Value]) -> dict[str, str]:
         """Store every pair in one atomic step; return key -> "saved"/"updated"."""
-        check_mapping(mapping, self._limits)
+        mapping = check_mapping(mapping, self._limits)
+        if not mapping:
+            return {}  # nothing to write, nothing to wait for
         with self._lock:
             data = self._data
             outcome = {key: "updated" if key in data else "saved" for key in mapping}
-            ticket = self._write(mapping)
-        self._wait(ticket)
+            pending = self._write(mapping)
+        self._wait(pending)
         return outcome
 
-    def _write(self, changes: Mapping[str, Value | None]) -> int:
-        """The one path every change takes (call under the lock): journal it, then apply it. None deletes."""
+    def _write(self, changes: Mapping[str, Value | None]) -> CommitGroup | None:
+        """The one path every change takes (call under the lock): journal it, then apply it. None deletes.
+
+        Returns what `_wait` waits on for the change to be durable (None: nothing to wait for).
+        """
         if self._closed:
             raise KvmgrError("the server is shutting down: the write was not made")
-        ticket = self._journal.append(changes) if self._journal is not None else 0
-        data = self._data
+        data, journal, pending = self._data, self._journal, None
+        if journal is not None:
+            undo = [(key, data.get(key, ABSENT)) for key in changes] if journal.deferred else ()
+            pending = journal.append(changes, undo)
         for key, value in changes.items():
             if value is None:
                 del data[key]
             else:
                 data[key] = value
-        return ticket
+        return pending
 
-    def _wait(self, ticket: int) -> None:
-        """Return once a change is durable (at once in memory mode)."""
-        if ticket:
-            self._journal.wait(ticket)
+    def _wait(self, pending: CommitGroup | None) -> None:
+        """Return once a change is durable (at once in memory mode); KvmgrError if its commit failed."""
+        if pending is not None:
+            self._journal.wait(pending)
+
+    def _roll_back(self, failure: BaseException) -> None:
+        """After a failed group commit, undo every write not committed, newest first (the journal's committer calls this)."""
+        with self._lock:
+            data = self._data
+            for key, previous in reversed(self._journal.fail_uncommitted(failure)):
+                if previous is ABSENT:
+                    data.pop(key, None)
+                else:
+                    data[key] = previous
 
     def close(self) -> None:
         """Refuse further writes, commit what is pending and close durable storage, if any."""
         with self._lock:
-            if not self._closed and self._journal is not None:
-                self._journal.close()
+            first = not self._closed
             self._closed = True
+        if first and self._journal is not None:
+            self._journal.close()  # not under the lock: a commit failing now rolls back under it
 
     def quit(self) -> str:
         """Ask the server to shut down gracefully; return the confirmation message."""
         self._on_quit()
         return QUIT_MESSAGE
 
-    def rendezvous(self, name: str, parties: int, timeout: float = RENDEZVOUS_TIMEOUT) -> int:
+    def rendezvous(self, name: str, parties: int, timeout: float | None = None) -> int:
         """Wait until `parties` callers have arrived under `name`, then release them all at once.
 
         Used by the driver to fire concurrent steps at the same moment; it never holds the data lock.
+        It waits at most `timeout` seconds (None: RENDEZVOUS_TIMEOUT), and never longer than that.
         """
-        check_rendezvous(name, parties)
+        name, parties, given = check_rendezvous(name, parties, timeout)
+        wait = RENDEZVOUS_TIMEOUT if given is None else min(given, RENDEZVOUS_TIMEOUT)
         barrier = self._barrier(name, parties)
         try:
-            return barrier.wait(timeout=min(float(timeout), RENDEZVOUS_TIMEOUT))
+            return barrier.wait(timeout=wait)
         except threading.BrokenBarrierError:
-            raise KvmgrError(f"rendezvous {name!r}: not all {parties} parties arrived within {timeout}s") from None
+            raise KvmgrError(f"rendezvous {name!r}: not all {parties} parties arrived within {wait:g}s") from None
 
     def _barrier(self, name: str, parties: int) -> threading.Barrier:
         with self._barriers_lock:

@@ -1,63 +1,224 @@
-"""Validation of keys, values and arguments: the rules every backend (the Store, the Redis client) enforces alike."""
+"""Validation of keys, values and arguments: the rules every backend (the Store, the Redis client) enforces alike.
+
+A valid key is a non-empty str that UTF-8 can encode (no lone surrogates), at most max_key_bytes long in
+UTF-8. A valid value is bytes, or a str that UTF-8 can encode, at most max_value_bytes long. A subclass of
+str or bytes (an enum.StrEnum member, say) is converted to the plain type; anything else (bytearray,
+memoryview, numbers, bools, None) is refused with InvalidKey or InvalidValue. Every check returns its
+argument in that plain form. `normalize_call` applies the same rules to a whole call before a client
+sends it, so the transports only ever carry plain str, bytes and numbers.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import heapq
+import math
+import operator
+import sys
+from collections.abc import Callable, Iterable, Mapping
 
 from kvmgr.config import DEFAULT_LIMITS, Limits
-from kvmgr.errors import InvalidKey, InvalidValue
+from kvmgr.errors import InvalidKey, InvalidValue, UnknownOperation
 
 Value = str | bytes
+ANY_SIZE = sys.maxsize  # the client checks no sizes: they are the server's limits, which it does not know
+NOT_BYTES_LIKE = bytearray | memoryview  # buffers that look like bytes but are not values: copy them with bytes()
 
 
-def check_key(key: object, limits: Limits = DEFAULT_LIMITS) -> None:
-    """InvalidKey unless key is a non-empty str within the size limit."""
-    if not isinstance(key, str) or not key:
-        raise InvalidKey(f"key must be a non-empty str, not {_describe(key)}")
-    limit = limits.max_key_bytes
-    if len(key) * 4 > limit and len(key.encode("utf-8", "surrogatepass")) > limit:  # UTF-8 takes 1 to 4 bytes a character
-        raise InvalidKey(f"key is longer than {limit} bytes")
+def check_key(key: object, limits: Limits = DEFAULT_LIMITS) -> str:
+    """The key as a plain str; InvalidKey unless it is a non-empty str that UTF-8 can encode, within max_key_bytes."""
+    return _key(key, limits.max_key_bytes)
 
 
-def check_value(value: object, limits: Limits = DEFAULT_LIMITS) -> None:
-    """InvalidValue unless value is str or bytes within the size limit."""
-    limit = limits.max_value_bytes
-    if isinstance(value, str):
-        size = len(value) if len(value) * 4 <= limit else len(value.encode("utf-8", "surrogatepass"))
-    elif isinstance(value, bytes):
-        size = len(value)
-    else:
-        raise InvalidValue(f"value must be str or bytes, not {_describe(value)}")
-    if size > limit:
-        raise InvalidValue(f"value is larger than {limit} bytes")
+def check_value(value: object, limits: Limits = DEFAULT_LIMITS) -> Value:
+    """The value as a plain str or bytes; InvalidValue unless it is bytes, or a str UTF-8 can encode, within max_value_bytes."""
+    return _value(value, limits.max_value_bytes)
+
+
+def check_expected(expected: object, limits: Limits = DEFAULT_LIMITS) -> Value | None:
+    """cas's expected value in plain form: None (the key must be absent) or a valid value."""
+    return _expected(expected, limits.max_value_bytes)
 
 
 def check_key_list(keys: object, limits: Limits = DEFAULT_LIMITS) -> list[str]:
-    """The keys as a list; InvalidKey unless it is a list of valid keys."""
-    if isinstance(keys, str | bytes) or not isinstance(keys, Iterable):
-        raise InvalidKey(f"get_many takes a list of keys, not {_describe(keys)}")
-    keys = list(keys)
-    for key in keys:
-        check_key(key, limits)
-    return keys
+    """The keys as a list of plain str; InvalidKey unless get_many got a list (any iterable) of valid keys."""
+    return _key_list(keys, limits.max_key_bytes)
 
 
-def check_mapping(mapping: object, limits: Limits = DEFAULT_LIMITS) -> None:
-    """InvalidKey/InvalidValue unless store_many got a dict of valid keys and values."""
-    if not isinstance(mapping, Mapping):
-        raise InvalidValue(f"store_many takes a dict of key -> value, not {type(mapping).__name__}")
-    for key, value in mapping.items():
-        check_key(key, limits)
-        check_value(value, limits)
+def check_mapping(mapping: object, limits: Limits = DEFAULT_LIMITS) -> dict[str, Value]:
+    """The pairs as a dict of plain keys and values; InvalidKey/InvalidValue unless store_many got a dict of valid ones."""
+    return _mapping(mapping, limits.max_key_bytes, limits.max_value_bytes)
 
 
-def check_rendezvous(name: object, parties: object) -> None:
-    """InvalidValue unless name is a str and parties an int >= 1."""
-    if not isinstance(name, str) or not isinstance(parties, int) or parties < 1:
-        raise InvalidValue("rendezvous takes a name (str) and a number of parties (int >= 1)")
+def check_rendezvous(name: object, parties: object, timeout: object = None) -> tuple[str, int, float | None]:
+    """rendezvous's arguments in plain form; InvalidValue unless name is a str, parties a whole number >= 1 (a bool
+    is not one) and timeout None or a number of seconds >= 0."""
+    if not isinstance(name, str) or isinstance(parties, bool) or not isinstance(parties, int) or parties < 1:
+        got = f"a name of type {type(name).__name__}" if not isinstance(name, str) else f"parties={_shown(parties)}"
+        raise InvalidValue(f"rendezvous takes a name (str) and a number of parties (an int >= 1, not a bool), got {got}")
+    return _text(name, InvalidValue, "rendezvous name"), operator.index(parties), _seconds(timeout)
+
+
+def check_keys_page(prefix: object, limit: object, after: object) -> tuple[str | None, int | None, str | None]:
+    """keys()'s arguments in plain form; InvalidValue unless prefix and after are str or None and limit a whole
+    number above 0 or None."""
+    return _optional_text(prefix, "prefix"), _page_limit(limit), _optional_text(after, "after")
+
+
+def page_of_keys(keys: Iterable[str], prefix: str | None, limit: int | None, after: str | None) -> list[str]:
+    """The sorted keys that start with prefix and sort after `after`, at most `limit` of them."""
+    chosen = [key for key in keys if key.startswith(prefix)] if prefix else list(keys)
+    if after is not None:
+        chosen = [key for key in chosen if key > after]
+    if limit is None or limit >= len(chosen):
+        return sorted(chosen)
+    return heapq.nsmallest(limit, chosen)
+
+
+def normalize_call(method: str, args: tuple) -> tuple:
+    """A call's arguments in plain form, for a client to send: str/bytes subclasses become str/bytes.
+
+    Refuses what no server could accept: InvalidKey/InvalidValue by the rules above (sizes excepted: they
+    are the server's to enforce), TypeError for a wrong number of arguments, UnknownOperation for a method
+    the store does not have.
+    """
+    try:
+        fewest, most, normalize = _CALLS[method]
+    except (KeyError, TypeError):
+        raise UnknownOperation(f"method {method!r} is not exposed; exposed are {', '.join(sorted(_CALLS))}") from None
+    if not fewest <= len(args) <= most:
+        expected = str(most) if fewest == most else f"{fewest} to {most}"
+        raise TypeError(f"{method} takes {expected} arguments ({len(args)} given)")
+    return normalize(*args)
+
+
+def _key(key: object, limit: int) -> str:
+    if type(key) is str and key.isascii() and 0 < len(key) <= limit:  # the usual case, at the cost of two O(1) checks
+        return key
+    if not isinstance(key, str) or not key:
+        raise InvalidKey(f"key must be a non-empty str, not {_describe(key)}")
+    key = str.__str__(key)  # a subclass's plain str (the method of str itself, whatever the subclass overrides)
+    size = len(key) if key.isascii() else len(_utf8(key, InvalidKey, "key"))
+    if size > limit:
+        raise InvalidKey(f"key is longer than {limit} bytes")
+    return key
+
+
+def _value(value: object, limit: int, what: str = "value") -> Value:
+    kind = type(value)
+    if kind is bytes:
+        size = len(value)
+    elif kind is str:
+        size = len(value) if value.isascii() else len(_utf8(value, InvalidValue, what))  # one copy, then dropped
+    elif isinstance(value, str):
+        return _value(str.__str__(value), limit, what)
+    elif isinstance(value, bytes):
+        return _value(bytes.__bytes__(value), limit, what)
+    else:
+        hint = " (copy it with bytes())" if isinstance(value, NOT_BYTES_LIKE) else ""
+        raise InvalidValue(f"{what} must be str or bytes, not {_describe(value)}{hint}")
+    if size > limit:
+        raise InvalidValue(f"{what} is larger than {limit} bytes")
+    return value
+
+
+def _expected(expected: object, limit: int) -> Value | None:
+    return None if expected is None else _value(expected, limit, "expected value")
+
+
+def _text(text: str, error: type[InvalidKey | InvalidValue], what: str) -> str:
+    """A str argument that is neither key nor value (a name, a prefix) in plain form, UTF-8-encodable."""
+    text = str.__str__(text)
+    if not text.isascii():
+        _utf8(text, error, what)
+    return text
+
+
+def _utf8(text: str, error: type[InvalidKey | InvalidValue], what: str) -> bytes:
+    try:
+        return text.encode()
+    except UnicodeEncodeError as exc:
+        surrogate = ord(text[exc.start])
+        source = f" (the undecodable byte 0x{surrogate - 0xDC00:02x})" if 0xDC80 <= surrogate <= 0xDCFF else ""
+        raise error(f"{what} cannot be encoded as UTF-8: a lone surrogate {text[exc.start]!r}{source} at position {exc.start}") from None
+
+
+def _optional_text(given: object, name: str) -> str | None:
+    if given is None:
+        return None
+    if not isinstance(given, str):
+        raise InvalidValue(f"keys: {name} must be a str or None, not {type(given).__name__}")
+    return _text(given, InvalidValue, f"keys: {name}")
+
+
+def _page_limit(limit: object) -> int | None:
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise InvalidValue(f"keys: limit must be a whole number above 0 or None, not {_shown(limit)}")
+    return None if limit is None else operator.index(limit)
+
+
+def _seconds(timeout: object) -> float | None:
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or math.isnan(timeout) or timeout < 0:
+        raise InvalidValue(f"a timeout must be a number of seconds >= 0, not {timeout!r:.40}")
+    return float(timeout)
 
 
 def _describe(thing: object) -> str:
     if isinstance(thing, str):
         return "an empty str"
     return type(thing).__name__
+
+
+def _shown(number: object) -> str:
+    """A number as given (a bool or int shown as itself, anything else by its type)."""
+    return repr(number) if isinstance(number, int) and number.bit_length() < 64 else _describe(number)
+
+
+def _key_list(keys: object, limit: int) -> list[str]:
+    if isinstance(keys, str | bytes | NOT_BYTES_LIKE) or not isinstance(keys, Iterable):
+        raise InvalidKey(f"get_many takes a list of keys, not {_describe(keys)}")
+    return [_key(key, limit) for key in keys]
+
+
+def _mapping(mapping: object, key_limit: int, value_limit: int) -> dict[str, Value]:
+    if not isinstance(mapping, Mapping):
+        raise InvalidValue(f"store_many takes a dict of key -> value, not {_describe(mapping)}")
+    return {_key(key, key_limit): _value(value, value_limit) for key, value in mapping.items()}
+
+
+# What a client sends, per method: (fewest arguments, most arguments, their plain form). No sizes are checked here.
+
+def _one_key(key: object) -> tuple:
+    return (_key(key, ANY_SIZE),)
+
+
+def _store(key: object, value: object) -> tuple:
+    return _key(key, ANY_SIZE), _value(value, ANY_SIZE)
+
+
+def _cas(key: object, expected: object, value: object) -> tuple:
+    return _key(key, ANY_SIZE), _expected(expected, ANY_SIZE), _value(value, ANY_SIZE)
+
+
+def _keys(*page: object) -> tuple:
+    return check_keys_page(*page, *(None,) * (3 - len(page)))[: len(page)]
+
+
+def _rendezvous(name: object, parties: object, *timeout: object) -> tuple:
+    return check_rendezvous(name, parties, *timeout)[: 2 + len(timeout)]
+
+
+_CALLS: dict[str, tuple[int, int, Callable[..., tuple]]] = {
+    "store": (2, 2, _store),
+    "get": (1, 1, _one_key),
+    "delete": (1, 1, _one_key),
+    "exists": (1, 1, _one_key),
+    "keys": (0, 3, _keys),
+    "size": (0, 0, tuple),
+    "cas": (3, 3, _cas),
+    "get_many": (1, 1, lambda keys: (_key_list(keys, ANY_SIZE),)),
+    "store_many": (1, 1, lambda mapping: (_mapping(mapping, ANY_SIZE, ANY_SIZE),)),
+    "quit": (0, 0, tuple),
+    "rendezvous": (2, 3, _rendezvous),
+}

@@ -1,0 +1,187 @@
+"""The journal's failure path in one process: a Store on a SQLiteJournal whose commit fails (an injected sqlite3.Error)."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import re
+import sqlite3
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kvmgr import durable
+from kvmgr import store as store_module
+from kvmgr.durable import FSYNC_MODES, SQLiteJournal
+from kvmgr.errors import KeyNotFound, KvmgrError
+from kvmgr.store import Store
+from tests.commit_failure import COMMITTED, Call, Same, fail_a_commit_in_flight, until
+
+INJECTED = "disk I/O error (injected)"
+
+
+class FailingDatabase:
+    """The journal's sqlite3 connection, passed through, except that while armed the next `statement` waits
+    until released and then raises sqlite3.OperationalError (once: then the cause is gone)."""
+
+    def __init__(self, db: sqlite3.Connection, statement: str = "COMMIT") -> None:
+        self._db = db
+        self._statement = statement
+        self.armed = False
+        self.reached = threading.Event()
+        self.release = threading.Event()
+
+    def execute(self, sql: str, *args: Any) -> Any:
+        self._maybe_fail(sql)
+        return self._db.execute(sql, *args)
+
+    def executemany(self, sql: str, *args: Any) -> Any:
+        self._maybe_fail(sql)
+        return self._db.executemany(sql, *args)
+
+    def _maybe_fail(self, sql: str) -> None:
+        if self.armed and sql.startswith(self._statement):
+            self.armed = False
+            self.reached.set()
+            assert self.release.wait(10), "the test never released the commit"
+            raise sqlite3.OperationalError(INJECTED)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._db, name)
+
+
+def open_store(data_dir: Path, fsync: str) -> Store:
+    return Store(journal=SQLiteJournal(data_dir, fsync))
+
+
+@pytest.fixture
+def opened() -> Iterator[list[Store]]:
+    """Stores a test opens, closed at its end."""
+    stores: list[Store] = []
+    yield stores
+    for store in stores:
+        store.close()
+
+
+def failing(store: Store, monkeypatch: pytest.MonkeyPatch, statement: str = "COMMIT") -> FailingDatabase:
+    """Put a FailingDatabase between the store's journal and its database."""
+    database = FailingDatabase(store._journal._db, statement)
+    monkeypatch.setattr(store._journal, "_db", database)
+    return database
+
+
+def waiting_in_store(thread: threading.Thread, database: FailingDatabase) -> bool:
+    """True if the thread waits inside the Store (for its lock) or in the held commit."""
+    frame = sys._current_frames().get(thread.ident)
+    innermost = frame
+    while frame is not None:
+        if frame.f_code is FailingDatabase._maybe_fail.__code__:
+            return database.reached.is_set()
+        frame = frame.f_back
+    return innermost is not None and innermost.f_code.co_filename == store_module.__file__
+
+
+def durable_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == "kvmgr.durable" and r.levelno == logging.WARNING]
+
+
+@pytest.mark.parametrize("fsync", FSYNC_MODES)
+def test_a_failed_commit_fails_the_writes_in_flight_rolls_back_and_recovers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, opened: list[Store], fsync: str,
+) -> None:
+    store = open_store(tmp_path, fsync)
+    opened.append(store)
+    store.store("k", COMMITTED)
+    database = failing(store, monkeypatch)
+
+    @contextlib.contextmanager
+    def held() -> Iterator[None]:
+        database.armed = True
+        yield
+        database.release.set()
+
+    def blocked(threads: list[threading.Thread]) -> None:
+        until(lambda: all(waiting_in_store(thread, database) for thread in threads), "the calls waiting behind the commit")
+
+    with caplog.at_level(logging.WARNING, logger="kvmgr.durable"):
+        fail_a_commit_in_flight(fsync, store, Same(store), held, blocked)
+        assert store.store("after", "the cause is gone") == "saved"
+    assert durable_warnings(caplog) == [
+        f"commit to durable storage failed: {INJECTED}: {'2 writes' if fsync == 'batch' else '1 write'} not made, "
+        "the store is back at its last commit"
+    ]
+    store.close()
+    again = open_store(tmp_path, fsync)
+    opened.append(again)
+    assert again.get_many(["k", "after"]) == {"k": COMMITTED, "after": "the cause is gone"}
+
+
+def test_every_write_queued_behind_a_failed_group_is_undone_newest_first(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, opened: list[Store],
+) -> None:
+    store = open_store(tmp_path, "batch")
+    opened.append(store)
+    store.store_many({"k": "0", "gone": "g", "kept": "1"})
+    database = failing(store, monkeypatch)
+    database.armed = True
+    first = Call(store.store, "k", "1")
+    until(database.reached.is_set, "the first group's commit")
+    queued = [Call(store.store, "k", "2"), Call(store.delete, "gone"), Call(store.store_many, {"k": "3", "new": "n"}),
+              Call(store.cas, "kept", "1", "2"), Call(store.delete, "new")]
+    until(lambda: store.get("kept") == "2" and not store.exists("new"), "the queued writes being applied")
+    database.release.set()
+    for call in [first, *queued]:
+        assert isinstance(call.join().error, KvmgrError), call.result
+    assert store.get_many(["k", "gone", "kept", "new"]) == {"k": "0", "gone": "g", "kept": "1"}
+    assert store.size() == 3
+
+
+@pytest.mark.parametrize("statement", ["BEGIN", "INSERT", "COMMIT"])
+@pytest.mark.parametrize("fsync", FSYNC_MODES)
+def test_the_next_commit_goes_through_whichever_statement_failed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, opened: list[Store], fsync: str, statement: str,
+) -> None:
+    store = open_store(tmp_path, fsync)
+    opened.append(store)
+    database = failing(store, monkeypatch, statement)
+    database.armed = True
+    database.release.set()
+    with pytest.raises(KvmgrError, match=f"^{re.escape(f'durable storage failed: {INJECTED}: the write was not made')}$"):
+        store.store("lost", "v")
+    with pytest.raises(KeyNotFound):
+        store.get("lost")
+    assert store.store("kept", "v") == "saved"
+    assert not store._journal._db.in_transaction
+
+
+def test_an_empty_store_many_never_waits_for_a_commit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, opened: list[Store]) -> None:
+    monkeypatch.setattr(durable, "COMMIT_TIMEOUT", 2.0)  # what an empty write used to wait for (30 s by default)
+    store = open_store(tmp_path, "batch")
+    opened.append(store)
+    started = time.monotonic()
+    assert store.store_many({}) == {}
+    assert time.monotonic() - started < 1.0
+    assert store.store("k", "v") == "saved"
+
+
+def test_a_store_closed_while_a_commit_fails_rolls_back_without_deadlock(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, opened: list[Store],
+) -> None:
+    store = open_store(tmp_path, "batch")
+    opened.append(store)
+    store.store("k", COMMITTED)
+    database = failing(store, monkeypatch)
+    database.armed = True
+    write = Call(store.store, "k", "doomed")
+    until(database.reached.is_set, "the commit")
+    closing = Call(store.close)
+    until(lambda: store._closed, "the store refusing writes")
+    database.release.set()
+    assert closing.join().error is None
+    assert isinstance(write.join().error, KvmgrError)
+    assert store._data == {"k": COMMITTED}
