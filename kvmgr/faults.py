@@ -9,9 +9,14 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
+import functools
 import json
 import os
+import shlex
+import shutil
 import socket
+import subprocess
 import sys
 import tempfile
 import threading
@@ -20,15 +25,24 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from tabulate import tabulate
 
 import kvmgr
-from kvmgr.config import positive_int
+from kvmgr.config import fresh_authkey, parse_address, positive_int
 from kvmgr.errors import AuthenticationFailed, KvmgrError, ServerUnavailable
 from kvmgr.history import HistoryWriter, read_history
-from kvmgr.processes import ProcessGroup, ServerProcess, child_environment, python_module, read_line, suspend
+from kvmgr.processes import (
+    READY_PREFIX,
+    ProcessGroup,
+    ServerProcess,
+    child_environment,
+    python_module,
+    read_line,
+    suspend,
+    wait_until_ready,
+)
 
 WRITERS = 4
 ACKS_BEFORE_KILL = 25
@@ -362,6 +376,146 @@ def reconnect_after_restart() -> FaultResult:
     return result
 
 
+class TmpfsServer:
+    """kvmgr servers, one after the other, on a small tmpfs of their own that a test can fill (root only).
+
+    The tmpfs is mounted in a private mount namespace (`unshare --mount`), so nothing else sees it, by a shell
+    that then runs `kvmgr serve --data-dir` on it `runs` times in a row (quit one, the next starts on the same
+    data). From outside it is reached through /proc/<pid>/root.
+    """
+
+    def __init__(self, group: ProcessGroup, data_dir: Path, fsync: str, runs: int = 2, size: str = "8m") -> None:
+        data_dir = data_dir.resolve()
+        data_dir.mkdir(parents=True, exist_ok=True)
+        self.authkey = fresh_authkey()
+        serve = shlex.join(python_module("kvmgr", "serve", "--address", "127.0.0.1:0", "--data-dir", str(data_dir), "--fsync", fsync))
+        script = f"mount -t tmpfs -o size={size} tmpfs {shlex.quote(str(data_dir))} && " + " && ".join([serve] * runs)
+        self.process = group.launch(["unshare", "--mount", "--propagation", "private", "sh", "-c", script], child_environment(self.authkey))
+        self.data_dir = data_dir  # as the server sees it
+        self.inside = Path(f"/proc/{self.process.pid}/root") / data_dir.relative_to("/")  # as everyone else reaches it
+        self._filler = self.inside / "filler"
+
+    @staticmethod
+    @functools.cache
+    def unavailable() -> str | None:
+        """Why no tmpfs can be mounted in a private mount namespace here (None: it can)."""
+        if os.geteuid() != 0:
+            return "needs root, to mount a small tmpfs in a private mount namespace"
+        if shutil.which("unshare") is None or shutil.which("mount") is None:
+            return "needs unshare and mount (util-linux)"
+        with tempfile.TemporaryDirectory(prefix="kvmgr-tmpfs-") as scratch:
+            mount = ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", scratch]
+            probe = subprocess.run(["unshare", "--mount", "--propagation", "private", *mount], capture_output=True, text=True, timeout=10)
+        return None if probe.returncode == 0 else f"cannot mount a tmpfs in a private mount namespace: {probe.stderr.strip()}"
+
+    def next_server(self) -> ServerProcess:
+        """The next server, once it listens."""
+        text = wait_until_ready(self.process, READY_PREFIX, "kvmgr server on a tmpfs")
+        return ServerProcess(self.process, parse_address(text), text, self.authkey)
+
+    def fill(self) -> None:
+        """Fill the tmpfs to the last page."""
+        descriptor = os.open(self._filler, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        try:
+            for chunk in (bytes(1 << 20), bytes(4096)):
+                try:
+                    while True:
+                        os.write(descriptor, chunk)
+                except OSError as exc:
+                    if exc.errno != errno.ENOSPC:
+                        raise
+        finally:
+            os.close(descriptor)
+
+    def free(self) -> None:
+        """Give the space back."""
+        os.remove(self._filler)
+
+    def log_lines(self) -> list[str]:
+        """What the servers wrote to stderr (once they have exited)."""
+        self.process.wait(timeout=PROGRESS_TIMEOUT)
+        return self.process.stderr.read().decode(errors="replace").splitlines()
+
+
+def batch_commit_failure(writers: int = 4, writes: int = 30) -> FaultResult:
+    """Honest writers while group commits fail on a full disk, then go on once space is freed (root only).
+
+    A write that failed must be gone at once and after a restart; every acknowledged write must stay.
+    """
+    reason = TmpfsServer.unavailable()
+    if reason is not None:
+        return FaultResult(f"batch commit failure: skipped ({reason})")
+    result = FaultResult("batch commit failure (a full tmpfs under --fsync batch)", rounds=1)
+    acknowledged: dict[str, str] = {}
+    refused: list[str] = []
+    wrong: list[str] = []
+    errors: list[str] = []
+    slowest = [0.0]
+    stop = threading.Event()
+
+    def write(client: Any, name: str) -> None:
+        number = 0
+        while not stop.is_set() and not errors:
+            number += 1
+            key = value = f"{name}-{number}"
+            started = time.monotonic()
+            try:
+                client.store(key, value)
+                acknowledged[key] = value
+            except KvmgrError as exc:
+                if not str(exc).startswith("durable storage failed"):
+                    errors.append(f"{type(exc).__name__}: {exc}")
+                    return
+                refused.append(key)
+            slowest[0] = max(slowest[0], time.monotonic() - started)
+            if client.get_many([key]).get(key) != acknowledged.get(key):  # a refused write is gone at once
+                wrong.append(key)
+
+    def until(enough: Callable[[], bool], what: str) -> bool:
+        """Wait for enough(); False, with a note, if an honest client failed or the deadline came first."""
+        deadline = time.monotonic() + PROGRESS_TIMEOUT
+        while not enough():
+            if errors or time.monotonic() > deadline:
+                result.notes.append(errors[0] if errors else f"{what} within {PROGRESS_TIMEOUT:g}s")
+                return False
+            time.sleep(0.005)
+        return True
+
+    with tempfile.TemporaryDirectory(prefix="kvmgr-faults-") as scratch, ProcessGroup() as group:
+        disk = TmpfsServer(group, Path(scratch) / "data", "batch")
+        server = disk.next_server()
+        clients = [kvmgr.connect(server.address_text, authkey=server.authkey.encode(), timeout=5.0) for _ in range(writers)]
+        threads = [threading.Thread(target=write, args=(client, f"w{n}")) for n, client in enumerate(clients)]
+        for thread in threads:
+            thread.start()
+        try:
+            if until(lambda: len(acknowledged) >= writes, "no writes were acknowledged"):
+                disk.fill()
+                try:
+                    filled = until(lambda: len(refused) >= writes, "no write failed on the full disk")
+                finally:
+                    disk.free()
+                recovered_from = len(acknowledged)
+                if filled:
+                    until(lambda: len(acknowledged) >= recovered_from + writes, "writes did not recover once space was freed")
+        finally:
+            stop.set()
+            for thread in threads:
+                thread.join(PROGRESS_TIMEOUT)
+        clients[0].quit()
+        again = disk.next_server()
+        with kvmgr.connect(again.address_text, authkey=again.authkey.encode()) as client:
+            present = client.get_many([*acknowledged, *refused])
+            client.quit()
+        for client in clients:
+            client.close()
+    result.acknowledged, result.honest_errors, result.worst_latency_ms = len(acknowledged), len(errors), slowest[0] * 1000
+    result.lost = sum(present.get(key) != value for key, value in acknowledged.items())
+    result.wrong_answers = len(wrong) + sum(key in present for key in refused)
+    result.scenario += f": {len(refused)} writes refused"
+    return result
+
+
 def scenarios(quick: bool, rounds: int) -> list[tuple[str, Callable[[], FaultResult]]]:
     """Every fault scenario, named; quick runs one round of the kill -9 rounds."""
     kill_rounds = 1 if quick else rounds
@@ -372,6 +526,7 @@ def scenarios(quick: bool, rounds: int) -> list[tuple[str, Callable[[], FaultRes
         *((f"hostile-{name}", lambda name=name: hostile_peer(name)) for name in HOSTILE_PEERS),
         ("dead-server", dead_server_fails_fast),
         ("reconnect", reconnect_after_restart),
+        ("batch-commit-failure", batch_commit_failure),
     ]
     return chosen
 
