@@ -205,6 +205,8 @@ class SQLiteJournal:
         final = dict(changes)  # only each key's last change matters
         db = self._db
         try:
+            if db.in_transaction:  # a rollback after an earlier failure failed too: try it again first
+                db.execute("ROLLBACK")
             db.execute("BEGIN")
             db.executemany("DELETE FROM kv WHERE key = ?", [(key,) for key, value in final.items() if value is None])
             db.executemany("INSERT OR REPLACE INTO kv (key, value) VALUES (?, ?)", [kv for kv in final.items() if kv[1] is not None])

@@ -26,12 +26,12 @@ INJECTED = "disk I/O error (injected)"
 
 
 class FailingDatabase:
-    """The journal's sqlite3 connection, passed through, except that while armed the next `statement` waits
-    until released and then raises sqlite3.OperationalError (once: then the cause is gone)."""
+    """The journal's sqlite3 connection, passed through, except that once armed each of `statements` (COMMIT,
+    say) waits until released and then raises sqlite3.OperationalError, the first time it runs; then the cause is gone."""
 
-    def __init__(self, db: sqlite3.Connection, statement: str = "COMMIT") -> None:
+    def __init__(self, db: sqlite3.Connection, statements: tuple[str, ...] = ("COMMIT",)) -> None:
         self._db = db
-        self._statement = statement
+        self._failing = list(statements)
         self.armed = False
         self.reached = threading.Event()
         self.release = threading.Event()
@@ -45,8 +45,10 @@ class FailingDatabase:
         return self._db.executemany(sql, *args)
 
     def _maybe_fail(self, sql: str) -> None:
-        if self.armed and sql.startswith(self._statement):
-            self.armed = False
+        statement = sql.split(" ", 1)[0]
+        if self.armed and statement in self._failing:
+            self._failing.remove(statement)
+            self.armed = bool(self._failing)
             self.reached.set()
             assert self.release.wait(10), "the test never released the commit"
             raise sqlite3.OperationalError(INJECTED)
@@ -68,9 +70,9 @@ def opened() -> Iterator[list[Store]]:
         store.close()
 
 
-def failing(store: Store, monkeypatch: pytest.MonkeyPatch, statement: str = "COMMIT") -> FailingDatabase:
+def failing(store: Store, monkeypatch: pytest.MonkeyPatch, *statements: str) -> FailingDatabase:
     """Put a FailingDatabase between the store's journal and its database."""
-    database = FailingDatabase(store._journal._db, statement)
+    database = FailingDatabase(store._journal._db, statements or ("COMMIT",))
     monkeypatch.setattr(store._journal, "_db", database)
     return database
 
@@ -141,14 +143,14 @@ def test_every_write_queued_behind_a_failed_group_is_undone_newest_first(
     assert store.size() == 3
 
 
-@pytest.mark.parametrize("statement", ["BEGIN", "INSERT", "COMMIT"])
+@pytest.mark.parametrize("statements", ["BEGIN", "INSERT", "COMMIT", "COMMIT ROLLBACK"])
 @pytest.mark.parametrize("fsync", FSYNC_MODES)
 def test_the_next_commit_goes_through_whichever_statement_failed(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, opened: list[Store], fsync: str, statement: str,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, opened: list[Store], fsync: str, statements: str,
 ) -> None:
     store = open_store(tmp_path, fsync)
     opened.append(store)
-    database = failing(store, monkeypatch, statement)
+    database = failing(store, monkeypatch, *statements.split())
     database.armed = True
     database.release.set()
     with pytest.raises(KvmgrError, match=f"^{re.escape(f'durable storage failed: {INJECTED}: the write was not made')}$"):
