@@ -13,6 +13,7 @@ from kvmgr.errors import (
     ProtocolError,
     ScenarioError,
     ServerUnavailable,
+    UnknownOperation,
 )
 
 __version__ = "0.1.0"
@@ -30,6 +31,7 @@ __all__ = [
     "ProtocolError",
     "ScenarioError",
     "ServerUnavailable",
+    "UnknownOperation",
     "__version__",
     "connect",
 ]

@@ -36,6 +36,7 @@ def command_serve(args: argparse.Namespace) -> int:
     from kvmgr.durable import SQLiteJournal
     from kvmgr.server import serve
 
+    limits = Limits(args.max_key_bytes, args.max_value_bytes, args.handshake_timeout, max_request_bytes=args.max_request_bytes or 0)
     address = parse_address(args.address)
     authkey = configured_authkey(args.authkey_file)
     if authkey is None:
@@ -46,7 +47,6 @@ def command_serve(args: argparse.Namespace) -> int:
             )
         authkey, path = generated_authkey()
         print(f"kvmgr: authkey in {path} (clients on this machine read it from there)", file=sys.stderr, flush=True)
-    limits = Limits(args.max_key_bytes, args.max_value_bytes, args.handshake_timeout)
     journal = SQLiteJournal(args.data_dir, args.fsync) if args.data_dir is not None else None
     try:
         return serve(address, authkey, limits, journal)
@@ -66,6 +66,10 @@ def add_serve(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--max-value-bytes", type=positive_int, default=MAX_VALUE_BYTES, help="largest value in bytes (default %(default)s)",
+    )
+    parser.add_argument(
+        "--max-request-bytes", type=positive_int,
+        help="largest request (one call, pickled) the server reads (default: 64 MiB, or more when --max-value-bytes needs it)",
     )
     parser.add_argument(
         "--handshake-timeout", type=positive_float, default=HANDSHAKE_TIMEOUT,

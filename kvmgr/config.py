@@ -25,6 +25,8 @@ RENDEZVOUS_TIMEOUT = 30.0  # the longest a rendezvous waits for its parties
 MAX_PENDING_HANDSHAKES = 1024
 MAX_KEY_BYTES = 1024
 MAX_VALUE_BYTES = 16 * 1024 * 1024
+MAX_REQUEST_BYTES = 64 * 1024 * 1024  # the least --max-request-bytes defaults to
+REQUEST_OVERHEAD_BYTES = 64 * 1024  # room in a request for the pickle's framing around its key and values
 
 Address = tuple[str, int] | str
 """A parsed address: (host, port) for TCP, or a filesystem path for a Unix socket."""
@@ -32,12 +34,27 @@ Address = tuple[str, int] | str
 
 @dataclass(frozen=True)
 class Limits:
-    """What the server tolerates: key and value sizes (bytes, UTF-8 for str) and unauthenticated peers."""
+    """What the server tolerates: key, value and request sizes (bytes, UTF-8 for str) and unauthenticated peers.
+
+    max_request_bytes, the largest request (one call, pickled) the server reads, defaults to what the
+    value limit needs: a cas carries two values and a key.
+    """
 
     max_key_bytes: int = MAX_KEY_BYTES
     max_value_bytes: int = MAX_VALUE_BYTES
     handshake_timeout: float = HANDSHAKE_TIMEOUT
     max_pending_handshakes: int = MAX_PENDING_HANDSHAKES
+    max_request_bytes: int = 0  # 0: derived from the other limits
+
+    def __post_init__(self) -> None:
+        needed = 2 * self.max_value_bytes + self.max_key_bytes + REQUEST_OVERHEAD_BYTES
+        if self.max_request_bytes == 0:
+            object.__setattr__(self, "max_request_bytes", max(MAX_REQUEST_BYTES, needed))
+        elif self.max_request_bytes < needed:
+            raise ConfigError(
+                f"--max-request-bytes {self.max_request_bytes} is too small for --max-value-bytes {self.max_value_bytes}: "
+                f"a cas carries two values and a key, so it needs at least {needed}"
+            )
 
 
 DEFAULT_LIMITS = Limits()

@@ -26,6 +26,10 @@ class InvalidValue(KvmgrError, TypeError):
     """A value is not str or bytes, or is larger than the server allows."""
 
 
+class UnknownOperation(KvmgrError, AttributeError):
+    """A call named an operation the store does not have."""
+
+
 class ServerUnavailable(KvmgrError, ConnectionError):
     """The server could not be reached, or did not answer within the timeout."""
 

@@ -8,11 +8,17 @@ reading it raises ProtocolError. Strings are encoded with "surrogatepass", like 
 
 Atomicity. store, cas and store_many are Lua scripts, get_many is one MGET: each runs as one step on Redis.
 keys() uses SCAN, which does not block Redis but is not a snapshot: keys added or removed while it runs may
-or may not be listed. rendezvous keeps its state under "kvmgr:rendezvous:NAME" while a rendezvous is open.
+or may not be listed; it gives up when the call's timeout runs out.
+
+kvmgr's own keys. rendezvous keeps its state in keys that start with the byte 0xFF, which no UTF-8 key can
+start with, so no user key can collide with them; keys() leaves them out, and size() (one Lua step)
+subtracts those that exist, found through the set INTERNAL_INDEX that lists them.
 """
 
 from __future__ import annotations
 
+import contextlib
+import re
 import time
 import uuid
 from collections.abc import Mapping
@@ -21,7 +27,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 from kvmgr import wire
 from kvmgr.client.operations import Operations
-from kvmgr.config import DEFAULT_LIMITS, DEFAULT_TIMEOUT, IDLE_CHECK_AFTER, RENDEZVOUS_TIMEOUT, Limits
+from kvmgr.client.pool import ConnectionPool
+from kvmgr.config import DEFAULT_LIMITS, DEFAULT_TIMEOUT, RENDEZVOUS_TIMEOUT, Limits
 from kvmgr.errors import (
     AuthenticationFailed,
     ConfigError,
@@ -31,9 +38,19 @@ from kvmgr.errors import (
     OutcomeUnknown,
     ProtocolError,
     ServerUnavailable,
+    UnknownOperation,
 )
 from kvmgr.history import HistoryWriter
-from kvmgr.validation import Value, check_key, check_key_list, check_mapping, check_rendezvous, check_value
+from kvmgr.validation import (
+    Value,
+    check_key,
+    check_key_list,
+    check_keys_page,
+    check_mapping,
+    check_rendezvous,
+    check_value,
+    page_of_keys,
+)
 
 if TYPE_CHECKING:
     from types import ModuleType
@@ -44,7 +61,10 @@ if TYPE_CHECKING:
 STR_TAG = b"s"
 BYTES_TAG = b"b"
 NO_VALUE = b""  # what cas sends for expected=None: no encoded value is empty
-RENDEZVOUS_PREFIX = "kvmgr:rendezvous:"
+INTERNAL_PREFIX = b"\xffkvmgr:"  # 0xFF never occurs in UTF-8, so no user key starts like this
+INTERNAL_INDEX = INTERNAL_PREFIX + b"internal"  # a set of kvmgr's own keys that may exist now
+RENDEZVOUS_PREFIX = INTERNAL_PREFIX + b"rendezvous:"
+SCAN_PAGE = 1000
 GO = b"go"
 MISSING_REDIS = "redis:// targets need redis-py: pip install 'kvmgr[redis]'"
 QUIT_REFUSED = "quit is not supported on a Redis target: kvmgr never shuts down a Redis server it did not start"
@@ -75,13 +95,27 @@ end
 return existed
 """
 
-# KEYS[1]: the rendezvous hash. ARGV: parties, a fresh generation id, expiry in ms.
+# KEYS[1]: the set of kvmgr's own keys. Expired ones leave the set here; DBSIZE comes after, so it never
+# counts a key that expired but was not yet reclaimed.
+SIZE_SCRIPT = """
+local own = 0
+for _, key in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  if redis.call('EXISTS', key) == 1 then own = own + 1 else redis.call('SREM', KEYS[1], key) end
+end
+own = own + redis.call('EXISTS', KEYS[1])
+return redis.call('DBSIZE') - own
+"""
+
+# KEYS[1]: the rendezvous hash, KEYS[2]: the set of kvmgr's own keys. ARGV: parties, a fresh generation id, expiry in ms.
 # Returns {arrival index, parties, generation}; index -1 means it is open for a different number of parties.
 ARRIVE_SCRIPT = """
 local parties = tonumber(ARGV[1])
 local opened = redis.call('HGET', KEYS[1], 'parties')
 if opened and tonumber(opened) ~= parties then return {-1, tonumber(opened), ''} end
-if not opened then redis.call('HSET', KEYS[1], 'parties', parties, 'generation', ARGV[2], 'arrived', 0) end
+if not opened then
+  redis.call('HSET', KEYS[1], 'parties', parties, 'generation', ARGV[2], 'arrived', 0)
+  redis.call('SADD', KEYS[2], KEYS[1])
+end
 local generation = redis.call('HGET', KEYS[1], 'generation')
 local index = redis.call('HINCRBY', KEYS[1], 'arrived', 1) - 1
 if index + 1 < parties then
@@ -91,7 +125,10 @@ end
 redis.call('DEL', KEYS[1])
 local release = KEYS[1] .. ':' .. generation
 for _ = 1, parties - 1 do redis.call('RPUSH', release, 'go') end
-if parties > 1 then redis.call('PEXPIRE', release, ARGV[3]) end
+if parties > 1 then
+  redis.call('PEXPIRE', release, ARGV[3])
+  redis.call('SADD', KEYS[2], release)
+end
 return {index, parties, generation}
 """
 
@@ -101,13 +138,19 @@ if redis.call('HGET', KEYS[1], 'generation') == ARGV[1] then
   local others = tonumber(redis.call('HGET', KEYS[1], 'arrived')) - 1
   redis.call('DEL', KEYS[1])
   for _ = 1, others do redis.call('RPUSH', KEYS[2], 'broken') end
-  if others > 0 then redis.call('PEXPIRE', KEYS[2], ARGV[2]) end
+  if others > 0 then
+    redis.call('PEXPIRE', KEYS[2], ARGV[2])
+    redis.call('SADD', KEYS[3], KEYS[2])
+  end
   return 'broken'
 end
 return redis.call('LPOP', KEYS[2]) or 'broken'
 """
 
-SCRIPTS = {"store": STORE_SCRIPT, "cas": CAS_SCRIPT, "store_many": STORE_MANY_SCRIPT, "arrive": ARRIVE_SCRIPT, "break": BREAK_SCRIPT}
+SCRIPTS = {
+    "store": STORE_SCRIPT, "cas": CAS_SCRIPT, "store_many": STORE_MANY_SCRIPT, "size": SIZE_SCRIPT,
+    "arrive": ARRIVE_SCRIPT, "break": BREAK_SCRIPT,
+}
 
 
 def import_redis() -> ModuleType:
@@ -121,8 +164,12 @@ def import_redis() -> ModuleType:
 
 def redact_url(url: str) -> str:
     """The URL with any password replaced by ***, for messages."""
-    parts = urlsplit(url)
-    if parts.password is None:
+    try:
+        parts = urlsplit(url)
+        password = parts.password
+    except ValueError as exc:
+        raise ConfigError(f"bad Redis URL: {exc}") from None
+    if password is None:
         return url
     user = parts.username or ""
     host = parts.netloc.rpartition("@")[2]
@@ -130,19 +177,22 @@ def redact_url(url: str) -> str:
 
 
 def pack_key(key: str) -> bytes:
-    """A key as Redis stores it."""
-    return key.encode("utf-8", "surrogatepass")
+    """A key as Redis stores it: its UTF-8 bytes (validation has refused any key UTF-8 cannot encode)."""
+    return key.encode()
 
 
 def unpack_key(raw: bytes) -> str:
     """A Redis key back as the str it was stored from."""
-    return raw.decode("utf-8", "surrogatepass")
+    try:
+        return raw.decode()
+    except UnicodeDecodeError:
+        raise ProtocolError(f"Redis holds a key kvmgr did not write (not UTF-8): {raw[:40]!r}") from None
 
 
 def pack_value(value: Value) -> bytes:
     """A value as Redis stores it: a type tag (b"s" str, b"b" bytes) then its bytes."""
     if isinstance(value, str):
-        return STR_TAG + value.encode("utf-8", "surrogatepass")
+        return STR_TAG + value.encode()
     return BYTES_TAG + value
 
 
@@ -150,7 +200,7 @@ def unpack_value(raw: bytes, key: str) -> Value:
     """A stored value back as the str or bytes it was stored from."""
     tag, body = raw[:1], raw[1:]
     if tag == STR_TAG:
-        return body.decode("utf-8", "surrogatepass")
+        return body.decode("utf-8", "surrogatepass")  # values stored by earlier versions may hold lone surrogates
     if tag == BYTES_TAG:
         return body
     raise ProtocolError(f"key {key!r} holds a value kvmgr did not write (no type tag)")
@@ -167,7 +217,11 @@ def describe_error(exc: BaseException) -> str:
 
 
 class RedisClient(Operations):
-    """A connection to one Redis database with the kvmgr API; every call is bounded by `timeout` seconds."""
+    """One Redis database with the kvmgr API, for any number of threads at once; every call is bounded by `timeout`.
+
+    Like the manager client, each call leases a connection of its own from a small pool: threads never
+    share one, a call that is interrupted takes its connection with it, and a forked child opens its own.
+    """
 
     def __init__(
         self, url: str, timeout: float = DEFAULT_TIMEOUT, name: str = "client",
@@ -181,18 +235,20 @@ class RedisClient(Operations):
         self._where = redact_url(url)
         self._check_url()
         self._limits = limits  # validated exactly as the server-side Store does
-        self._db: redis.Redis | None = None
+        self._pool: ConnectionPool[redis.Redis] = ConnectionPool(lambda: self._open(self.timeout), _close_quietly, self._stale)
         self._scripts: dict[str, Script] = {}
-        self._last_used = 0.0
-        self._call_timeout: float | None = None
-        self._temporary: redis.Redis | None = None
 
     def _check_url(self) -> None:
-        """Reject a malformed URL before any network traffic."""
+        """Reject a malformed URL, or one with options redis-py does not know, before any network traffic."""
         try:
-            self._redis.connection.parse_url(self.address)
+            options = self._redis.connection.parse_url(self.address)
+            connection_class = options.pop("connection_class", self._redis.Connection)
+            connection_class(**options)  # only stores the options: it does not connect
         except ValueError as exc:
             raise ConfigError(f"bad Redis URL {self._where!r}: {exc}") from None
+        except TypeError as exc:  # an option redis-py does not know
+            unknown = re.search(r"argument '(\w+)'", str(exc))
+            raise ConfigError(f"bad Redis URL {self._where!r}: unknown option {unknown[1] if unknown else exc}") from None
         parts = urlsplit(self.address)
         database = parts.path.strip("/")
         if parts.scheme in ("redis", "rediss") and database and not database.isdigit():
@@ -201,27 +257,33 @@ class RedisClient(Operations):
     # --- one call: dispatch, connection, error translation ---
 
     def _call_once(self, method: str, args: tuple, timeout: float | None) -> Any:
-        """Validate and run one operation; translate redis-py errors into kvmgr errors."""
+        """Validate and run one operation on a connection of its own; translate redis-py errors into kvmgr errors."""
         if method not in wire.EXPOSED:
-            raise AttributeError(f"method {method!r} is not exposed; exposed are {sorted(wire.EXPOSED)}")
-        self._call_timeout = timeout
+            raise UnknownOperation(f"method {method!r} is not exposed; exposed are {', '.join(sorted(wire.EXPOSED))}")
+        operation = getattr(self, f"_do_{method}")
+        lease = self._pool.acquire()
+        own = None if timeout is None else self._open(timeout)  # a call with its own timeout gets its own connection
         try:
-            return getattr(self, f"_do_{method}")(*args)
-        except KvmgrError:  # ours (KeyNotFound, ServerUnavailable, ...): some are OSErrors too, pass them on as they are
+            result = operation(own or lease.connection, *args)
+        except BaseException as exc:
+            self._pool.discard(lease)  # a reply may still be on its way: no other call may read it
+            if isinstance(exc, KvmgrError):  # ours (KeyNotFound, InvalidKey, ...): some are OSErrors too, pass them on as they are
+                raise
+            if isinstance(exc, self._redis.RedisError | OSError):
+                raise self._command_error(method, exc) from None
             raise
-        except (self._redis.RedisError, OSError) as exc:
-            raise self._command_error(method, exc) from None
         finally:
-            self._close_temporary()
+            if own is not None:
+                _close_quietly(own)
+        self._pool.release(lease)
+        return result
 
     def _command_error(self, method: str, exc: BaseException) -> KvmgrError:
         """The kvmgr error for a redis-py error raised after the request may have been sent."""
         errors = self._redis.exceptions
         if isinstance(exc, errors.AuthenticationError):
-            self.close()
             return AuthenticationFailed(f"Redis at {self._where} rejected the credentials: {exc}")
         if isinstance(exc, errors.ConnectionError | errors.TimeoutError | OSError):
-            self.close()
             return OutcomeUnknown(
                 f"{method}: no reply from Redis at {self._where} ({describe_error(exc)}); it may or may not have taken effect",
                 timed_out=isinstance(exc, errors.TimeoutError),
@@ -234,26 +296,8 @@ class RedisClient(Operations):
             return AuthenticationFailed(f"Redis at {self._where} rejected the credentials (check the user and password in the URL): {exc}")
         return ServerUnavailable(f"cannot reach Redis at {self._where}: {describe_error(exc)}")
 
-    def _conn(self) -> redis.Redis:
-        """The connection for the current call: the shared one, or a temporary one when the call has its own timeout."""
-        if self._call_timeout is None:
-            return self._connection()
-        if self._temporary is None:
-            self._temporary = self._open(self._call_timeout)
-        return self._temporary
-
-    def _connection(self) -> redis.Redis:
-        """The shared connection, reopened if it is closed or Redis dropped it while idle."""
-        if self._db is not None and time.monotonic() - self._last_used > IDLE_CHECK_AFTER and self._stale(self._db):
-            self.close()  # Redis closed this idle connection (restart, timeout, CLIENT KILL): start afresh
-        if self._db is None:
-            self._db = self._open(self.timeout)
-            self._scripts = {name: self._db.register_script(source) for name, source in SCRIPTS.items()}
-        self._last_used = time.monotonic()
-        return self._db
-
     def _stale(self, db: redis.Redis) -> bool:
-        """True if Redis closed this idle connection (or sent something unasked)."""
+        """True if Redis closed this idle connection (restart, timeout, CLIENT KILL) or sent something unasked."""
         try:
             return bool(db.connection.can_read(timeout=0))
         except (self._redis.RedisError, OSError):
@@ -263,130 +307,155 @@ class RedisClient(Operations):
         """Connect (and authenticate) one single-connection client; redis-py never retries on its own."""
         redis = self._redis
         try:
-            return redis.Redis.from_url(
+            db = redis.Redis.from_url(
                 self.address, socket_timeout=socket_timeout, socket_connect_timeout=self.timeout,
                 retry=redis.retry.Retry(redis.backoff.NoBackoff(), 0), retry_on_timeout=False, single_connection_client=True,
             )
         except (redis.RedisError, OSError) as exc:
             raise self._connect_error(exc) from None
+        if not self._scripts:
+            self._scripts = {name: db.register_script(source) for name, source in SCRIPTS.items()}
+        return db
 
     def _ping(self) -> None:
         """Connect and PING; ServerUnavailable or AuthenticationFailed if Redis does not answer within the timeout."""
-        database = self._connection()
+        lease = self._pool.acquire()
         try:
-            database.ping()
+            lease.connection.ping()
         except (self._redis.RedisError, OSError) as exc:
-            self.close()
+            self._pool.discard(lease)
             raise self._connect_error(exc) from None
+        self._pool.release(lease)
 
-    def _close_temporary(self) -> None:
-        """Close the connection opened for one call with its own timeout, if any."""
-        if self._temporary is not None:
-            self._temporary.close()
-            self._temporary = None
-
-    def _script(self, name: str, keys: list[bytes], args: list[Any]) -> Any:
-        """Run one of SCRIPTS on the current call's connection (EVALSHA, loading it if Redis lacks it)."""
-        db = self._conn()
-        script = self._scripts[name] if db is self._db else db.register_script(SCRIPTS[name])
-        return script(keys=keys, args=args, client=db)
+    def _script(self, db: redis.Redis, name: str, keys: list[bytes], args: list[Any]) -> Any:
+        """Run one of SCRIPTS on db (EVALSHA, loading it if Redis lacks it)."""
+        return self._scripts[name](keys=keys, args=args, client=db)
 
     def close(self) -> None:
-        """Close the connection (the next call reconnects)."""
-        if self._db is not None:
-            db, self._db = self._db, None
-            db.close()
+        """Close the connections (the next call reconnects)."""
+        self._pool.close()
 
     def flush(self) -> None:
         """Empty the whole database (FLUSHDB): for a database dedicated to kvmgr scenarios or stress runs."""
-        self._conn().flushdb()
+        lease = self._pool.acquire()
+        try:
+            lease.connection.flushdb()
+        except BaseException:
+            self._pool.discard(lease)
+            raise
+        self._pool.release(lease)
 
     # --- the operations, with the Store's validation and semantics ---
 
-    def _do_store(self, key: str, value: Value) -> str:
+    def _do_store(self, db: redis.Redis, key: str, value: Value) -> str:
         """store: one Lua step that checks EXISTS, then SETs."""
         check_key(key, self._limits)
         check_value(value, self._limits)
-        existed = self._script("store", [pack_key(key)], [pack_value(value)])
+        existed = self._script(db, "store", [pack_key(key)], [pack_value(value)])
         return "updated" if existed else "saved"
 
-    def _do_get(self, key: str) -> Value:
+    def _do_get(self, db: redis.Redis, key: str) -> Value:
         """get: GET, KeyNotFound if absent."""
         check_key(key, self._limits)
-        raw = self._conn().get(pack_key(key))
+        raw = db.get(pack_key(key))
         if raw is None:
             raise KeyNotFound(key)
         return unpack_value(raw, key)
 
-    def _do_delete(self, key: str) -> bool:
+    def _do_delete(self, db: redis.Redis, key: str) -> bool:
         """delete: DEL."""
         check_key(key, self._limits)
-        return self._conn().delete(pack_key(key)) == 1
+        return db.delete(pack_key(key)) == 1
 
-    def _do_exists(self, key: str) -> bool:
+    def _do_exists(self, db: redis.Redis, key: str) -> bool:
         """exists: EXISTS."""
         check_key(key, self._limits)
-        return self._conn().exists(pack_key(key)) == 1
+        return db.exists(pack_key(key)) == 1
 
-    def _do_keys(self) -> list[str]:
-        """keys: SCAN every page, sorted."""
-        found = set(self._conn().scan_iter(count=1000))  # SCAN may repeat a key
-        return sorted(unpack_key(raw) for raw in found)
+    def _do_keys(self, db: redis.Redis, prefix: str | None = None, limit: int | None = None, after: str | None = None) -> list[str]:
+        """keys: SCAN (MATCH prefix*) page by page within the call's timeout; kvmgr's own keys are left out."""
+        check_keys_page(prefix, limit, after)
+        pattern = glob_escape(pack_key(prefix)) + b"*" if prefix else None
+        deadline = time.monotonic() + self.timeout
+        found: set[bytes] = set()  # SCAN may repeat a key
+        cursor = 0
+        while True:
+            cursor, raws = db.scan(cursor, match=pattern, count=SCAN_PAGE)
+            found.update(raw for raw in raws if not raw.startswith(INTERNAL_PREFIX))
+            if cursor == 0:
+                break
+            if time.monotonic() > deadline:
+                raise OutcomeUnknown(
+                    f"keys: SCAN of Redis at {self._where} did not finish within {self.timeout:g}s; "
+                    "use keys(prefix=..., limit=...) or a larger timeout", timed_out=True,
+                )
+        return page_of_keys(map(unpack_key, found), prefix, limit, after)
 
-    def _do_size(self) -> int:
-        """size: DBSIZE."""
-        return int(self._conn().dbsize())
+    def _do_size(self, db: redis.Redis) -> int:
+        """size: DBSIZE less kvmgr's own keys, in one Lua step."""
+        return int(self._script(db, "size", [INTERNAL_INDEX], []))
 
-    def _do_cas(self, key: str, expected: Value | None, value: Value) -> bool:
+    def _do_cas(self, db: redis.Redis, key: str, expected: Value | None, value: Value) -> bool:
         """cas: one Lua step comparing encoded values (b'' stands for None: only if absent)."""
         check_key(key, self._limits)
         if expected is not None:
             check_value(expected, self._limits)
         check_value(value, self._limits)
         wanted = NO_VALUE if expected is None else pack_value(expected)
-        return self._script("cas", [pack_key(key)], [wanted, pack_value(value)]) == 1
+        return self._script(db, "cas", [pack_key(key)], [wanted, pack_value(value)]) == 1
 
-    def _do_get_many(self, keys: list[str]) -> dict[str, Value]:
+    def _do_get_many(self, db: redis.Redis, keys: list[str]) -> dict[str, Value]:
         """get_many: one MGET."""
         keys = check_key_list(keys, self._limits)
         if not keys:
             return {}
-        raws = self._conn().mget([pack_key(key) for key in keys])
+        raws = db.mget([pack_key(key) for key in keys])
         return {key: unpack_value(raw, key) for key, raw in zip(keys, raws, strict=True) if raw is not None}
 
-    def _do_store_many(self, mapping: Mapping[str, Value]) -> dict[str, str]:
+    def _do_store_many(self, db: redis.Redis, mapping: Mapping[str, Value]) -> dict[str, str]:
         """store_many: one Lua step that checks EXISTS then SETs each key."""
         check_mapping(mapping, self._limits)
         if not mapping:
             return {}
         keys = list(mapping)
-        existed = self._script("store_many", [pack_key(key) for key in keys], [pack_value(mapping[key]) for key in keys])
+        existed = self._script(db, "store_many", [pack_key(key) for key in keys], [pack_value(mapping[key]) for key in keys])
         return {key: "updated" if flag else "saved" for key, flag in zip(keys, existed, strict=True)}
 
-    def _do_quit(self) -> str:
+    def _do_quit(self, db: redis.Redis) -> str:
         """quit: refused, kvmgr never shuts down a Redis server."""
         raise KvmgrError(QUIT_REFUSED)
 
-    def _do_rendezvous(self, name: str, parties: int, timeout: float = RENDEZVOUS_TIMEOUT) -> int:
+    def _do_rendezvous(self, db: redis.Redis, name: str, parties: int, timeout: float = RENDEZVOUS_TIMEOUT) -> int:
         """rendezvous: arrive atomically, then wait for this generation's release token."""
         check_rendezvous(name, parties)
         wait = min(float(timeout), RENDEZVOUS_TIMEOUT)
-        hash_key = RENDEZVOUS_PREFIX + name
+        hash_key = RENDEZVOUS_PREFIX + pack_key(name)
         expiry_ms = int((wait + self.timeout) * 1000) + 1000
-        index, opened, generation = self._script("arrive", [pack_key(hash_key)], [parties, uuid.uuid4().hex, expiry_ms])
+        index, opened, generation = self._script(db, "arrive", [hash_key, INTERNAL_INDEX], [parties, uuid.uuid4().hex, expiry_ms])
         if index < 0:
             raise InvalidValue(f"rendezvous {name!r} was opened for {opened} parties, not {parties}")
-        if index + 1 == parties or self._released(hash_key, generation, wait, expiry_ms):
+        if index + 1 == parties or self._released(db, hash_key, generation, wait, expiry_ms):
             return int(index)
         raise KvmgrError(f"rendezvous {name!r}: not all {parties} parties arrived within {timeout}s")
 
-    def _released(self, hash_key: str, generation: bytes, wait: float, expiry_ms: int) -> bool:
+    def _released(self, db: redis.Redis, hash_key: bytes, generation: bytes, wait: float, expiry_ms: int) -> bool:
         """Wait for this generation's release token; on timeout break the rendezvous unless released meanwhile."""
-        release_key = pack_key(hash_key) + b":" + generation
-        popped = self._conn().blpop([release_key], timeout=wait) if wait > 0 else None
+        release_key = hash_key + b":" + generation
+        popped = db.blpop([release_key], timeout=wait) if wait > 0 else None
         if popped is not None:
             return popped[1] == GO
-        return self._script("break", [pack_key(hash_key), release_key], [generation, expiry_ms]) == GO
+        return self._script(db, "break", [hash_key, release_key, INTERNAL_INDEX], [generation, expiry_ms]) == GO
+
+
+def _close_quietly(db: redis.Redis) -> None:
+    """Close one connection (redis-py never shuts down a socket that a forked child inherited)."""
+    with contextlib.suppress(Exception):
+        db.close()
+
+
+def glob_escape(raw: bytes) -> bytes:
+    """raw with Redis MATCH's special characters escaped, so it matches only itself."""
+    return re.sub(rb"([*?\[\]\\])", rb"\\\1", raw)
 
 
 def connect_redis(url: str, timeout: float = DEFAULT_TIMEOUT, name: str = "client", *, history: HistoryWriter | None = None) -> RedisClient:

@@ -17,7 +17,7 @@ from multiprocessing.managers import Server
 from kvmgr import wire
 from kvmgr.config import DEFAULT_LIMITS, Address, Limits, address_family, format_address
 from kvmgr.durable import SQLiteJournal
-from kvmgr.errors import ConfigError, KvmgrError, ProtocolError
+from kvmgr.errors import ConfigError, KvmgrError, ProtocolError, UnknownOperation
 from kvmgr.store import Store
 from kvmgr.wire import set_socket_timeout
 
@@ -178,7 +178,7 @@ class StoreServer(Server):
         try:
             connection.deliver_challenge(conn, self.authkey)
             connection.answer_challenge(conn, self.authkey)
-            return wire.load_request(conn.recv_bytes(wire.MAX_MESSAGE_BYTES))
+            return wire.load_request(conn.recv_bytes(self.limits.max_request_bytes))
         except connection.AuthenticationError:
             log.warning("rejected peer %s: wrong authkey", peer)
         except (OSError, EOFError, ProtocolError) as exc:
@@ -188,9 +188,12 @@ class StoreServer(Server):
             deadline.cancel()
         return None
 
-    def open_store(self, conn: connection.Connection) -> None:
-        """Reply with the store's ident, then serve calls on this connection."""
-        conn.send_bytes(wire.dump((wire.RETURN, self.store_ident)))
+    def open_store(self, conn: connection.Connection, version: int = 0) -> None:
+        """Reply with the store's ident (from protocol version 1 on, with the limits a client must know), then serve calls."""
+        opened: object = self.store_ident
+        if version >= 1:
+            opened = {"ident": self.store_ident, "protocol": wire.PROTOCOL_VERSION, "max_request_bytes": self.limits.max_request_bytes}
+        conn.send_bytes(wire.dump((wire.RETURN, opened)))
         self.serve_client(conn)
 
     def shutdown(self, conn: connection.Connection) -> None:
@@ -203,7 +206,7 @@ class StoreServer(Server):
 
         Requests already buffered (a pipelining client) are answered together with one write.
         """
-        framed = wire.FramedSocket(conn.fileno())
+        framed = wire.FramedSocket(conn.fileno(), self.limits.max_request_bytes)
         busy, me, stopping = self._busy, threading.get_ident(), self.stop_event.is_set
         while True:
             try:
@@ -231,7 +234,7 @@ class StoreServer(Server):
             ident, method, args, kwargs = wire.load_request(request)
             function = self._store_methods.get(method) if ident == self.store_ident else self._exposed_method(ident, method)
             if function is None:
-                raise AttributeError(f"method {method!r} is not exposed; exposed are {sorted(wire.EXPOSED)}")
+                raise UnknownOperation(f"method {method!r} is not exposed; exposed are {', '.join(sorted(wire.EXPOSED))}")
             reply = (wire.RETURN, function(*args, **kwargs))
         except Exception as exc:
             reply = (wire.ERROR, _sendable(exc))
@@ -252,12 +255,13 @@ def _cut_off(conn: connection.Connection, expired: threading.Event) -> None:
             sock.detach()
 
 
-def _sendable(exc: Exception) -> Exception:
-    """exc itself when the client can unpickle it (a kvmgr or built-in exception), else a KvmgrError."""
-    module = type(exc).__module__
-    if module in ("kvmgr.errors", "builtins"):
+def _sendable(exc: Exception) -> KvmgrError:
+    """exc itself when it is a kvmgr error; anything unexpected becomes a KvmgrError of one line."""
+    if isinstance(exc, KvmgrError) and type(exc).__module__ == "kvmgr.errors":
         return exc
-    return KvmgrError(f"{type(exc).__name__}: {exc}")
+    log.warning("a call failed unexpectedly: %s: %s", type(exc).__name__, exc)
+    lines = str(exc).strip().splitlines()
+    return KvmgrError(f"the server could not run the call: {type(exc).__name__}: {lines[0] if lines else ''}".rstrip(": "))
 
 
 def _reason(exc: BaseException, handshake_timeout: float) -> str:

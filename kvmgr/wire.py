@@ -16,6 +16,7 @@ from multiprocessing import connection
 from typing import Any
 
 from kvmgr import errors
+from kvmgr.config import MAX_REQUEST_BYTES
 
 TYPEID = "get_store"
 OPEN_STORE = "open_store"
@@ -23,9 +24,11 @@ OPERATIONS = ("store", "get", "delete", "exists", "keys", "size", "cas", "get_ma
 EXPOSED = (*OPERATIONS, "rendezvous")
 RETURN = "#RETURN"
 ERROR = "#ERROR"
-MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+PROTOCOL_VERSION = 1  # open_store(PROTOCOL_VERSION) answers with the server's settings as well as the ident
 READ_SIZE = 16 * 1024  # small enough for malloc to serve from its pools
 _HEADER = struct.Struct("!i")
+_LONG_HEADER = struct.Struct("!iQ")  # multiprocessing.connection's form for messages over 2 GiB: -1, then the size
+_LONG = 0x7FFFFFFF
 
 _BUILTIN_EXCEPTIONS = {
     name: cls for name, cls in vars(builtins).items() if isinstance(cls, type) and issubclass(cls, BaseException)
@@ -82,16 +85,21 @@ def dump(message: object) -> bytes:
     return pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
 
 
-def set_socket_timeout(conn: connection.Connection, seconds: float) -> None:
-    """Bound every blocking read and write on conn by `seconds` (0 = no bound), at the kernel level."""
-    seconds_part = int(seconds)
-    timeval = struct.pack("ll", seconds_part, int((seconds - seconds_part) * 1e6))
-    sock = socket.socket(fileno=conn.fileno())
+def set_socket_timeout(conn: connection.Connection | int, seconds: float) -> None:
+    """Bound every blocking read and write on a connection or descriptor by `seconds` (0 = no bound), in the kernel."""
+    sock = socket.socket(fileno=conn if isinstance(conn, int) else conn.fileno())
     try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeval)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, timeval)
+        bound_blocking_calls(sock, seconds)
     finally:
         sock.detach()
+
+
+def bound_blocking_calls(sock: socket.socket, seconds: float) -> None:
+    """Make each blocking read and write on sock give up after `seconds` (0 = never), with SO_RCVTIMEO/SO_SNDTIMEO."""
+    whole = int(seconds)
+    timeval = struct.pack("ll", whole, int((seconds - whole) * 1e6))
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeval)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, timeval)
 
 
 class FramedSocket:
@@ -99,17 +107,19 @@ class FramedSocket:
 
     Reads as much as the kernel has (one read usually brings a whole message, or several when a client
     pipelines) and writes header and payload with one call, where Connection makes two reads per message.
+    A message longer than `max_size` is a ProtocolError.
     """
 
-    __slots__ = ("buffer", "fd")
+    __slots__ = ("buffer", "fd", "max_size")
 
-    def __init__(self, fd: int) -> None:
+    def __init__(self, fd: int, max_size: int = MAX_REQUEST_BYTES) -> None:
         self.fd = fd
         self.buffer = bytearray()
+        self.max_size = max_size
 
     def send(self, payload: bytes) -> None:
         """Write one message."""
-        self.send_raw(_HEADER.pack(len(payload)) + payload)
+        self.send_raw(frame(payload))
 
     def send_raw(self, data: bytes) -> None:
         """Write bytes that are already framed (one or more messages)."""
@@ -122,8 +132,8 @@ class FramedSocket:
 
     def has_message(self) -> bool:
         """True if a whole message is already buffered (recv will not block)."""
-        buffer = self.buffer
-        return len(buffer) >= 4 and len(buffer) >= 4 + _HEADER.unpack_from(buffer)[0]
+        bounds = message_bounds(self.buffer, self.max_size)
+        return bounds is not None and len(self.buffer) >= bounds[1]
 
     def recv(self) -> bytes:
         """Read one message; EOFError when the peer closed, BlockingIOError on a socket timeout."""
@@ -136,24 +146,36 @@ class FramedSocket:
                 return chunk[4:]
             buffer += chunk
         while True:
-            if len(buffer) >= 4:
-                size = _HEADER.unpack_from(buffer)[0]
-                if size < 0 or size > MAX_MESSAGE_BYTES:
-                    raise errors.ProtocolError(f"bad message length {size}")
-                end = 4 + size
-                if len(buffer) >= end:
-                    message = bytes(buffer[4:end])
-                    del buffer[:end]
-                    return message
-                wanted = end - len(buffer)
-            else:
-                wanted = 4
+            bounds = message_bounds(buffer, self.max_size)
+            if bounds is not None and len(buffer) >= bounds[1]:
+                start, end = bounds
+                message = bytes(buffer[start:end])
+                del buffer[:end]
+                return message
+            wanted = bounds[1] - len(buffer) if bounds is not None else _LONG_HEADER.size
             chunk = os.read(self.fd, max(wanted, READ_SIZE))
             if not chunk:
                 raise EOFError("connection closed")
             buffer += chunk
 
 
+def message_bounds(buffer: bytes | bytearray, max_size: int) -> tuple[int, int] | None:
+    """Where the first message in buffer starts and ends, once its header is complete (None before)."""
+    if len(buffer) < 4:
+        return None
+    size = _HEADER.unpack_from(buffer)[0]
+    start = 4
+    if size == -1:
+        if len(buffer) < _LONG_HEADER.size:
+            return None
+        size, start = _LONG_HEADER.unpack_from(buffer)[1], _LONG_HEADER.size
+    if size < 0 or size > max_size:
+        raise errors.ProtocolError(f"bad message length {size} (at most {max_size} bytes are accepted)")
+    return start, start + size
+
+
 def frame(payload: bytes) -> bytes:
     """A message with its length header, ready for FramedSocket.send_raw."""
+    if len(payload) > _LONG:
+        return _LONG_HEADER.pack(-1, len(payload)) + payload
     return _HEADER.pack(len(payload)) + payload

@@ -103,7 +103,8 @@ def test_unreachable_url_raises_server_unavailable_within_the_timeout() -> None:
     assert time.monotonic() - started < 3
 
 
-@pytest.mark.parametrize("url", ["http://127.0.0.1:6379/0", "redis://127.0.0.1:99999/0", "redis://127.0.0.1:6379/zero"])
+@pytest.mark.parametrize("url", ["http://127.0.0.1:6379/0", "redis://127.0.0.1:99999/0", "redis://127.0.0.1:6379/zero",
+                                 "redis://[::1", "redis://127.0.0.1:6379/0?foo=bar"])
 def test_bad_url_is_a_config_error(url: str) -> None:
     with pytest.raises(ConfigError, match="bad Redis URL"):
         connect_redis(url)
@@ -189,13 +190,36 @@ def test_rendezvous_refuses_a_different_number_of_parties(client: RedisClient, r
     outcome: list[BaseException] = []
     waiting = threading.Thread(target=wait_alone, args=(redis_server, "mixed", 2, outcome))
     waiting.start()
-    deadline = time.monotonic() + 5
-    while not client.exists("kvmgr:rendezvous:mixed") and time.monotonic() < deadline:
-        time.sleep(0.01)
+    wait_until_keys(redis_server, 1)
     with pytest.raises(InvalidValue, match="opened for 2 parties, not 3"):
         client.rendezvous("mixed", 3, timeout=1.0)
     waiting.join()
     assert isinstance(outcome[0], KvmgrError)
+
+
+def wait_until_keys(server: RedisServer, count: int) -> None:
+    """Return once Redis holds more than count keys (a rendezvous has opened and keeps its state there)."""
+    deadline = time.monotonic() + 5
+    with admin(server) as connection:
+        while connection.dbsize() <= count:
+            assert time.monotonic() < deadline, "the rendezvous never opened"
+            time.sleep(0.01)
+
+
+def test_kvmgr_internal_keys_are_never_visible_through_the_api(client: RedisClient, redis_server: RedisServer) -> None:
+    client.store("mine", "1")
+    outcome: list[BaseException] = []
+    waiting = threading.Thread(target=wait_alone, args=(redis_server, "hidden", 2, outcome))
+    waiting.start()
+    wait_until_keys(redis_server, 1)  # the rendezvous state is there...
+    assert client.size() == 1  # ...but only the user's key counts
+    assert client.keys() == ["mine"]
+    waiting.join()
+    with admin(redis_server) as connection:
+        for key in connection.scan_iter():  # let kvmgr's own leftovers expire now
+            if key != b"mine":
+                connection.pexpire(key, 1)
+    assert client.size() == 1 and client.keys() == ["mine"]
 
 
 def wait_alone(server: RedisServer, name: str, parties: int, outcome: list[BaseException]) -> None:
@@ -268,3 +292,43 @@ def test_stress_on_redis_is_checked_for_linearizability(redis_server: RedisServe
     assert result.returncode == 0, result.stdout + result.stderr
     report = json.loads(result.stdout)
     assert report["linearizable"] is True and report["errors"] == 0
+
+
+def test_the_readme_acl_user_can_run_every_operation_in_database_15(redis_server: RedisServer) -> None:
+    from .test_readme import readme_block
+
+    command = readme_block("redis-acl").strip().split()
+    assert command[:3] == ["ACL", "SETUSER", "kvmgr"]
+    with admin(redis_server) as connection:
+        connection.execute_command(*[word.replace(">PASSWORD", ">s3cret") for word in command])
+    url = redis_server.url.replace("redis://", "redis://kvmgr:s3cret@").rsplit("/", 1)[0] + "/15"
+    try:
+        with connect_redis(url, timeout=5.0) as client:
+            assert client.store("k", "v") == "saved"
+            assert client.get("k") == "v" and client.exists("k") is True
+            assert client.cas("k", "v", "w") is True
+            assert client.store_many({"a": "1", "b": b"2"}) == {"a": "saved", "b": "saved"}
+            assert client.get_many(["a", "b", "c"]) == {"a": "1", "b": b"2"}
+            assert client.keys() == ["a", "b", "k"] and client.size() == 3
+            assert client.delete("a") is True
+            with pytest.raises(KvmgrError, match="not all 2 parties"):
+                client.rendezvous("alone", 2, timeout=0.2)
+            assert client.size() == 2
+    finally:
+        with admin(redis_server) as connection:
+            connection.execute_command("ACL", "DELUSER", "kvmgr")
+            connection.execute_command("SELECT", "15")
+            connection.flushdb()
+
+
+def test_keys_gives_up_when_its_timeout_runs_out(redis_server: RedisServer) -> None:
+    with admin(redis_server) as connection:
+        for start in range(0, 200_000, 20_000):
+            connection.mset({f"k{n}": b"s" for n in range(start, start + 20_000)})
+    with connect_redis(redis_server.url, timeout=0.1) as client:
+        started = time.monotonic()
+        with pytest.raises(OutcomeUnknown, match=r"keys: SCAN .* did not finish within 0.1s"):
+            client.keys()
+        assert time.monotonic() - started < 1.0
+    with connect_redis(redis_server.url, timeout=10.0) as client:
+        assert client.keys(prefix="k1999", limit=3) == ["k1999", "k19990", "k199900"]

@@ -140,3 +140,21 @@ def test_pipeline_errors_in_place_or_raised(any_client: Operations) -> None:
     with pytest.raises(KeyNotFound):
         any_client.pipeline([("store", "x", "1"), ("get", "missing")])
     assert any_client.get("x") == "1"
+
+
+def test_keys_pages_by_prefix_limit_and_after(any_client: Operations) -> None:
+    any_client.store_many({key: "v" for key in ["a1", "a2", "a3", "b1", "a*", "a[", "c"]})
+    assert any_client.keys() == ["a*", "a1", "a2", "a3", "a[", "b1", "c"]
+    assert any_client.keys(prefix="a") == ["a*", "a1", "a2", "a3", "a["]
+    assert any_client.keys(prefix="a*") == ["a*"]  # glob characters are plain characters in a prefix
+    assert any_client.keys(prefix="a", limit=2) == ["a*", "a1"]
+    assert any_client.keys(prefix="a", limit=2, after="a1") == ["a2", "a3"]
+    assert any_client.keys(after="b1") == ["c"]
+    assert list(any_client.iter_keys(page=2)) == any_client.keys()
+    assert list(any_client.iter_keys(prefix="a", page=3)) == ["a*", "a1", "a2", "a3", "a["]
+
+
+@pytest.mark.parametrize("arguments", [(1, None, None), (None, 0, None), (None, True, None), (None, None, 5)])
+def test_keys_refuses_bad_page_arguments(any_client: Operations, arguments: tuple) -> None:
+    with pytest.raises(InvalidValue, match="keys: "):
+        any_client.keys(*arguments)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import select
 import socket
 import time
@@ -12,10 +13,11 @@ from typing import Any
 
 from kvmgr import wire
 from kvmgr.client.operations import Operations, raise_first_error
+from kvmgr.client.pool import ConnectionPool
 from kvmgr.config import (
     DEFAULT_ADDRESS,
     DEFAULT_TIMEOUT,
-    IDLE_CHECK_AFTER,
+    MAX_REQUEST_BYTES,
     Address,
     address_family,
     client_authkey,
@@ -23,15 +25,16 @@ from kvmgr.config import (
     is_redis_url,
     parse_address,
 )
-from kvmgr.errors import AuthenticationFailed, KeyNotFound, OutcomeUnknown, ProtocolError, ServerUnavailable
+from kvmgr.errors import AuthenticationFailed, InvalidValue, KeyNotFound, KvmgrError, OutcomeUnknown, ProtocolError, ServerUnavailable
 from kvmgr.history import HistoryWriter
-from kvmgr.wire import set_socket_timeout
+from kvmgr.validation import normalize_call
 
 PIPELINE_WINDOW = 128  # requests in flight at most on one connection
 PIPELINE_BYTES = 64 * 1024  # ... and bytes of requests in flight at most (one larger request goes alone)
+MAX_REPLY_BYTES = 1 << 62  # replies come from an authenticated server: no size is refused
 
 
-def open_connection(address: Address, authkey: bytes, timeout: float) -> connection.Connection:
+def open_socket(address: Address, authkey: bytes, timeout: float) -> socket.socket:
     """Connect and authenticate, every step bounded by timeout; raise ServerUnavailable or AuthenticationFailed."""
     where = format_address(address)
     sock = socket.socket(address_family(address), socket.SOCK_STREAM)
@@ -41,21 +44,28 @@ def open_connection(address: Address, authkey: bytes, timeout: float) -> connect
         sock.setblocking(True)
         if sock.family != socket.AF_UNIX:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        wire.bound_blocking_calls(sock, timeout)
     except OSError as exc:
         sock.close()
         raise ServerUnavailable(f"cannot reach kvmgr server at {where}: {_reason(exc)}") from None
-    conn = connection.Connection(sock.detach())
-    set_socket_timeout(conn, timeout)
+    handshake = connection.Connection(os.dup(sock.fileno()))  # the stdlib's challenge functions want a Connection
     try:
-        connection.answer_challenge(conn, authkey)
-        connection.deliver_challenge(conn, authkey)
+        connection.answer_challenge(handshake, authkey)
+        connection.deliver_challenge(handshake, authkey)
     except connection.AuthenticationError:
-        conn.close()
+        sock.close()
         raise AuthenticationFailed(f"kvmgr server at {where} rejected the authkey (check $KVMGR_AUTHKEY or --authkey-file)") from None
     except (OSError, EOFError) as exc:
-        conn.close()
+        sock.close()
         raise ServerUnavailable(f"kvmgr server at {where} did not complete the handshake: {_reason(exc)}") from None
-    return conn
+    finally:
+        handshake.close()
+    return sock
+
+
+def open_connection(address: Address, authkey: bytes, timeout: float) -> connection.Connection:
+    """An authenticated multiprocessing Connection to the server (for speaking the manager protocol directly)."""
+    return connection.Connection(open_socket(address, authkey, timeout).detach())
 
 
 def _reason(exc: BaseException) -> str:
@@ -66,8 +76,83 @@ def _reason(exc: BaseException) -> str:
     return exc.strerror or str(exc) if isinstance(exc, OSError) else str(exc)
 
 
+class Link:
+    """One authenticated connection to the server's store, carrying one call at a time.
+
+    The socket blocks, with kernel timeouts (SO_RCVTIMEO/SO_SNDTIMEO), so a call that fits in one write
+    and one read costs just those two system calls; when it needs more, each further one is bounded by
+    what is left of the call's deadline, so a call never takes longer than its timeout.
+    """
+
+    __slots__ = ("armed", "buffer", "fd", "ident", "idle_check", "max_request_bytes", "sock")
+
+    def __init__(self, sock: socket.socket, ident: str, max_request_bytes: int, timeout: float) -> None:
+        self.sock, self.fd, self.ident, self.max_request_bytes = sock, sock.fileno(), ident, max_request_bytes
+        self.buffer = bytearray()
+        self.armed = timeout
+        self.idle_check = select.poll()
+        self.idle_check.register(self.fd, select.POLLIN)
+
+    def send(self, data: bytes, deadline: float) -> None:
+        """Write framed bytes in full before the deadline (OSError if the server does not take them)."""
+        written = os.write(self.fd, data)
+        if written < len(data):
+            view = memoryview(data)
+            while written < len(data):
+                self._arm_remaining(deadline)
+                written += os.write(self.fd, view[written:])
+
+    def receive(self, deadline: float) -> bytes:
+        """Read one whole reply before the deadline (OSError on timeout, EOFError if the server closed)."""
+        buffer = self.buffer
+        if not buffer:
+            chunk = os.read(self.fd, wire.READ_SIZE)
+            if not chunk:
+                raise EOFError("connection closed")
+            bounds = wire.message_bounds(chunk, MAX_REPLY_BYTES)
+            if bounds is not None and len(chunk) == bounds[1]:
+                return chunk[bounds[0]:]
+            buffer += chunk
+        while True:
+            bounds = wire.message_bounds(buffer, MAX_REPLY_BYTES)
+            if bounds is not None and len(buffer) >= bounds[1]:
+                message = bytes(buffer[bounds[0]:bounds[1]])
+                del buffer[:bounds[1]]
+                return message
+            self._arm_remaining(deadline)
+            chunk = os.read(self.fd, max(bounds[1] - len(buffer) if bounds else 0, wire.READ_SIZE))
+            if not chunk:
+                raise EOFError("connection closed")
+            buffer += chunk
+
+    def arm(self, timeout: float) -> None:
+        """Bound each blocking read and write by `timeout` seconds."""
+        if timeout != self.armed:
+            wire.bound_blocking_calls(self.sock, timeout)
+            self.armed = timeout
+
+    def _arm_remaining(self, deadline: float) -> None:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError("timed out")
+        self.arm(remaining)
+
+    def closed_by_server(self) -> bool:
+        """True if the server closed this idle connection (it restarted or quit) or sent something unasked."""
+        return bool(self.idle_check.poll(0))
+
+    def close(self) -> None:
+        """Close this process's descriptor (never shutdown(): after a fork the parent still uses the socket)."""
+        self.sock.close()
+
+
 class Client(Operations):
-    """A connection to one kvmgr server. Every call is bounded by `timeout` seconds; it reconnects by itself."""
+    """A kvmgr server's store, for any number of threads at once; every call is bounded by `timeout` seconds.
+
+    Each call runs on a connection of its own, leased from a small pool, so threads never read each
+    other's replies, a call that is interrupted takes its connection with it, and a forked child opens
+    its own connections instead of using the parent's. It reconnects by itself.
+    """
 
     def __init__(
         self, address: Address, authkey: bytes, timeout: float = DEFAULT_TIMEOUT, name: str = "client",
@@ -78,128 +163,162 @@ class Client(Operations):
         self.name = name
         self.history = history
         self._authkey = authkey
-        self._conn: connection.Connection | None = None
-        self._framed: wire.FramedSocket | None = None
-        self._ident: str | None = None
-        self._last_used = 0.0
-        self._idle_check = select.poll()
+        self._where = format_address(address)
+        self._pool: ConnectionPool[Link] = ConnectionPool(self._open_link, Link.close, Link.closed_by_server)
 
     def _call_once(self, method: str, args: tuple, timeout: float | None) -> Any:
-        framed = self._connection()
+        lease = self._pool.acquire()
+        link = lease.connection
+        request = self._request(link, method, args)
+        seconds = self.timeout if timeout is None else timeout
         try:
-            framed.send(wire.dump((self._ident, method, args, {})))
-        except OSError as exc:
-            self.close()
-            raise ServerUnavailable(f"lost the connection to {format_address(self.address)}: {_reason(exc)}") from None
-        return self._receive(framed, method, timeout)
+            link.arm(seconds)
+            deadline = time.monotonic() + seconds
+            try:
+                link.send(request, deadline)
+            except OSError as exc:
+                raise ServerUnavailable(f"{method}: {self._where} did not take the request ({_reason(exc)}); it was not made") from None
+            reply = self._reply(link, method, deadline)
+        except BaseException:
+            self._pool.discard(lease)  # its reply may still come: no other call may read it
+            raise
+        self._pool.release(lease)
+        return _result(reply)
 
-    def _receive(self, framed: wire.FramedSocket, method: str, timeout: float | None) -> Any:
-        if timeout is not None:
-            set_socket_timeout(self._conn, timeout)
+    def _request(self, link: Link, method: str, args: tuple) -> bytes:
+        """The framed request; InvalidValue if it is larger than the server accepts (nothing is sent)."""
+        payload = wire.dump((link.ident, method, args, {}))
+        if len(payload) > link.max_request_bytes:
+            raise InvalidValue(f"{method}: the request is {len(payload)} bytes; the server accepts at most {link.max_request_bytes}")
+        return wire.frame(payload)
+
+    def _reply(self, link: Link, method: str, deadline: float) -> tuple[str, Any]:
+        """Read and decode one reply; OutcomeUnknown if none comes."""
         try:
-            kind, result = wire.load_reply(framed.recv())
+            return wire.load_reply(link.receive(deadline))
         except (OSError, EOFError, ProtocolError) as exc:
-            self.close()
             raise OutcomeUnknown(
-                f"{method}: no reply from {format_address(self.address)} ({_reason(exc)}); it may or may not have taken effect",
-                timed_out=isinstance(exc, BlockingIOError),
+                f"{method}: no reply from {self._where} ({_reason(exc)}); it may or may not have taken effect",
+                timed_out=isinstance(exc, BlockingIOError | TimeoutError),
             ) from None
-        self._last_used = time.monotonic()
-        if timeout is not None:
-            set_socket_timeout(self._conn, self.timeout)
-        if kind == wire.RETURN:
-            return result
-        if isinstance(result, BaseException):
-            raise result
-        raise ProtocolError(f"unexpected reply {kind!r} from the server")
 
-    def _connection(self) -> wire.FramedSocket:
-        if self._framed is not None and time.monotonic() - self._last_used > IDLE_CHECK_AFTER and self._idle_check.poll(0):
-            self.close()  # the server closed this idle connection (it restarted or quit): start afresh
-        if self._framed is None:
-            self._conn, self._ident = self._open_store()
-            self._framed = wire.FramedSocket(self._conn.fileno())
-            self._idle_check = select.poll()
-            self._idle_check.register(self._conn.fileno(), select.POLLIN)
-            self._last_used = time.monotonic()
-        return self._framed
-
-    def _open_store(self) -> tuple[connection.Connection, str]:
-        conn = open_connection(self.address, self._authkey, self.timeout)
-        where = format_address(self.address)
+    def _open_link(self) -> Link:
+        """A new authenticated connection with the store opened on it (open_store, protocol version 1)."""
+        link = Link(open_socket(self.address, self._authkey, self.timeout), "", MAX_REQUEST_BYTES, self.timeout)
         try:
-            conn.send_bytes(wire.dump((None, wire.OPEN_STORE, (), {})))
-            kind, ident = wire.load_reply(conn.recv_bytes())
+            link.send(wire.frame(wire.dump((None, wire.OPEN_STORE, (wire.PROTOCOL_VERSION,), {}))), time.monotonic() + self.timeout)
+            kind, opened = wire.load_reply(link.receive(time.monotonic() + self.timeout))
         except (OSError, EOFError, ProtocolError) as exc:
-            conn.close()
-            raise ServerUnavailable(f"kvmgr server at {where} did not open the store: {_reason(exc)}") from None
-        if kind != wire.RETURN:
-            conn.close()
-            raise ServerUnavailable(f"kvmgr server at {where} refused to open the store: {ident}")
-        return conn, ident
+            link.close()
+            raise ServerUnavailable(f"kvmgr server at {self._where} did not open the store: {_reason(exc)}") from None
+        except BaseException:
+            link.close()
+            raise
+        if kind != wire.RETURN or not isinstance(opened, dict):
+            link.close()
+            raise ServerUnavailable(f"kvmgr server at {self._where} refused to open the store: {opened}")
+        link.ident, link.max_request_bytes = opened["ident"], opened["max_request_bytes"]
+        return link
 
     def pipeline(self, calls: Iterable[tuple], raise_on_error: bool = True, window: int = PIPELINE_WINDOW) -> list[Any]:
-        """Run many calls, each a tuple (method, *args), with up to `window` requests in flight on the connection.
+        """Run many calls, each a tuple (method, *args), with up to `window` requests in flight on one connection.
 
         The server answers them in order. The requests in flight are also bounded to PIPELINE_BYTES in all
         (one larger request goes alone), so neither side can block writing while the other blocks writing
         too. Results come back in order; with raise_on_error=False a call's error is returned in its place.
         """
-        calls = [(method, tuple(args)) for method, *args in calls]
-        framed = self._connection()
-        requests = [wire.frame(wire.dump((self._ident, method, args, {}))) for method, args in calls]
-        results: list[Any] = []
-        started: list[int] = []
-        in_flight_bytes = 0
-        while len(results) < len(requests):
-            sent = len(started)
-            end = sent
-            while end < len(requests) and end - len(results) < window and (
-                end == len(results) or in_flight_bytes + len(requests[end]) <= PIPELINE_BYTES
-            ):
-                in_flight_bytes += len(requests[end])
-                end += 1
-            if end > sent:
-                self._send_batch(framed, calls, b"".join(requests[sent:end]), len(results), end, started)
-            results.append(self._pipelined_reply(framed, calls, len(results), started))
-            in_flight_bytes -= len(requests[len(results) - 1])
+        checked: list[tuple[str, tuple] | Exception] = []
+        for method, *args in calls:
+            try:
+                checked.append((method, normalize_call(method, tuple(args))))
+            except (KvmgrError, TypeError) as exc:  # refused before sending: in its place, or raised below
+                checked.append(exc)
+        if raise_on_error:
+            raise_first_error(checked)
+        sendable = [call for call in checked if not isinstance(call, Exception)]
+        lease = self._pool.acquire()
+        try:
+            answers = iter(_Pipeline(self, lease.connection, sendable, window).run())  # type: ignore[arg-type]
+        except BaseException:
+            self._pool.discard(lease)
+            raise
+        self._pool.release(lease)
+        results = [call if isinstance(call, Exception) else next(answers) for call in checked]
         return raise_first_error(results) if raise_on_error else results
 
-    def _send_batch(self, framed: wire.FramedSocket, calls: list, batch: bytes, answered: int, end: int, started: list[int]) -> None:
-        started.extend([time.monotonic_ns()] * (end - len(started)))
-        try:
-            framed.send_raw(batch)
-        except OSError as exc:
-            self._lose_in_flight(calls, answered, started)
-            raise OutcomeUnknown(
-                f"pipeline: lost the connection to {format_address(self.address)} ({_reason(exc)}); "
-                f"calls {answered} to {end - 1} may or may not have taken effect"
-            ) from None
-
-    def _pipelined_reply(self, framed: wire.FramedSocket, calls: list, index: int, started: list[int]) -> Any:
-        method, args = calls[index]
-        try:
-            result = self._receive(framed, method, None)
-        except OutcomeUnknown:
-            self._lose_in_flight(calls, index, started)
-            raise
-        except Exception as exc:
-            self._record(method, args, "ok" if isinstance(exc, KeyNotFound) else "fail", None, started[index], time.monotonic_ns())
-            return exc
-        self._record(method, args, "ok", result, started[index], time.monotonic_ns())
-        return result
-
-    def _lose_in_flight(self, calls: list, first: int, started: list[int]) -> None:
-        """The connection broke: close it and record every call sent but not answered as outcome unknown."""
-        self.close()
-        for index in range(first, len(started)):
-            self._record(*calls[index], "info", None, started[index], None)
-
     def close(self) -> None:
-        """Close the connection (the next call reconnects)."""
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = self._framed = None
+        """Close the connections (the next call reconnects)."""
+        self._pool.close()
+
+
+class _Pipeline:
+    """One pipelined run on one connection: sends in windows, records every call, loses none silently."""
+
+    def __init__(self, client: Client, link: Link, calls: list[tuple[str, tuple]], window: int) -> None:
+        self.client, self.link, self.calls, self.window = client, link, calls, window
+        self.requests = [client._request(link, method, args) for method, args in calls]
+        self.started: list[int] = []
+        self.results: list[Any] = []
+
+    def run(self) -> list[Any]:
+        """Every call's result (or its error) in order; OutcomeUnknown if the connection breaks."""
+        in_flight_bytes = 0
+        try:
+            while len(self.results) < len(self.requests):
+                end = self._window_end(in_flight_bytes)
+                if end > len(self.started):
+                    in_flight_bytes += sum(map(len, self.requests[len(self.started):end]))
+                    self._send(end)
+                self.results.append(self._next_result())
+                in_flight_bytes -= len(self.requests[len(self.results) - 1])
+        except BaseException as exc:
+            for index in range(len(self.results), len(self.started)):  # sent, never answered: outcome unknown
+                self.client._record(*self.calls[index], "info", None, self.started[index], None)
+            if isinstance(exc, OSError | EOFError | ProtocolError):
+                raise OutcomeUnknown(
+                    f"pipeline: lost the connection to {self.client._where} ({_reason(exc)}); "
+                    f"calls {len(self.results)} to {len(self.started) - 1} may or may not have taken effect",
+                    timed_out=isinstance(exc, BlockingIOError | TimeoutError),
+                ) from None
+            raise
+        return self.results
+
+    def _window_end(self, in_flight_bytes: int) -> int:
+        end, answered = len(self.started), len(self.results)
+        while end < len(self.requests) and end - answered < self.window and (
+            end == answered or in_flight_bytes + len(self.requests[end]) <= PIPELINE_BYTES
+        ):
+            in_flight_bytes += len(self.requests[end])
+            end += 1
+        return end
+
+    def _send(self, end: int) -> None:
+        batch = b"".join(self.requests[len(self.started):end])
+        self.started.extend([time.monotonic_ns()] * (end - len(self.started)))
+        self.link.send(batch, time.monotonic() + self.client.timeout)
+
+    def _next_result(self) -> Any:
+        index = len(self.results)
+        method, args = self.calls[index]
+        kind, result = wire.load_reply(self.link.receive(time.monotonic() + self.client.timeout))
+        try:
+            value = _result((kind, result))
+        except Exception as exc:
+            status = "ok" if isinstance(exc, KeyNotFound) else "fail"
+            self.client._record(method, args, status, None, self.started[index], time.monotonic_ns())
+            return exc
+        self.client._record(method, args, "ok", value, self.started[index], time.monotonic_ns())
+        return value
+
+
+def _result(reply: tuple[str, Any]) -> Any:
+    """The value a reply carries, or the error it carries raised."""
+    kind, result = reply
+    if kind == wire.RETURN:
+        return result
+    if isinstance(result, BaseException):
+        raise result
+    raise ProtocolError(f"unexpected reply {kind!r} from the server")
 
 
 def connect(
@@ -222,5 +341,5 @@ def connect(
     parsed = parse_address(address) if isinstance(address, str) else address
     key = authkey if authkey is not None else client_authkey(authkey_file)
     client = Client(parsed, key, timeout, name, history)
-    client._connection()
+    client._pool.release(client._pool.acquire())  # connect now, so a wrong address or key fails here
     return client

@@ -7,12 +7,12 @@ A transport (the manager connection, Redis) implements only `_call_once`; everyt
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Mapping
-from typing import Any
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any, Self
 
-from kvmgr.errors import KeyNotFound, OutcomeUnknown, ServerUnavailable
+from kvmgr.errors import InvalidKey, InvalidValue, KeyNotFound, KvmgrError, OutcomeUnknown, ServerUnavailable
 from kvmgr.history import HistoryWriter, Operation, encode_value
-from kvmgr.validation import Value
+from kvmgr.validation import Value, normalize_call
 
 SAFE_TO_REPEAT = frozenset({"store", "get", "exists", "keys", "size", "get_many", "store_many"})
 RECORDED = frozenset({"store", "get", "delete", "cas", "get_many", "store_many"})
@@ -41,9 +41,23 @@ class Operations:
         """True if key is present."""
         return self.call("exists", key)
 
-    def keys(self) -> list[str]:
-        """Every key, sorted."""
-        return self.call("keys")
+    def keys(self, prefix: str | None = None, limit: int | None = None, after: str | None = None) -> list[str]:
+        """The keys in sorted order: those starting with prefix, after the key `after`, at most `limit` of them.
+
+        keys() answers whatever the size limits allow; for a store too large for one reply, page through
+        it with limit and after, or use iter_keys().
+        """
+        return self.call("keys", prefix, limit, after)
+
+    def iter_keys(self, prefix: str | None = None, page: int = 10_000) -> Iterator[str]:
+        """Every key (starting with prefix), sorted, fetched `page` keys per call."""
+        after = None
+        while True:
+            keys = self.keys(prefix, page, after)
+            yield from keys
+            if len(keys) < page:
+                return
+            after = keys[-1]
 
     def size(self) -> int:
         """How many keys the store holds."""
@@ -55,11 +69,11 @@ class Operations:
 
     def get_many(self, keys: Iterable[str]) -> dict[str, Value]:
         """The values of the keys that are present, read in one atomic step."""
-        return self.call("get_many", list(keys))
+        return self.call("get_many", keys)
 
     def store_many(self, mapping: Mapping[str, Value]) -> dict[str, str]:
         """Store every pair in one atomic step; key -> "saved"/"updated"."""
-        return self.call("store_many", dict(mapping))
+        return self.call("store_many", mapping)
 
     def quit(self) -> str:
         """Ask the server to shut down gracefully; returns its confirmation."""
@@ -88,6 +102,7 @@ class Operations:
 
     def call(self, method: str, *args: Any, timeout: float | None = None) -> Any:
         """Run one operation; a safe one whose connection broke mid-call is repeated once on a new connection."""
+        args = normalize_call(method, args)
         attempt = self._call_once if self.history is None else self._recorded_attempt
         try:
             return attempt(method, args, timeout)
@@ -97,18 +112,27 @@ class Operations:
         return attempt(method, args, timeout)
 
     def _recorded_attempt(self, method: str, args: tuple, timeout: float | None) -> Any:
-        """One attempt of a call, written to the history whatever its outcome."""
+        """One attempt of a call, written to the history whatever its outcome.
+
+        A call that ends without its reply (a broken connection, a timeout, or an exception such as
+        KeyboardInterrupt raised while it waited) is recorded as info: it may or may not have taken effect.
+        """
         start = time.monotonic_ns()
         try:
             result = self._call_once(method, args, timeout)
-        except OutcomeUnknown:
-            self._record(method, args, "info", None, start, None)
-            raise
         except KeyNotFound:
             self._record(method, args, "ok", None, start, time.monotonic_ns())
             raise
-        except ServerUnavailable:
+        except (InvalidKey, InvalidValue):
+            raise  # refused before the store was touched, and not a well-formed operation to record
+        except OutcomeUnknown:
+            self._record(method, args, "info", None, start, None)
+            raise
+        except KvmgrError:  # nothing was sent (ServerUnavailable), or the server refused the call
             self._record(method, args, "fail", None, start, time.monotonic_ns())
+            raise
+        except BaseException:
+            self._record(method, args, "info", None, start, None)
             raise
         self._record(method, args, "ok", result, start, time.monotonic_ns())
         return result
@@ -119,7 +143,7 @@ class Operations:
     def close(self) -> None:
         """Release the connection."""
 
-    def __enter__(self) -> Operations:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
