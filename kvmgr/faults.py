@@ -12,9 +12,12 @@ import contextlib
 import errno
 import functools
 import json
+import multiprocessing
 import os
+import random
 import shlex
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -31,7 +34,7 @@ from tabulate import tabulate
 
 import kvmgr
 from kvmgr.config import fresh_authkey, parse_address, positive_int
-from kvmgr.errors import AuthenticationFailed, KvmgrError, ServerUnavailable
+from kvmgr.errors import AuthenticationFailed, KeyNotFound, KvmgrError, ServerUnavailable
 from kvmgr.history import HistoryWriter, read_history
 from kvmgr.processes import (
     READY_PREFIX,
@@ -63,19 +66,22 @@ class FaultResult:
     honest_errors: int = 0
     worst_latency_ms: float = 0.0
     notes: list[str] = field(default_factory=list)
+    wrong_answers: int = 0
 
     @property
     def passed(self) -> bool:
-        """Nothing acknowledged was lost and honest clients saw no error."""
-        return self.lost == 0 and self.honest_errors == 0 and not self.notes
+        """Nothing acknowledged was lost, no answer was wrong and honest clients saw no error."""
+        return self.lost == 0 and self.honest_errors == 0 and self.wrong_answers == 0 and not self.notes
 
     def cells(self) -> list:
         """The row as table cells."""
-        verdict = "PASS" if self.passed else "FAIL: " + "; ".join(self.notes or ["lost writes or honest errors"])
-        return [self.scenario, self.rounds, self.acknowledged, self.lost, self.honest_errors, round(self.worst_latency_ms, 1), verdict]
+        verdict = "PASS" if self.passed else "FAIL: " + "; ".join(self.notes or ["lost writes, wrong answers or honest errors"])
+        return [self.scenario, self.rounds, self.acknowledged, self.lost, self.wrong_answers, self.honest_errors,
+                round(self.worst_latency_ms, 1), verdict]
 
 
-HEADERS = ("scenario", "rounds", "acknowledged writes", "writes lost", "honest client errors", "worst latency ms", "result")
+HEADERS = ("scenario", "rounds", "acknowledged writes", "writes lost", "wrong answers", "honest client errors", "worst latency ms",
+           "result")
 
 
 class HonestClient:
@@ -376,6 +382,148 @@ def reconnect_after_restart() -> FaultResult:
     return result
 
 
+class Interrupted(Exception):
+    """Raised inside a call by the interrupted-call scenario's timer signal."""
+
+
+class _Interrupter:
+    """A one-shot timer signal at a random moment of a call, raising Interrupted there (and nowhere else)."""
+
+    def __init__(self, seed: int = 0, longest: float = 0.0006) -> None:
+        self.armed = False
+        self.random = random.Random(seed)
+        self.longest = longest
+        self.interrupted = 0
+
+    def __call__(self, signum: int, frame: object) -> None:
+        if self.armed:
+            self.armed = False
+            self.interrupted += 1
+            raise Interrupted(f"signal {signum}")
+
+    def call(self, function: Callable[..., Any], *args: Any) -> Any:
+        """function(*args); every other call on average is interrupted after a random delay of up to `longest` seconds."""
+        self.armed = self.random.random() < 0.5
+        if self.armed:
+            signal.setitimer(signal.ITIMER_REAL, self.random.uniform(0.000005, self.longest))
+        try:
+            return function(*args)
+        finally:
+            self.armed = False
+            signal.setitimer(signal.ITIMER_REAL, 0)
+
+
+def interrupted_calls(seconds: float = 1.5) -> FaultResult:
+    """A timer signal interrupts calls at random points (as a timeout handler or Ctrl-C would); no answer goes astray.
+
+    Each key is stored once with its own value, then read: a read must give that value, or KeyNotFound
+    when the store itself was interrupted. Every acknowledged store must be there at the end.
+    """
+    result = FaultResult("interrupted calls (a signal at a random point of each)", rounds=0)
+    interrupter = _Interrupter()
+    with ProcessGroup() as group:
+        server = group.start_server()
+        with kvmgr.connect(server.address_text, authkey=server.authkey.encode(), timeout=5.0) as client:
+            previous = signal.signal(signal.SIGALRM, interrupter)
+            try:
+                acknowledged = _interrupted_round(client, interrupter, result, time.monotonic() + seconds)
+            finally:
+                signal.signal(signal.SIGALRM, previous)
+            present = client.get_many(list(acknowledged))
+    result.rounds = interrupter.interrupted
+    result.acknowledged = len(acknowledged)
+    result.lost = sum(present.get(key) != value for key, value in acknowledged.items())
+    if result.rounds < 100:
+        result.notes.append(f"only {result.rounds} calls were interrupted")
+    return result
+
+
+def _interrupted_round(client: Any, interrupter: _Interrupter, result: FaultResult, deadline: float) -> dict[str, str]:
+    acknowledged: dict[str, str] = {}
+    number = 0
+    while time.monotonic() < deadline:
+        number += 1
+        key, value = f"k{number}", f"v{number}"
+        with contextlib.suppress(Interrupted):
+            interrupter.call(client.store, key, value)
+            acknowledged[key] = value
+        for _ in range(3):
+            try:
+                answer: object = interrupter.call(client.get, key)
+            except KeyNotFound:
+                answer = None if key not in acknowledged else "KeyNotFound"
+            except Interrupted:
+                continue
+            result.wrong_answers += answer not in (value, None)
+    return acknowledged
+
+
+def shared_by_threads(threads: int = 8, calls: int = 300) -> FaultResult:
+    """One client used by 8 threads at once: each must get its own answers."""
+    result = FaultResult(f"client shared by {threads} threads", rounds=threads * calls)
+    with ProcessGroup() as group:
+        server = group.start_server()
+        with kvmgr.connect(server.address_text, authkey=server.authkey.encode(), timeout=5.0) as client:
+            outcomes: list[tuple[dict[str, str], int]] = []
+            workers = [threading.Thread(target=lambda n=n: outcomes.append(_own_answers(client, f"t{n}", calls))) for n in range(threads)]
+            for worker in workers:
+                worker.start()
+            for worker in workers:
+                worker.join(PROGRESS_TIMEOUT)
+            _tally(client, outcomes, result, threads)
+    return result
+
+
+def _own_answers(client: Any, name: str, calls: int) -> tuple[dict[str, str], int]:
+    """Store and read back keys of one's own; the acknowledged writes and the count of answers that were not ours."""
+    acknowledged: dict[str, str] = {}
+    wrong = 0
+    for number in range(calls):
+        key, value = f"{name}-{number % 20}", f"{name}-{number}"
+        wrong += client.store(key, value) not in ("saved", "updated")
+        acknowledged[key] = value
+        wrong += client.get(key) != value
+        wrong += client.exists(key) is not True
+    return acknowledged, wrong
+
+
+def _tally(client: Any, outcomes: list[tuple[dict[str, str], int]], result: FaultResult, expected: int) -> None:
+    """Add what the workers saw, and what the store holds now, to a result row."""
+    if len(outcomes) != expected:
+        result.notes.append(f"{expected - len(outcomes)} workers did not finish")
+    acknowledged = {key: value for written, _ in outcomes for key, value in written.items()}
+    present = client.get_many(list(acknowledged))
+    result.acknowledged = len(acknowledged)
+    result.lost = sum(present.get(key) != value for key, value in acknowledged.items())
+    result.wrong_answers = sum(wrong for _, wrong in outcomes)
+
+
+_INHERITED: Any = None  # the client a fork Pool's workers inherit
+
+
+def _inherited_task(number: int) -> tuple[dict[str, str], int]:
+    return _own_answers(_INHERITED, f"p{number}", 20)
+
+
+def inherited_by_fork(tasks: int = 40) -> FaultResult:
+    """A module-level client used inside a fork multiprocessing.Pool: each worker must get its own answers."""
+    global _INHERITED
+    result = FaultResult("client inherited by fork (Pool of 4)", rounds=tasks * 20)
+    with ProcessGroup() as group:
+        server = group.start_server()
+        with kvmgr.connect(server.address_text, authkey=server.authkey.encode(), timeout=5.0) as client:
+            client.store("parent", "opened before the fork")
+            _INHERITED = client
+            try:
+                with multiprocessing.get_context("fork").Pool(4) as pool:
+                    outcomes = pool.map(_inherited_task, range(tasks), chunksize=2)
+            finally:
+                _INHERITED = None
+            result.wrong_answers += client.get("parent") != "opened before the fork"
+            _tally(client, outcomes, result, tasks)
+    return result
+
+
 class TmpfsServer:
     """kvmgr servers, one after the other, on a small tmpfs of their own that a test can fill (root only).
 
@@ -526,6 +674,9 @@ def scenarios(quick: bool, rounds: int) -> list[tuple[str, Callable[[], FaultRes
         *((f"hostile-{name}", lambda name=name: hostile_peer(name)) for name in HOSTILE_PEERS),
         ("dead-server", dead_server_fails_fast),
         ("reconnect", reconnect_after_restart),
+        ("interrupted-call", interrupted_calls),
+        ("shared-by-threads", shared_by_threads),
+        ("inherited-by-fork", inherited_by_fork),
         ("batch-commit-failure", batch_commit_failure),
     ]
     return chosen

@@ -34,3 +34,9 @@ def test_dead_or_hung_server_fails_within_the_timeout() -> None:
 def test_reconnect_after_restart() -> None:
     result = faults.reconnect_after_restart()
     assert result.passed and result.acknowledged == 2, result.cells()
+
+
+@pytest.mark.parametrize("scenario", [faults.interrupted_calls, faults.shared_by_threads, faults.inherited_by_fork])
+def test_no_answer_goes_astray_when_a_client_is_interrupted_shared_or_forked(scenario) -> None:
+    result = scenario()
+    assert result.passed and result.acknowledged > 0 and result.rounds >= 100, result.cells()
