@@ -3,29 +3,35 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed
+RUNTIME := $(VENV)/.installed-runtime
+TESTING := $(VENV)/.installed-test
 
 .PHONY: run test lint bench faults clean
 
-$(STAMP): pyproject.toml
+# make run needs kvmgr and its runtime dependencies only; the other targets need the test extras too.
+$(RUNTIME): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test]'
-	touch $(STAMP)
+	$(BIN)/python -m pip install --quiet -e .
+	touch $(RUNTIME)
 
-run: $(STAMP)
+$(TESTING): $(RUNTIME)
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $(TESTING)
+
+run: $(RUNTIME)
 	$(BIN)/python run_driver.py
 
-test: $(STAMP)
+test: $(TESTING)
 	$(BIN)/python -m pytest -q
 
-bench: $(STAMP)
+bench: $(TESTING)
 	$(BIN)/kvmgr bench
 
-faults: $(STAMP)
+faults: $(TESTING)
 	$(BIN)/kvmgr faults
 
-lint: $(STAMP)
+lint: $(TESTING)
 	$(BIN)/ruff check .
 
 clean:
