@@ -60,14 +60,14 @@ class Limits:
 DEFAULT_LIMITS = Limits()
 
 
-def positive_int(text: str) -> int:
-    """An argparse type: a whole number above 0."""
+def positive_int(text: str, maximum: int = sys.maxsize) -> int:
+    """An argparse type: a whole number above 0 and at most `maximum` (what a count or a size can be)."""
     try:
         value = int(text)
     except ValueError:
         value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number above 0, got {text!r}")
+    if not 0 < value <= maximum:
+        raise argparse.ArgumentTypeError(f"expected a whole number above 0 and at most {maximum}, got {text[:40]!r}")
     return value
 
 

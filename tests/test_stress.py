@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import resource
 import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -148,3 +149,11 @@ def test_stress_rejects_a_weight_that_is_not_ascii_digits(mix: str) -> None:
     result = kvmgr_command("stress", "--mix", mix)
     assert result.returncode == 2
     assert result.stderr.startswith("kvmgr stress: error: bad --mix entry 'store=") and result.stderr.count("\n") == 1
+
+
+def test_stress_counts_are_bounded() -> None:
+    """A key count beyond what a range can hold is a usage error, not an OverflowError in every worker."""
+    result = kvmgr_command("stress", "--keys", str(10**30), "--mix", "get_many=1", preexec_fn=memory_limit(1024))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.splitlines()[-1].endswith(f"argument --keys: expected a whole number above 0 and at most {sys.maxsize}, "
+                                                   "got '1000000000000000000000000000000'")
