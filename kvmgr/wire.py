@@ -26,7 +26,7 @@ RETURN = "#RETURN"
 ERROR = "#ERROR"
 PROTOCOL_VERSION = 1  # open_store(PROTOCOL_VERSION) answers with the server's settings as well as the ident
 READ_SIZE = 16 * 1024  # small enough for malloc to serve from its pools
-_HEADER = struct.Struct("!i")
+HEADER = struct.Struct("!i")
 _LONG_HEADER = struct.Struct("!iQ")  # multiprocessing.connection's form for messages over 2 GiB: -1, then the size
 _LONG = 0x7FFFFFFF
 
@@ -142,7 +142,7 @@ class FramedSocket:
             chunk = os.read(self.fd, READ_SIZE)
             if not chunk:
                 raise EOFError("connection closed")
-            if len(chunk) >= 4 and len(chunk) == 4 + _HEADER.unpack_from(chunk)[0]:
+            if len(chunk) >= 4 and len(chunk) == 4 + HEADER.unpack_from(chunk)[0]:
                 return chunk[4:]
             buffer += chunk
         while True:
@@ -163,7 +163,7 @@ def message_bounds(buffer: bytes | bytearray, max_size: int) -> tuple[int, int] 
     """Where the first message in buffer starts and ends, once its header is complete (None before)."""
     if len(buffer) < 4:
         return None
-    size = _HEADER.unpack_from(buffer)[0]
+    size = HEADER.unpack_from(buffer)[0]
     start = 4
     if size == -1:
         if len(buffer) < _LONG_HEADER.size:
@@ -178,4 +178,4 @@ def frame(payload: bytes) -> bytes:
     """A message with its length header, ready for FramedSocket.send_raw."""
     if len(payload) > _LONG:
         return _LONG_HEADER.pack(-1, len(payload)) + payload
-    return _HEADER.pack(len(payload)) + payload
+    return HEADER.pack(len(payload)) + payload

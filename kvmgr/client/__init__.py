@@ -105,13 +105,12 @@ class Link:
     def receive(self, deadline: float) -> bytes:
         """Read one whole reply before the deadline (OSError on timeout, EOFError if the server closed)."""
         buffer = self.buffer
-        if not buffer:
+        if not buffer:  # the usual case: one read brings exactly one whole reply
             chunk = os.read(self.fd, wire.READ_SIZE)
+            if len(chunk) >= 4 and len(chunk) == 4 + wire.HEADER.unpack_from(chunk)[0]:
+                return chunk[4:]
             if not chunk:
                 raise EOFError("connection closed")
-            bounds = wire.message_bounds(chunk, MAX_REPLY_BYTES)
-            if bounds is not None and len(chunk) == bounds[1]:
-                return chunk[bounds[0]:]
             buffer += chunk
         while True:
             bounds = wire.message_bounds(buffer, MAX_REPLY_BYTES)
@@ -169,10 +168,11 @@ class Client(Operations):
     def _call_once(self, method: str, args: tuple, timeout: float | None) -> Any:
         lease = self._pool.acquire()
         link = lease.connection
-        request = self._request(link, method, args)
         seconds = self.timeout if timeout is None else timeout
         try:
-            link.arm(seconds)
+            request = self._request(link, method, args)
+            if link.armed != seconds:
+                link.arm(seconds)
             deadline = time.monotonic() + seconds
             try:
                 link.send(request, deadline)

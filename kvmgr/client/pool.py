@@ -69,16 +69,17 @@ class ConnectionPool(Generic[Connection]):
             except IndexError:  # another thread took the last one
                 break
             inherited = lease.generation != _fork_generation  # closed here, never used: it is the parent's
-            if inherited or (time.monotonic() - lease.last_used > IDLE_CHECK_AFTER and self._is_stale(lease.connection)):
+            now = time.monotonic()
+            if inherited or (now - lease.last_used > IDLE_CHECK_AFTER and self._is_stale(lease.connection)):
                 self._close(lease.connection)
                 continue
+            lease.last_used = now  # idle from about now on, once given back (a call lasts far less than the idle check)
             return lease
         return Lease(self._open(), self._epoch)
 
     def release(self, lease: Lease[Connection]) -> None:
         """Give back a connection whose call ended with its reply read in full."""
         if lease.generation == _fork_generation and lease.epoch == self._epoch and len(self._idle) < self._max_idle:
-            lease.last_used = time.monotonic()
             self._idle.append(lease)
         else:
             self.discard(lease)
