@@ -24,7 +24,7 @@ from tabulate import tabulate
 
 from kvmgr.check import CheckResult, check_operations, describe
 from kvmgr.config import client_authkey, is_redis_url, positive_float, positive_int, writable_path
-from kvmgr.errors import ConfigError, KeyNotFound, KvmgrError
+from kvmgr.errors import ConfigError, KeyNotFound, KvmgrError, ServerUnavailable
 from kvmgr.history import HistoryWriter, Operation, merge_histories, read_history
 from kvmgr.processes import ProcessGroup, python_module
 
@@ -69,9 +69,10 @@ class Worker:
         self.seen: dict[str, Any] = {}
         self.counter = 0
         self.errors: dict[str, int] = {}
+        self.stopped: str | None = None  # why the run ended early: the server stopped answering
 
     def run(self, count: int) -> None:
-        """Run `count` operations; expected outcomes (a missing key) are not errors."""
+        """Run `count` operations; expected outcomes (a missing key) are not errors. Stop once the server does not answer."""
         for _ in range(count):
             operation = self.random.choices(self.operations, self.weights)[0]
             try:
@@ -80,6 +81,9 @@ class Worker:
                 pass
             except KvmgrError as exc:
                 self.errors[type(exc).__name__] = self.errors.get(type(exc).__name__, 0) + 1
+                if isinstance(exc, ServerUnavailable):  # a hung server would cost a timeout per remaining call
+                    self.stopped = f"{type(exc).__name__}: {exc}"
+                    return
 
     def value(self) -> str:
         """A value never written before."""
@@ -141,7 +145,7 @@ def worker_main(argv: list[str]) -> int:
         client.rendezvous(f"{args.prefix}start", args.parties, timeout=60)  # this run's own barrier
         worker = Worker(args.worker, client, args.keys, args.prefix, parse_mix(args.mix), args.seed)
         worker.run(args.ops)
-    print(json.dumps({"client": args.worker, "errors": worker.errors}), flush=True)
+    print(json.dumps({"client": args.worker, "errors": worker.errors, "stopped": worker.stopped}), flush=True)
     return 0
 
 
@@ -304,8 +308,11 @@ def _collect_worker(status: int, stdout: bytes, stderr: bytes, failed: list[str]
         lines = stderr.decode(errors="replace").strip().splitlines()
         failed.append(lines[-1] if lines else f"exit {status}")
         return
-    for name, count in json.loads(stdout.decode().strip().splitlines()[-1])["errors"].items():
+    report = json.loads(stdout.decode().strip().splitlines()[-1])
+    for name, count in report["errors"].items():
         errors[name] = errors.get(name, 0) + count
+    if report.get("stopped"):
+        failed.append(f"{report['client']} stopped early: {report['stopped']}")
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:

@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import re
 import resource
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
+import psutil
 import pytest
 
 import kvmgr
 from kvmgr.check import check_file
 from kvmgr.history import HistoryWriter, read_history
-from kvmgr.processes import ProcessGroup, ServerProcess, child_environment, python_module, suspend
+from kvmgr.processes import ProcessGroup, ServerProcess, child_environment, python_module, reap, suspend
 
 
 def kvmgr_command(*args: str, env: dict | None = None, preexec_fn: Callable[[], None] | None = None) -> subprocess.CompletedProcess:
@@ -157,3 +161,35 @@ def test_stress_counts_are_bounded() -> None:
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.splitlines()[-1].endswith(f"argument --keys: expected a whole number above 0 and at most {sys.maxsize}, "
                                                    "got '1000000000000000000000000000000'")
+
+
+def first_worker_history(stress: psutil.Popen, deadline: float) -> Path:
+    """The history file of the stress command's first client process, once it has started."""
+    while time.monotonic() < deadline and stress.poll() is None:
+        for child in stress.children():
+            with contextlib.suppress(psutil.Error):
+                argv = child.cmdline()
+                if "--worker" in argv:
+                    return Path(argv[argv.index("--history") + 1])
+        time.sleep(0.005)
+    raise AssertionError("the stress command never started a client")
+
+
+def test_stress_against_a_server_that_hangs_ends_within_seconds(server: ServerProcess) -> None:
+    """Each client stops at its first unanswered call instead of timing out a million times."""
+    argv = python_module("kvmgr", "stress", "--address", server.address_text, "--clients", "2", "--ops", "1000000", "--timeout", "0.5")
+    stress = psutil.Popen(argv, env=child_environment(server.authkey), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        history = first_worker_history(stress, deadline)
+        while not (history.exists() and history.stat().st_size) and time.monotonic() < deadline:
+            time.sleep(0.005)
+        suspend(server.process)
+        stopped = time.monotonic()
+        _, stderr = stress.communicate(timeout=30)
+        assert time.monotonic() - stopped < 10
+    finally:
+        server.process.resume()
+        reap(stress)
+    assert stress.returncode == 1 and "Traceback" not in stderr
+    assert re.search(r"a client failed: c[01] stopped early: (OutcomeUnknown|ServerUnavailable)", stderr), stderr
