@@ -78,7 +78,7 @@ def positive_float(text: str, maximum: float = 86400.0) -> float:
     except ValueError:
         value = 0.0
     if not 0 < value <= maximum:
-        raise argparse.ArgumentTypeError(f"expected a number of seconds above 0 and at most {maximum:g}, got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected a number of seconds above 0 and at most {maximum:g}, got {text[:40]!r}")
     return value
 
 
@@ -176,6 +176,7 @@ def _open_to_others(path: Path) -> bool:
 
 
 def _exposure(path: Path) -> str:
+    """The first half of the line that says a key file is open to others."""
     return f"authkey file {path} is open to other users (mode {stat.S_IMODE(path.stat().st_mode):04o})"
 
 
