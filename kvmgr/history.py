@@ -1,25 +1,40 @@
-"""Recorded histories of key-value operations: one JSON object per line (JSON lines)."""
+"""Recorded histories of key-value operations: one JSON object per line (JSON lines).
+
+A value is written as JSON when JSON holds it as it is (a str is always a JSON string, whatever it
+starts with) and in a tagged form otherwise: bytes as {"$bytes": "<hex>"}. A JSON object with exactly
+one member whose name starts with "$" is a tag, never a plain value; the dict values to come will be
+plain JSON objects, and one that looks like a tag is escaped as {"$dict": {...}}.
+"""
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
+import re
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any
+from typing import Any, BinaryIO
 
 from kvmgr.errors import HistoryError
 
 OPS = ("store", "get", "delete", "cas")
 STATUSES = ("ok", "fail", "info")
 STORE_RESULTS = ("saved", "updated")
-HEX_PREFIX = "hex:"
 FIELDS = ("client", "op", "key", "expected", "value", "result", "status", "start", "end")
 REQUIRED_FIELDS = ("client", "op", "key", "value", "result", "status", "start", "end")
+MAX_LINE_BYTES = 256 * 1024 * 1024
+"""The longest history line read: two hex-encoded 64 MiB values and room to spare."""
+BYTES_TAG = "$bytes"
+DICT_TAG = "$dict"
+"""Reserved for the escape of a stored dict that looks like a tag."""
+VALUE_RULE = 'a string or {"$bytes": "<hex>"}'
+_HEX = re.compile(r"(?:[0-9a-fA-F]{2})*")
 
-Result = str | bool | None
+Value = str | bytes
+Result = Value | bool | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,26 +44,58 @@ class Operation:
     client: str
     op: str
     key: str
-    value: str | None
-    expected: str | None
+    value: Value | None
+    expected: Value | None
     result: Result
     status: str
     start: int
     end: int | None
 
 
-def encode_value(value: str | bytes | None) -> str | None:
-    """Return a value as recorded in a history: str unchanged, bytes as 'hex:' + hex."""
+def encode_value(value: str | bytes | bytearray | memoryview | None) -> Value | None:
+    """Return a value as an Operation records it: str and None unchanged, bytes-like as bytes."""
     if value is None or isinstance(value, str):
         return value
     if isinstance(value, (bytes, bytearray, memoryview)):
-        return HEX_PREFIX + bytes(value).hex()
+        return bytes(value)
     raise TypeError(f"a value must be str, bytes or None (got {type(value).__name__})")
 
 
+def value_to_json(value: Value | None) -> object:
+    """Return a value as a history line holds it: JSON as is, bytes as {"$bytes": "<hex>"}."""
+    if isinstance(value, bytes):
+        return {BYTES_TAG: value.hex()}
+    return value
+
+
+def _is_tag(data: object) -> bool:
+    """Tell whether a JSON object is a tag: exactly one member, whose name starts with '$'."""
+    return isinstance(data, dict) and len(data) == 1 and next(iter(data)).startswith("$")
+
+
+def value_from_json(data: object, name: str, where: str) -> Value:
+    """Decode field `name` holding a value: a JSON string, or a tagged form (HistoryError if not)."""
+    if isinstance(data, str):
+        return data
+    if not _is_tag(data):
+        raise _fail(where, f"'{name}' must be {VALUE_RULE} (got {_shown(data)})")
+    [(tag, body)] = data.items()  # type: ignore[union-attr]
+    if tag == DICT_TAG:
+        raise _fail(where, f"'{name}': dict values are not supported yet")
+    if tag != BYTES_TAG:
+        raise _fail(where, f"'{name}' has an unknown tag {_shown(tag)} (known: \"{BYTES_TAG}\")")
+    if not isinstance(body, str) or not _HEX.fullmatch(body):
+        raise _fail(where, f"'{name}': \"{BYTES_TAG}\" must be hex digits in pairs (got {_shown(body)})")
+    return bytes.fromhex(body)
+
+
 def operation_to_dict(op: Operation) -> dict[str, Any]:
-    """Return the JSON object for an operation ('expected' only for cas)."""
+    """Return the JSON object for an operation ('expected' only for cas), values encoded."""
     data = {name: getattr(op, name) for name in FIELDS}
+    for name in ("value", "expected"):
+        data[name] = value_to_json(data[name])
+    if op.op == "get":
+        data["result"] = value_to_json(op.result)  # type: ignore[arg-type]
     if op.op != "cas":
         del data["expected"]
     return data
@@ -59,12 +106,16 @@ def operation_to_json(op: Operation) -> str:
     return json.dumps(operation_to_dict(op))
 
 
+SHOWN_CHARS = 80
+
+
 def _shown(value: object) -> str:
-    """Render an offending value the way it appeared in the JSON."""
+    """Render an offending value the way it appeared in the JSON, cut to SHOWN_CHARS."""
     try:
-        return json.dumps(value)
-    except (TypeError, ValueError):
-        return repr(value)
+        text = json.dumps(value)
+    except (TypeError, ValueError, RecursionError):
+        text = repr(value)
+    return text if len(text) <= SHOWN_CHARS else text[: SHOWN_CHARS - 3] + "..."
 
 
 def _fail(where: str, message: str) -> HistoryError:
@@ -84,14 +135,10 @@ def _check_fields(d: dict[str, Any], where: str) -> None:
             raise _fail(where, f"unknown field {_shown(name)}")
 
 
-def _check_str(d: dict[str, Any], name: str, where: str, nullable: bool = False) -> None:
-    """Require field `name` to be a string (or null when nullable)."""
-    value = d.get(name)
-    if value is None and nullable:
-        return
-    if not isinstance(value, str):
-        kind = "a string or null" if nullable else "a string"
-        raise _fail(where, f"'{name}' must be {kind} (got {_shown(value)})")
+def _check_str(d: dict[str, Any], name: str, where: str) -> None:
+    """Require field `name` to be a string."""
+    if not isinstance(d[name], str):
+        raise _fail(where, f"'{name}' must be a string (got {_shown(d[name])})")
 
 
 def _check_choice(d: dict[str, Any], name: str, choices: tuple[str, ...], where: str) -> None:
@@ -117,17 +164,18 @@ def _check_identity(d: dict[str, Any], where: str) -> None:
     _check_choice(d, "status", STATUSES, where)
 
 
-def _check_arguments(d: dict[str, Any], where: str) -> None:
-    """Check value and expected against the op."""
-    op = d["op"]
+def _decode_arguments(d: dict[str, Any], where: str) -> tuple[Value | None, Value | None]:
+    """Check value and expected against the op; return them decoded."""
+    op, value, expected = d["op"], None, None
     if op in ("store", "cas"):
-        _check_str(d, "value", where)
+        value = value_from_json(d["value"], "value", where)
     elif d["value"] is not None:
         raise _fail(where, f"'value' must be null for {op} (got {_shown(d['value'])})")
     if op == "cas":
-        _check_str(d, "expected", where, nullable=True)
+        expected = None if d["expected"] is None else value_from_json(d["expected"], "expected", where)
     elif d.get("expected") is not None:
         raise _fail(where, f"'expected' is only for cas (got {_shown(d['expected'])} on {op})")
+    return value, expected
 
 
 def _check_times(d: dict[str, Any], where: str) -> None:
@@ -147,29 +195,32 @@ def _result_ok(op: str, result: object) -> bool:
     if op == "store":
         return result in STORE_RESULTS and isinstance(result, str)
     if op == "get":
-        return result is None or isinstance(result, str)
+        return result is None or isinstance(result, str) or _is_tag(result)
     return isinstance(result, bool)
 
 
 RESULT_RULES = {
     "store": '"saved" or "updated"',
-    "get": "a string or null",
+    "get": f"{VALUE_RULE} or null",
     "delete": "true or false",
     "cas": "true or false",
 }
 
 
-def _check_result(d: dict[str, Any], where: str) -> None:
-    """Check the result against op and status (null for info, optional for fail)."""
+def _decode_result(d: dict[str, Any], where: str) -> Result:
+    """Check the result against op and status (null for info, optional for fail); return it decoded."""
     op, status, result = d["op"], d["status"], d["result"]
     if status == "info":
         if result is not None:
             raise _fail(where, f"'result' must be null when status is info (got {_shown(result)})")
-        return
+        return None
     if status == "fail" and result is None:
-        return
+        return None
     if not _result_ok(op, result):
         raise _fail(where, f"'result' of {op} must be {RESULT_RULES[op]} (got {_shown(result)})")
+    if op == "get" and result is not None:
+        return value_from_json(result, "result", where)
+    return result  # type: ignore[no-any-return]
 
 
 def operation_from_dict(d: object, where: str) -> Operation:
@@ -178,13 +229,11 @@ def operation_from_dict(d: object, where: str) -> Operation:
         raise _fail(where, f"expected a JSON object (got {_shown(d)})")
     _check_fields(d, where)
     _check_identity(d, where)
-    _check_arguments(d, where)
+    value, expected = _decode_arguments(d, where)
     _check_times(d, where)
-    _check_result(d, where)
     return Operation(
-        client=d["client"], op=d["op"], key=d["key"], value=d["value"],
-        expected=d.get("expected"), result=d["result"], status=d["status"],
-        start=d["start"], end=d["end"],
+        client=d["client"], op=d["op"], key=d["key"], value=value, expected=expected,
+        result=_decode_result(d, where), status=d["status"], start=d["start"], end=d["end"],
     )
 
 
@@ -200,24 +249,38 @@ def _parse_line(raw: bytes, where: str) -> Operation | None:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise _fail(where, f"invalid JSON: {exc.msg} (column {exc.colno})") from None
+    except RecursionError:
+        raise _fail(where, "invalid JSON: nested too deeply") from None
+    except ValueError as exc:  # e.g. an integer of more than 4,300 digits
+        raise _fail(where, f"invalid JSON: {exc}") from None
     return operation_from_dict(data, where)
+
+
+def _lines(handle: BinaryIO, name: str) -> Iterator[tuple[int, bytes]]:
+    """Yield (number, line) from a binary file, refusing a line over MAX_LINE_BYTES."""
+    for number in itertools.count(1):
+        raw = handle.readline(MAX_LINE_BYTES + 1)
+        if not raw:
+            return
+        if len(raw) > MAX_LINE_BYTES:
+            raise HistoryError(f"{name}:{number}: line longer than {MAX_LINE_BYTES} bytes")
+        yield number, raw
 
 
 def read_history(path: str | os.PathLike[str]) -> list[Operation]:
     """Read and validate a JSON-lines history; blank lines are skipped."""
     name = os.fspath(path)
+    ops = []
     try:
         with open(name, "rb") as handle:
-            lines = handle.read().split(b"\n")
+            for number, raw in _lines(handle, name):
+                op = _parse_line(raw, f"{name}:{number}")
+                if op is not None:
+                    ops.append(op)
     except FileNotFoundError:
         raise HistoryError(f"{name}: no such history file") from None
     except OSError as exc:
         raise HistoryError(f"{name}: cannot read history ({exc.strerror or exc})") from None
-    ops = []
-    for number, raw in enumerate(lines, start=1):
-        op = _parse_line(raw, f"{name}:{number}")
-        if op is not None:
-            ops.append(op)
     return ops
 
 

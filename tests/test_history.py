@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from kvmgr import history
 from kvmgr.errors import HistoryError
 from kvmgr.history import (
     HistoryWriter,
@@ -89,15 +90,33 @@ def test_writer_rejects_an_invalid_operation(tmp_path: Path) -> None:
     assert path.read_text() == ""
 
 
-def test_bytes_values_are_written_as_hex() -> None:
-    """bytes become 'hex:' + hex digits; str and None are unchanged."""
-    assert encode_value(b"\x00\xffab") == "hex:00ff6162"
+def test_values_keep_their_type_and_bytes_are_tagged(tmp_path: Path) -> None:
+    """bytes become {"$bytes": hex}; a str stays a JSON string whatever it looks like; both read back as written."""
+    assert encode_value(b"\x00\xffab") == b"\x00\xffab"
+    assert encode_value(bytearray(b"\x01")) == b"\x01" and encode_value(memoryview(b"\x02")) == b"\x02"
     assert encode_value("plain") == "plain"
     assert encode_value(None) is None
     with pytest.raises(TypeError):
         encode_value(12)  # type: ignore[arg-type]
-    line = operation_to_json(Operation("a", "store", "k", encode_value(b"\x01"), None, "saved", "ok", 1, 2))
-    assert json.loads(line)["value"] == "hex:01"
+    tricky = ["hex:01", '{"$bytes": "01"}', "$bytes", ""]
+    ops = [Operation("a", "store", "k", b"\x00\xffab", None, "saved", "ok", 1, 2)]
+    ops += [Operation("a", "cas", "k", value, b"\x01", False, "ok", 3, 4) for value in tricky]
+    ops += [Operation("a", "get", "k", None, None, value, "ok", 5, 6) for value in [*tricky, b""]]
+    lines = [json.loads(operation_to_json(o)) for o in ops]
+    assert lines[0]["value"] == {"$bytes": "00ff6162"}
+    assert [line["value"] for line in lines[1:5]] == tricky and lines[1]["expected"] == {"$bytes": "01"}
+    assert [line["result"] for line in lines[5:]] == [*tricky, {"$bytes": ""}]
+    path = tmp_path / "h.jsonl"
+    with HistoryWriter(path) as writer:
+        for operation in ops:
+            writer.record(operation)
+    assert read_history(path) == ops
+
+
+def test_tags_are_matched_exactly() -> None:
+    """Upper-case hex is read; only an object of exactly one '$' member is a tag."""
+    line = {**GOOD, "value": {"$bytes": "0A"}}
+    assert operation_from_dict(line, "x:1").value == b"\n"
 
 
 def test_json_layout() -> None:
@@ -132,7 +151,7 @@ BAD_LINES = [
     (json.dumps({**GOOD, "status": "info", "end": None}), "'result' must be null when status is info"),
     (json.dumps({**GOOD, "end": 1000}), "'end' (1000) is before 'start' (1712)"),
     (json.dumps({**GOOD, "result": "stored"}), "'result' of store must be \"saved\" or \"updated\""),
-    (json.dumps({**GOOD, "op": "get", "value": None, "result": 5}), "'result' of get must be a string or null"),
+    (json.dumps({**GOOD, "op": "get", "value": None, "result": 5}), """'result' of get must be a string or {"$bytes": "<hex>"} or null"""),
     (json.dumps({**GOOD, "op": "delete", "value": None, "result": "yes"}), "'result' of delete must be true or false"),
     (json.dumps({**GOOD, "op": "cas", "expected": None, "result": None}), "'result' of cas must be true or false"),
     (json.dumps({**GOOD, "op": "cas"}), "missing field 'expected'"),
@@ -142,6 +161,23 @@ BAD_LINES = [
     (json.dumps({**GOOD, "client": 7}), "'client' must be a string"),
     (json.dumps({**GOOD, "key": ""}), "'key' must not be empty"),
     (json.dumps({**GOOD, "colour": "red"}), "unknown field \"colour\""),
+    (json.dumps({**GOOD, "value": 5}), """'value' must be a string or {"$bytes": "<hex>"} (got 5)"""),
+    (json.dumps({**GOOD, "value": ["a"]}), """'value' must be a string or {"$bytes": "<hex>"}"""),
+    (json.dumps({**GOOD, "value": {"a": "b"}}), """'value' must be a string or {"$bytes": "<hex>"}"""),
+    (json.dumps({**GOOD, "value": {"$bytes": "00", "x": 1}}), """'value' must be a string or {"$bytes": "<hex>"}"""),
+    (json.dumps({**GOOD, "value": {"$bytes": "zz"}}), """'value': "$bytes" must be hex digits in pairs (got "zz")"""),
+    (json.dumps({**GOOD, "value": {"$bytes": "abc"}}), """'value': "$bytes" must be hex digits in pairs"""),
+    (json.dumps({**GOOD, "value": {"$bytes": "0 1"}}), """'value': "$bytes" must be hex digits in pairs"""),
+    (json.dumps({**GOOD, "value": {"$bytes": 1}}), """'value': "$bytes" must be hex digits in pairs (got 1)"""),
+    (json.dumps({**GOOD, "value": {"$base64": "AA=="}}), """'value' has an unknown tag "$base64" (known: "$bytes")"""),
+    (json.dumps({**GOOD, "value": {"$dict": {"$bytes": "00"}}}), "'value': dict values are not supported yet"),
+    (json.dumps({**GOOD, "op": "cas", "expected": {"$bytes": "x"}, "result": True}), """'expected': "$bytes" must be hex"""),
+    (json.dumps({**GOOD, "op": "get", "value": None, "result": {"$bytes": "0g"}}), """'result': "$bytes" must be hex"""),
+    ('{"client": "a", "start": 1' + "0" * 4300 + "}", "invalid JSON: Exceeds the limit (4300 digits)"),
+    ("[" * 100_000 + "]" * 100_000, "invalid JSON: nested too deeply"),
+    ('{"client": "a", "start": NaN}', "missing field"),
+    (json.dumps({**GOOD, "start": 1.5}), "'start' must be an integer (got 1.5)"),
+    (json.dumps({**GOOD, "client": "x" * 10_000, "key": 5}), "'key' must be a string (got 5)"),
 ]
 
 
@@ -155,6 +191,22 @@ def test_malformed_line_names_file_line_and_problem(tmp_path: Path, line: str, p
     assert message.startswith(f"{path}:3: ")
     assert "history.jsonl:3" in message
     assert problem in message
+
+
+def test_an_offending_value_is_shown_cut_short(tmp_path: Path) -> None:
+    """A huge bad value is named, not copied whole into the one-line error."""
+    path = write_lines(tmp_path / "history.jsonl", [json.dumps({**GOOD, "value": ["x" * 100_000]})])
+    with pytest.raises(HistoryError) as caught:
+        read_history(path)
+    assert len(str(caught.value)) < 300 and "\n" not in str(caught.value)
+
+
+def test_a_line_over_the_limit_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A line longer than MAX_LINE_BYTES (a file with no newline, say) is refused instead of read whole."""
+    monkeypatch.setattr(history, "MAX_LINE_BYTES", 200)
+    path = write_lines(tmp_path / "history.jsonl", [json.dumps(GOOD), json.dumps({**GOOD, "client": "x" * 200})])
+    with pytest.raises(HistoryError, match=r"history\.jsonl:2: line longer than 200 bytes"):
+        read_history(path)
 
 
 def test_invalid_utf8_names_the_line(tmp_path: Path) -> None:
