@@ -1,14 +1,18 @@
 """Linearizability checker for key-value histories (Wing & Gong search, as in Lowe / Porcupine).
 
-Each key is an independent register whose states are ABSENT or a string value, so a
-history is linearizable iff every key's sub-history is (linearizability is compositional).
+Each key is an independent register whose states are ABSENT or a value, so a history is
+linearizable iff every key's sub-history is (linearizability is compositional). A key starts
+ABSENT ("empty"), or in an Unknown state that stands for whatever it held before ("unknown").
 
 Real-time order: operation A precedes B iff A.end < B.start; equal timestamps count as
 concurrent. "fail" operations never took effect and are dropped. "info" operations
 (outcome unknown) may take effect at any point after their start, or never: their end is
 +infinity and their result is whatever the state makes it; an info get is dropped.
 
-Besides the (operations placed, state) cache, the search prunes soundly around info
+The cache of (operations placed, state) holds each set of placed operations as the first one
+not placed plus a bitmask of the few after it (see _placed), so memory grows with the history's
+length times its concurrency, not its square. A read that can come next is placed at once. The
+search also prunes soundly around info
 operations, which otherwise make it enumerate subsets: dominance (fewer info operations
 placed is never worse), a normal form (an info operation is placed only when what follows
 needs it), symmetry breaking between info operations with the same effect, and merging of
@@ -17,13 +21,17 @@ written values that no operation ever reads into one abstract value.
 
 from __future__ import annotations
 
+import bisect
+import math
 import os
+import time
+from array import array
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 
 from kvmgr.errors import HistoryError
-from kvmgr.history import Operation, read_history
+from kvmgr.history import Operation, Value, read_history
 
 
 class _Absent:
@@ -43,15 +51,25 @@ class _Absent:
 
 
 ABSENT = _Absent()
-State = str | _Absent
 
 
-def initial_state() -> State:
-    """Every key starts absent."""
-    return ABSENT
+@dataclass(frozen=True)
+class Unknown:
+    """The state before the history when the start is unknown: absent or any value, except `excluded`.
+
+    It is one fixed value, only not yet observed; every observation narrows it. A failed cas
+    excludes what it expected; a read, or any write, makes the state known.
+    """
+
+    excluded: frozenset[object] = frozenset()
 
 
-def _cas_matches(state: State, expected: str | None) -> bool:
+State = Value | _Absent | Unknown
+INITIAL_STATES: dict[str, State] = {"empty": ABSENT, "unknown": Unknown()}
+"""What --initial may say about every key before the history: it was absent, or it is unknown."""
+
+
+def _cas_matches(state: State, expected: Value | None) -> bool:
     """Tell whether a cas with `expected` (None: only if absent) would swap in `state`."""
     return state is ABSENT if expected is None else state == expected
 
@@ -59,27 +77,53 @@ def _cas_matches(state: State, expected: str | None) -> bool:
 def _step_unknown(state: State, op: Operation) -> tuple[bool, State]:
     """Apply an operation whose outcome is unknown: always possible, effect per state."""
     if op.op == "store":
-        return True, op.value
+        return True, op.value  # type: ignore[return-value]
     if op.op == "delete":
         return True, ABSENT
-    if op.op == "cas" and _cas_matches(state, op.expected):
-        return True, op.value
+    if op.op == "cas" and _may_match(state, op.expected):
+        return True, op.value  # type: ignore[return-value]
     return True, state
+
+
+def _may_match(state: State, expected: Value | None) -> bool:
+    """Tell whether a cas with `expected` can swap in `state` (an unknown one may hold it)."""
+    if isinstance(state, Unknown):
+        return (ABSENT if expected is None else expected) not in state.excluded
+    return _cas_matches(state, expected)
+
+
+def _step_from_unknown(state: Unknown, op: Operation) -> tuple[bool, State]:
+    """Apply a completed operation to the unknown first state: what it observed must be allowed."""
+    allowed = state.excluded.__contains__
+    kind, result = op.op, op.result
+    if kind == "get":
+        seen = ABSENT if result is None else result
+        return not allowed(seen), seen  # type: ignore[return-value]
+    if kind == "store":
+        return result == "updated" or not allowed(ABSENT), op.value  # type: ignore[return-value]
+    if kind == "delete":
+        return result is True or not allowed(ABSENT), ABSENT
+    expected = ABSENT if op.expected is None else op.expected
+    if result is True:
+        return not allowed(expected), op.value  # type: ignore[return-value]
+    return True, Unknown(state.excluded | {expected})
 
 
 def step(state: State, op: Operation) -> tuple[bool, State]:
     """Apply `op` to one key's state: (could it happen now with its result, new state)."""
     if op.status != "ok":
         return _step_unknown(state, op) if op.status == "info" else (True, state)
+    if isinstance(state, Unknown):
+        return _step_from_unknown(state, op)
     kind, result = op.op, op.result
     if kind == "get":
         return (state is ABSENT if result is None else state == result), state
     if kind == "store":
-        return (result == "saved") == (state is ABSENT), op.value
+        return (result == "saved") == (state is ABSENT), op.value  # type: ignore[return-value]
     if kind == "delete":
         return (result is True) == (state is not ABSENT), ABSENT
     swapped = _cas_matches(state, op.expected)
-    return swapped == (result is True), (op.value if swapped else state)
+    return swapped == (result is True), (op.value if swapped else state)  # type: ignore[return-value]
 
 
 def partition_by_key(ops: Iterable[Operation]) -> dict[str, list[Operation]]:
@@ -91,21 +135,22 @@ def partition_by_key(ops: Iterable[Operation]) -> dict[str, list[Operation]]:
 
 
 def _split_relevant(ops: list[Operation]) -> tuple[list[Operation], list[Operation]]:
-    """Return (ok ops, info ops that may change the state); fail ops and info gets go."""
+    """Return (ok ops, info ops that may change the state), each by start; fail ops and info gets go."""
     done = [op for op in ops if op.status == "ok"]
     pending = [op for op in ops if op.status == "info" and op.op != "get"]
     for op in done:
         if op.end is None:
             raise HistoryError(f"operation {op!r} is ok but has no end time")
+    done.sort(key=lambda op: op.start)
     pending.sort(key=lambda op: op.start)
     return done, pending
 
 
 @dataclass
 class CheckResult:
-    """The verdict, and for a failure the key and the operations worth looking at."""
+    """The verdict (None: unknown, the time limit came first), and for a failure the key and the operations worth looking at."""
 
-    linearizable: bool
+    linearizable: bool | None
     key: str | None
     operations: list[Operation]
     checked_keys: int
@@ -113,11 +158,67 @@ class CheckResult:
     unplaced: list[Operation] = field(default_factory=list)
     detail: str = ""
 
+    @property
+    def verdict(self) -> str:
+        """'yes', 'NO' or 'unknown', as tables show it."""
+        return {True: "yes", False: "NO", None: "unknown"}[self.linearizable]
+
+
+@dataclass(frozen=True)
+class CheckProgress:
+    """How far a long check got: keys finished, and operations placed on the key being searched."""
+
+    keys_done: int
+    keys: int
+    key: str
+    placed: int
+    deepest: int
+    key_operations: int
+    seconds: float
+
+    def line(self) -> str:
+        """One line for stderr."""
+        return (
+            f"check: {self.keys_done}/{self.keys} keys done, key {self.key!r}: {self.placed:,} of "
+            f"{self.key_operations:,} completed operations placed (deepest {self.deepest:,}), {self.seconds:.0f}s"
+        )
+
+
+PROGRESS_EVERY = 2.0
+"""Seconds between progress reports (the first comes after as long)."""
+Progress = Callable[[CheckProgress], None]
+
+
+class _OutOfTime(Exception):
+    """The time limit passed during a search."""
+
+
+class _Budget:
+    """The time limit and the progress reports of one check_operations call."""
+
+    def __init__(self, timeout: float | None, progress: Progress | None, keys: int) -> None:
+        """Start the clock."""
+        self.started = time.monotonic()
+        self.deadline = math.inf if timeout is None else self.started + timeout
+        self.progress, self.keys = progress, keys
+        self.next_report = self.started + PROGRESS_EVERY
+        self.keys_done, self.key = 0, ""
+
+    def check(self, placed: int, deepest: int, key_operations: int) -> None:
+        """Raise _OutOfTime past the deadline; report progress when it is time to."""
+        now = time.monotonic()
+        if now >= self.deadline:
+            raise _OutOfTime
+        if self.progress is not None and now >= self.next_report:
+            self.next_report = now + PROGRESS_EVERY
+            self.progress(CheckProgress(self.keys_done, self.keys, self.key, placed, deepest, key_operations, now - self.started))
+
 
 @dataclass
 class _Deepest:
-    """The furthest point a failed search reached on one key."""
+    """The furthest point a failed search reached on one key, which started in state `initial`."""
 
+    initial: State
     order: list[tuple[Operation, State]]
     state_text: str
     unplaced: list[Operation]
@@ -127,22 +228,20 @@ class _EventList:
     """Call and return events of ok operations, sorted, in a doubly linked list."""
 
     def __init__(self, ops: list[Operation]) -> None:
-        """Sort events by time, calls before returns at equal times."""
-        events = sorted(
-            [(op.start, 0, i) for i, op in enumerate(ops)]
-            + [(op.end, 1, i) for i, op in enumerate(ops)]
-        )
-        count = len(events)
+        """Sort events by time, calls before returns at equal times (compact arrays: O(n) machine words)."""
+        count = 2 * len(ops)
+        events = sorted(range(count), key=lambda e: (ops[e >> 1].end, 1) if e & 1 else (ops[e >> 1].start, 0))
         self.head, self.tail = 0, count + 1
-        self.next = [*range(1, count + 2), -1]
-        self.prev = [-1, *range(count + 1)]
-        self.time = [0, *(time for time, _, _ in events), 0]
-        self.is_call = [False, *(kind == 0 for _, kind, _ in events), False]
-        self.op_of = [-1, *(i for _, _, i in events), -1]
-        self.call_node = [0] * len(ops)
-        self.return_node = [0] * len(ops)
-        for node, (_, kind, i) in enumerate(events, start=1):
-            (self.call_node if kind == 0 else self.return_node)[i] = node
+        self.next = array("q", range(1, count + 2))
+        self.next.append(-1)
+        self.prev = array("q", range(-1, count + 1))
+        self.time = [0, *(ops[e >> 1].end if e & 1 else ops[e >> 1].start for e in events), 0]
+        self.is_call = bytes([0, *(1 - (e & 1) for e in events), 0])
+        self.op_of = array("q", [-1, *(e >> 1 for e in events), -1])
+        self.call_node = array("q", bytes(8 * len(ops)))
+        self.return_node = array("q", bytes(8 * len(ops)))
+        for node, e in enumerate(events, start=1):
+            (self.return_node if e & 1 else self.call_node)[e >> 1] = node
 
     def lift(self, i: int) -> None:
         """Unlink both events of operation i."""
@@ -180,29 +279,52 @@ class _Seen:
     real-time order, so having placed fewer of them is never worse: a configuration is
     skipped when one with the same key and a subset of its info operations was explored,
     and a CLEAN configuration (searched without restriction) also covers the others.
+    The ok operations placed are (k, w), see _placed; each key holds one info set, or a list.
     """
 
     def __init__(self) -> None:
         """Start empty."""
-        self._info_sets: dict[tuple[int, State, Before], list[int]] = {}
+        self._info_sets: dict[tuple[int, int, State, Before], int | list[int]] = {}
 
-    def _covered(self, key: tuple[int, State, Before], info: int) -> bool:
+    def _covered(self, key: tuple[int, int, State, Before], info: int) -> bool:
         """Tell whether an explored configuration with `key` used a subset of `info`."""
-        return any(explored & ~info == 0 for explored in self._info_sets.get(key, ()))
-
-    def visit(self, bits: int, state: State, info: int, before: Before) -> bool:
-        """Record a configuration; False if it (or one that dominates it) was explored."""
-        if before is not CLEAN and self._covered((bits, state, CLEAN), info):
-            return False
-        key = (bits, state, before)
         known = self._info_sets.get(key)
         if known is None:
-            self._info_sets[key] = [info]
+            return False
+        if isinstance(known, int):
+            return known & ~info == 0
+        return any(explored & ~info == 0 for explored in known)
+
+    def visit(self, k: int, w: int, state: State, info: int, before: Before) -> bool:
+        """Record a configuration; False if it (or one that dominates it) was explored."""
+        if before is not CLEAN and self._covered((k, w, state, CLEAN), info):
+            return False
+        key = (k, w, state, before)
+        known = self._info_sets.get(key)
+        if known is None:
+            self._info_sets[key] = info
             return True
         if self._covered(key, info):
             return False
-        known.append(info)
+        if isinstance(known, int):
+            self._info_sets[key] = [known, info]
+        else:
+            known.append(info)
         return True
+
+
+def _placed(k: int, w: int, i: int) -> tuple[int, int]:
+    """(k, w) after placing ok operation i, where k is the first ok operation (by start) not placed
+    and bit t of w says whether operation k + t is.
+
+    Every set of placed operations is closed under real-time order, so the ones after k all
+    overlap operation k: w has as many bits as the history is concurrent, not as it is long.
+    """
+    w |= 1 << (i - k)
+    if i == k:
+        ones = (~w & (w + 1)).bit_length() - 1
+        k, w = k + ones, w >> ones
+    return k, w
 
 
 UNREAD = "\x00unread"
@@ -233,7 +355,7 @@ def _earlier_twins(pending: list[Operation], masks: list[int]) -> list[int]:
     Info operations with the same effect are interchangeable, and an earlier-started one is
     available whenever a later one is, so they are placed in start order (symmetry breaking).
     """
-    last: dict[tuple[str, str | None, str | None], int] = {}
+    last: dict[tuple[str, Value | None, Value | None], int] = {}
     twins = []
     for j, op in enumerate(pending):
         effect = (op.op, op.expected, op.value)
@@ -242,108 +364,305 @@ def _earlier_twins(pending: list[Operation], masks: list[int]) -> list[int]:
     return twins
 
 
+def _bits(mask: int) -> Iterator[int]:
+    """The indexes of the set bits of `mask`, lowest first."""
+    while mask:
+        low = mask & -mask
+        yield low.bit_length() - 1
+        mask ^= low
+
+
+def _last_readers(done: list[Operation], pending: list[Operation]) -> dict[Value, float]:
+    """For each value some operation observes, the index of the last completed one that does.
+
+    A value an info cas expects may be observed whenever that cas is placed: +infinity.
+    """
+    last: dict[Value, float] = {}
+    for i, op in enumerate(done):
+        seen = op.result if op.op == "get" else op.expected if op.op == "cas" else None
+        if seen is not None:
+            last[seen] = i  # type: ignore[index]
+    for op in pending:
+        if op.op == "cas" and op.expected is not None:
+            last[op.expected] = math.inf
+    return last
+
+
+class _InfoIndex:
+    """Which info operations are worth trying where no completed operation can come next.
+
+    Stores and deletes only right after a completed operation (the normal form); of the
+    deletes, the first one free; of the stores whose value no operation left can observe
+    (unread values, or values whose readers are all among the first k, all placed), one
+    stands for all, as they are interchangeable; the other stores each; of the cas, those
+    that would swap. Bit masks over the info operations (by start) keep this cheap.
+    """
+
+    def __init__(self, done: list[Operation], pending: list[Operation], unread: Value) -> None:
+        """Index the info operations `pending` (sorted by start) of a key with completed `done`."""
+        self.start = [op.start for op in pending]
+        self.mask = [1 << j for j in range(len(pending))]
+        self.twins = _earlier_twins(pending, self.mask)
+        last = _last_readers(done, pending)
+        self.last_reader = [last.get(op.value, -1) if op.op == "store" else -1 for op in pending]  # type: ignore[arg-type]
+        self.unread_stores = self.read_stores = self.deletes = 0
+        self.cas_by_expected: dict[State, int] = defaultdict(int)
+        for j, op in enumerate(pending):
+            if op.op == "delete":
+                self.deletes |= self.mask[j]
+            elif op.op == "cas":
+                self.cas_by_expected[ABSENT if op.expected is None else op.expected] |= self.mask[j]
+            elif op.value == unread:
+                self.unread_stores |= self.mask[j]
+            else:
+                self.read_stores |= self.mask[j]
+
+    def candidates(self, deadline: int, state: State, k: int, info: int, before: Before) -> list[int]:
+        """The info operations worth trying, by index: the same for the same configuration."""
+        free = ((1 << bisect.bisect_right(self.start, deadline)) - 1) & ~info
+        found = list(_bits(free & self._swapping(state)))
+        if before is CLEAN:
+            stand_in = _lowest(free & self.unread_stores)
+            for j in _bits(free & self.read_stores):
+                if self.last_reader[j] >= k:
+                    found.append(j)
+                elif stand_in < 0:
+                    stand_in = j
+            found += [j for j in (stand_in, _lowest(free & self.deletes)) if j >= 0]
+        return sorted(found)
+
+    def _swapping(self, state: State) -> int:
+        """The mask of the info cas that would swap in `state`."""
+        if isinstance(state, Unknown):
+            return sum(mask for expected, mask in self.cas_by_expected.items() if expected not in state.excluded)
+        return self.cas_by_expected.get(state, 0)
+
+
+def _lowest(mask: int) -> int:
+    """The index of the lowest set bit of `mask`, -1 if none."""
+    return (mask & -mask).bit_length() - 1
+
+
+class _Obligations:
+    """Values that completed operations still have to read, and who can still write them.
+
+    A completed get of v, or a cas that swapped from v, needs the key to hold v at its point.
+    Once the key leaves v while such an operation is not placed and no operation left can
+    write v again, that operation can never be placed: the move is dead, whatever follows.
+    """
+
+    def __init__(self, done: list[Operation], pending: list[Operation]) -> None:
+        """Count, per value read by a completed operation, its readers and writers."""
+        self.ids: dict[State, int] = {}
+        self.observes = [self._id(_required_read(op), True) for op in done]
+        self.writes = [self._id(_written(op), False) for op in done]
+        self.info_writes = [self._id(_written(op), False) for op in pending]
+        self.readers_left = [0] * len(self.ids)
+        self.writers_left = [0] * len(self.ids)
+        for v in self.observes:
+            if v >= 0:
+                self.readers_left[v] += 1
+        for v in self.writes + self.info_writes:
+            if v >= 0:
+                self.writers_left[v] += 1
+
+    def _id(self, value: Value | None, new: bool) -> int:
+        """The number of a value read by a completed operation (numbered when `new`); -1 for others."""
+        if value is None:
+            return -1
+        if new:
+            return self.ids.setdefault(value, len(self.ids))
+        return self.ids.get(value, -1)
+
+    def take(self, i: int, sign: int = -1) -> None:
+        """Completed operation i is placed (sign -1) or unplaced again (sign +1)."""
+        if self.observes[i] >= 0:
+            self.readers_left[self.observes[i]] += sign
+        if self.writes[i] >= 0:
+            self.writers_left[self.writes[i]] += sign
+
+    def take_info(self, j: int, sign: int = -1) -> None:
+        """Info operation j is placed (sign -1) or unplaced again (sign +1)."""
+        if self.info_writes[j] >= 0:
+            self.writers_left[self.info_writes[j]] += sign
+
+    def strands(self, state: State, new_state: State, i: int = -1) -> bool:
+        """Tell whether going from `state` to `new_state` (placing completed operation i, if any) is dead."""
+        v = self.ids.get(state, -1) if new_state != state else -1
+        if v < 0:
+            return False
+        readers = self.readers_left[v] - (i >= 0 and self.observes[i] == v)
+        return readers > 0 and self.writers_left[v] == 0
+
+
+def _required_read(op: Operation) -> Value | None:
+    """The value a completed operation needs the key to hold (a get's result, a swapping cas's expected)."""
+    if op.op == "get":
+        return op.result  # type: ignore[return-value]
+    if op.op == "cas" and op.result is True:
+        return op.expected
+    return None
+
+
+def _written(op: Operation) -> Value | None:
+    """The value an operation may write (store, cas), None for others."""
+    return op.value if op.op in ("store", "cas") else None
+
+
 class _KeySearch:
     """Depth-first search for a linearization of one key's operations, with a cache."""
 
-    def __init__(self, done: list[Operation], pending: list[Operation]) -> None:
-        """Prepare events, bit masks and the search state."""
-        self.done, self.pending = done, pending
+    def __init__(self, done: list[Operation], pending: list[Operation], initial: State, budget: _Budget) -> None:
+        """Prepare events, bit masks and the search state; `done` and `pending` are sorted by start."""
+        self.done, self.pending, self.initial, self.budget = done, pending, initial, budget
         self.model_done, self.model_pending, self.unread = _abstract(done, pending)
         self.events = _EventList(done)
-        count = len(done)
-        self.done_mask = [1 << i for i in range(count)]
-        self.pending_mask = [1 << j for j in range(len(pending))]
-        self.pending_start = [op.start for op in pending]
-        # A blind write right after another info operation is never needed: placing it
-        # directly instead reaches the same state with fewer info operations used.
-        self.pending_blind = [op.op in ("store", "delete") for op in pending]
-        self.twin_placed = _earlier_twins(self.model_pending, self.pending_mask)
+        self.reader = [op.op == "get" or op.result is False for op in done]
+        self.end_rank = [0] * len(done)
+        for rank, i in enumerate(sorted(range(len(done)), key=lambda i: done[i].end)):  # type: ignore[arg-type, return-value]
+            self.end_rank[i] = rank
+        self.info = _InfoIndex(self.model_done, self.model_pending, self.unread)
+        self.obligations = _Obligations(self.model_done, self.model_pending)
         self.seen = _Seen()
         self.best_depth = -1
-        self.best: tuple[object, int, State] | None = None
+        self.best: tuple[object, int, int, State] | None = None
 
     def run(self) -> bool:
-        """Search; True if some order of the operations explains every result.
+        """Search; True if some order of the operations explains every result (_OutOfTime past the limit).
 
-        Completed operations are tried first, in event order; info operations only when no
-        completed one can come next. Only linearizations in a normal form are searched: an
+        The candidates are the completed operations called before the first return not yet
+        placed; they are tried by return time, earliest first, and info operations only when
+        none of them can come next. Only linearizations in a normal form are searched: an
         info operation is followed by a completed operation that is impossible without it,
         or by an info cas. Any linearization can be rewritten so: drop the info operation
-        when what follows works without it, or move it after a failed cas.
+        when what follows works without it, or move it after a failed cas. A completed
+        operation that can come next and leaves the state as it is (a read) is placed at
+        once, with no alternative tried: moving it to the front of any linearization that
+        places it later keeps that linearization valid.
         """
-        ev, done, seen = self.events, self.model_done, self.seen
-        nxt, is_call, op_of, times, done_mask = ev.next, ev.is_call, ev.op_of, ev.time, self.done_mask
-        head, tail = ev.head, ev.tail
-        state, before, bits, info, depth, frame = initial_state(), CLEAN, 0, 0, 0, None
-        node, first_pending = nxt[head], 0
-        self._remember(depth, frame, bits, state)
+        ev, done, seen, budget, obligations = self.events, self.model_done, self.seen, self.budget, self.obligations
+        head, tail, total, nxt = ev.head, ev.tail, len(done), ev.next
+        state, before, k, w, info, depth, frame = self.initial, CLEAN, 0, 0, 0, 0, None
+        candidates, position, deadline, first_pending, fresh, steps = [], 0, 0, 0, True, 0
+        seen.visit(k, w, state, info, before)
+        self._remember(depth, frame, k, w, state)
         while nxt[head] != tail:
-            if is_call[node]:
-                i = op_of[node]
+            steps += 1
+            if not steps & 1023:
+                budget.check(depth, self.best_depth, total)
+            if fresh:
+                fresh, (candidates, deadline), position, first_pending = False, self._candidates(), 0, 0
+                i = self._reader(candidates, state, before)
+                if i >= 0:
+                    k2, w2 = _placed(k, w, i)
+                    if seen.visit(k2, w2, state, info, CLEAN):
+                        frame = (frame, deadline, i, state, k, w, info, before, True)
+                        ev.lift(i)
+                        obligations.take(i)
+                        before, k, w, depth, fresh = CLEAN, k2, w2, depth + 1, True
+                        if depth > self.best_depth:
+                            self._remember(depth, frame, k, w, state)
+                        continue
+                    deadline = -1  # the read leads to a configuration that failed: so does this one
+            while position < len(candidates) and deadline >= 0:
+                i = candidates[position]
+                position += 1
                 ok, new_state = step(state, done[i])
                 if (
                     ok
                     and (before is CLEAN or not step(before, done[i])[0])
-                    and seen.visit(bits | done_mask[i], new_state, info, CLEAN)
+                    and not obligations.strands(state, new_state, i)
                 ):
-                    frame = (frame, node, i, state, bits, info, before)
-                    ev.lift(i)
-                    state, before, bits, depth = new_state, CLEAN, bits | done_mask[i], depth + 1
-                    if depth > self.best_depth:
-                        self._remember(depth, frame, bits, state)
-                    node = nxt[head]
-                else:
-                    node = nxt[node]
-                continue
-            j, new_state = self._next_info(first_pending, times[node], state, bits, info, before)
-            if j >= 0:
-                frame = (frame, node, -1 - j, state, bits, info, before)
-                state, before, info = new_state, state, info | self.pending_mask[j]
-                node, first_pending = nxt[head], 0
-                continue
-            if frame is None:
-                return False
-            frame, last, i, state, bits, info, before = frame
-            if i >= 0:
-                ev.unlift(i)
-                depth -= 1
-                node, first_pending = nxt[last], 0
+                    k2, w2 = _placed(k, w, i)
+                    if seen.visit(k2, w2, new_state, info, CLEAN):
+                        break
             else:
-                node, first_pending = last, -i
+                j, new_state = self._next_info(first_pending, deadline, state, k, w, info, before)
+                if j >= 0:
+                    frame = (frame, deadline, -1 - j, state, k, w, info, before, False)
+                    state, before, info, fresh = new_state, state, info | self.info.mask[j], True
+                    obligations.take_info(j)
+                    continue
+                forced = True
+                while forced:
+                    if frame is None:
+                        return False
+                    frame, deadline, i, state, k, w, info, before, forced = frame
+                    if i >= 0:
+                        ev.unlift(i)
+                        obligations.take(i, +1)
+                        depth -= 1
+                    else:
+                        obligations.take_info(-1 - i, +1)
+                if i >= 0:
+                    candidates, deadline = self._candidates()
+                    position, first_pending = candidates.index(i) + 1, 0
+                else:
+                    position, first_pending = len(candidates), -i
+                continue
+            frame = (frame, deadline, i, state, k, w, info, before, False)
+            ev.lift(i)
+            obligations.take(i)
+            state, before, k, w, depth, fresh = new_state, CLEAN, k2, w2, depth + 1, True
+            if depth > self.best_depth:
+                self._remember(depth, frame, k, w, state)
         return True
 
+    def _candidates(self) -> tuple[list[int], int]:
+        """The completed operations that can come next, by return time, and the first return's time."""
+        ev = self.events
+        nxt, is_call, op_of = ev.next, ev.is_call, ev.op_of
+        node, found = nxt[ev.head], []
+        while is_call[node]:
+            found.append(op_of[node])
+            node = nxt[node]
+        found.sort(key=self.end_rank.__getitem__)
+        return found, ev.time[node]
+
+    def _reader(self, candidates: list[int], state: State, before: Before) -> int:
+        """A candidate that can come next and keeps the state (a read); -1 if none."""
+        done, reader = self.model_done, self.reader
+        for i in candidates:
+            if reader[i]:
+                ok, new_state = step(state, done[i])
+                if ok and new_state == state and (before is CLEAN or not step(before, done[i])[0]):
+                    return i
+        return -1
+
     def _next_info(
-        self, first: int, deadline: int, state: State, bits: int, info: int, before: Before
+        self, first: int, deadline: int, state: State, k: int, w: int, info: int, before: Before
     ) -> tuple[int, State]:
         """Find the next info operation (from index `first`) worth placing; (-1, state) if none."""
-        pending_mask, blind, twins = self.pending_mask, self.pending_blind, self.twin_placed
-        for j in range(first, len(self.pending)):
-            if self.pending_start[j] > deadline:
-                break
+        masks, twins = self.info.mask, self.info.twins
+        for j in self.info.candidates(deadline, state, k, info, before):
             twin = twins[j]
-            if info & pending_mask[j] or info & twin != twin or (before is not CLEAN and blind[j]):
+            if j < first or info & twin != twin:
                 continue
             _, new_state = step(state, self.model_pending[j])
-            if new_state != state and self.seen.visit(bits, new_state, info | pending_mask[j], state):
+            if (
+                new_state != state
+                and not self.obligations.strands(state, new_state)
+                and self.seen.visit(k, w, new_state, info | masks[j], state)
+            ):
                 return j, new_state
         return -1, state
 
-    def _remember(self, depth: int, frame: object, bits: int, state: State) -> None:
+    def _remember(self, depth: int, frame: object, k: int, w: int, state: State) -> None:
         """Keep the deepest point reached (frames are immutable, so this is O(1))."""
-        self.best_depth, self.best = depth, (frame, bits, state)
+        self.best_depth, self.best = depth, (frame, k, w, state)
 
     def deepest(self) -> _Deepest:
         """Describe the deepest point: the order found so far and what could not follow."""
         assert self.best is not None
-        frame, bits, state = self.best
+        frame, k, w, state = self.best
         order: list[tuple[Operation, State]] = []
         after = state
         while frame is not None:
-            frame, _, i, before, _, _, _ = frame  # type: ignore[misc]
+            frame, _, i, before, *_ = frame  # type: ignore[misc]
             order.append((self.done[i] if i >= 0 else self.pending[-1 - i], after))
             after = before
         order.reverse()
-        return _Deepest(order, self._real_state(order, state), self._unplaced(bits))
+        return _Deepest(self.initial, order, self._real_state(order, state), self._unplaced(k, w, state))
 
     def _real_state(self, order: list[tuple[Operation, State]], state: State) -> str:
         """Show the state, undoing the unread-value abstraction via the last write."""
@@ -351,18 +670,21 @@ class _KeySearch:
             return _show_state(state)
         for n in range(len(order) - 1, -1, -1):
             op, after = order[n]
-            before = order[n - 1][1] if n else ABSENT
+            before = order[n - 1][1] if n else self.initial
             if after == self.unread and (op.op == "store" or before != self.unread):
                 return repr(op.value)
         return "holding a value no operation reads"
 
-    def _unplaced(self, bits: int) -> list[Operation]:
-        """The ok operations that were candidates at `bits` (none of them could be placed)."""
-        left = [op for i, op in enumerate(self.done) if not bits & self.done_mask[i]]
+    def _unplaced(self, k: int, w: int, state: State) -> list[Operation]:
+        """The ok operations that were candidates at (k, w) (none of them could be placed), and those
+        still waiting to read `state`, which none of the candidates could leave for that reason."""
+        left = [i for i in range(k, len(self.done)) if not w >> (i - k) & 1]
         if not left:
             return []
-        deadline = min(op.end for op in left if op.end is not None)
-        return sorted((op for op in left if op.start <= deadline), key=lambda op: op.start)
+        deadline = min(self.done[i].end for i in left)  # type: ignore[type-var]
+        waiting = self.obligations.ids.get(state, -1)
+        chosen = [i for i in left if self.done[i].start <= deadline or self.obligations.observes[i] == waiting >= 0]
+        return sorted((self.done[i] for i in chosen), key=lambda op: op.start)
 
 
 def _context(deepest: _Deepest) -> list[Operation]:
@@ -372,15 +694,15 @@ def _context(deepest: _Deepest) -> list[Operation]:
         n for n, (op, _) in enumerate(deepest.order) if op.end is None or op.end >= window
     ]
     first = overlapping[0] if overlapping else len(deepest.order)
-    earlier = [n for n in range(first) if _is_write(deepest.order, n)]
+    earlier = [n for n in range(first) if _is_write(deepest, n)]
     chosen = earlier[-1:] + overlapping
     return [deepest.order[n][0] for n in chosen] + deepest.unplaced
 
 
-def _is_write(order: list[tuple[Operation, State]], n: int) -> bool:
+def _is_write(deepest: _Deepest, n: int) -> bool:
     """Tell whether the n-th linearized operation set the key's state."""
-    op, after = order[n]
-    before = order[n - 1][1] if n else ABSENT
+    op, after = deepest.order[n]
+    before = deepest.order[n - 1][1] if n else deepest.initial
     return op.op == "store" or after != before
 
 
@@ -398,23 +720,53 @@ def _failure(key: str, search: _KeySearch, checked: int, total: int) -> CheckRes
     )
 
 
-def check_operations(ops: list[Operation]) -> CheckResult:
-    """Check a whole history, key by key in sorted order; stop at the first bad key."""
+def _timed_out(key: str, search: _KeySearch, checked: int, total: int, budget: _Budget) -> CheckResult:
+    """Build the CheckResult for a check stopped by its time limit: the verdict is unknown."""
+    detail = (
+        f"the time limit ({budget.deadline - budget.started:g}s) came first: {checked - 1} of {budget.keys} keys "
+        f"are linearizable; on key {key!r} at most {search.best_depth:,} of {len(search.done):,} completed "
+        f"operations could be ordered so far, and no violation was found"
+    )
+    return CheckResult(None, key, [], checked - 1, total, detail=detail)
+
+
+def check_operations(
+    ops: list[Operation], initial: str = "unknown", timeout: float | None = None, progress: Progress | None = None
+) -> CheckResult:
+    """Check a whole history, key by key in sorted order; stop at the first bad key.
+
+    `initial`: "empty" (every key starts absent) or "unknown" (absent or any value). After
+    `timeout` seconds the verdict is unknown (linearizable None). `progress` is called
+    every PROGRESS_EVERY seconds of a long check. Raises HistoryError for a bad `initial`.
+    """
+    if initial not in INITIAL_STATES:
+        raise HistoryError(f"initial must be one of {', '.join(INITIAL_STATES)} (got {initial!r})")
     groups = partition_by_key(ops)
+    budget = _Budget(timeout, progress, len(groups))
     for checked, key in enumerate(sorted(groups), start=1):
-        search = _KeySearch(*_split_relevant(groups[key]))
-        if not search.run():
-            return _failure(key, search, checked, len(ops))
+        budget.keys_done, budget.key = checked - 1, key
+        search = _KeySearch(*_split_relevant(groups[key]), INITIAL_STATES[initial], budget)
+        try:
+            budget.check(0, 0, len(search.done))
+            if not search.run():
+                return _failure(key, search, checked, len(ops))
+        except _OutOfTime:
+            return _timed_out(key, search, checked, len(ops), budget)
     return CheckResult(True, None, [], len(groups), len(ops))
 
 
-def check_file(path: str | os.PathLike[str]) -> CheckResult:
-    """Read, validate and check a JSON-lines history file (HistoryError if malformed)."""
-    return check_operations(read_history(path))
+def check_file(
+    path: str | os.PathLike[str], initial: str = "unknown", timeout: float | None = None, progress: Progress | None = None
+) -> CheckResult:
+    """Read, validate and check a JSON-lines history file (HistoryError if malformed); see check_operations."""
+    return check_operations(read_history(path), initial, timeout, progress)
 
 
 def _show_state(state: State) -> str:
     """Render a register state for people."""
+    if isinstance(state, Unknown):
+        excluded = ", ".join(sorted(_show_state(s) for s in state.excluded))  # type: ignore[arg-type]
+        return "as before the history (unknown" + (f", not {excluded})" if excluded else ")")
     return "absent" if state is ABSENT else repr(state)
 
 
@@ -441,6 +793,8 @@ def describe(result: CheckResult) -> str:
     """Human-readable verdict; for a failure, one line per operation worth looking at."""
     if result.linearizable:
         return f"linearizable: {result.operation_count} operations on {result.checked_keys} keys"
+    if result.linearizable is None:
+        return f"unknown: {result.detail}"
     lines = [f"NOT linearizable: key {result.key!r}"]
     if result.detail:
         lines.append(result.detail)

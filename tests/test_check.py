@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import random
 from collections.abc import Iterator
 from pathlib import Path
@@ -57,9 +58,9 @@ def info(kind: str, key: str, start: int, value: str | None = None, expected: st
     return op("lost", kind, key, start, None, None, value=value, expected=expected, status="info")
 
 
-def linearizable(*ops: Operation) -> bool:
-    """The checker's verdict on a handful of operations."""
-    return check_operations(list(ops)).linearizable
+def linearizable(*ops: Operation, initial: str = "empty") -> bool | None:
+    """The checker's verdict on a handful of operations (keys start absent unless told)."""
+    return check_operations(list(ops), initial=initial).linearizable
 
 
 # --- the brute-force oracle: every order consistent with real time ---------------------
@@ -85,36 +86,48 @@ def oracle_apply(state: dict[str, str], operation: Operation) -> dict[str, str] 
     return after if not known or operation.result == matches else None
 
 
-def oracle(ops: list[Operation]) -> bool:
-    """Try every order: ok ops all placed, info ops anywhere after their start or never, fail ops never."""
+def oracle(ops: list[Operation], initial: str = "empty") -> bool:
+    """Try every order: ok ops all placed, info ops anywhere after their start or never, fail ops never.
+
+    With initial "unknown", also try every starting value a key could have held: absent, any value
+    the history mentions, or one it never mentions.
+    """
+    if initial == "unknown":
+        mentioned = {v for o in ops for v in (o.value, o.expected, o.result) if isinstance(v, str | bytes)}
+        starts = [{}] + [{o.key: v for o in ops} for v in (*mentioned, "never-mentioned")]
+        return any(_oracle_from(ops, start) for start in starts)
+    return _oracle_from(ops, {})
+
+
+def _oracle_from(ops: list[Operation], start: dict) -> bool:
+    """The brute-force search from the map `start`, remembering the (state, left, unused) already tried."""
     required = [o for o in ops if o.status == "ok"]
     optional = [o for o in ops if o.status == "info"]
+    everything = required + optional
 
-    def placeable(candidate: Operation, remaining: list[Operation]) -> bool:
-        return all(other is candidate or other.end >= candidate.start for other in remaining)  # type: ignore[operator]
+    def placeable(candidate: Operation, remaining: frozenset[int]) -> bool:
+        return all(everything[n] is candidate or everything[n].end >= candidate.start for n in remaining)  # type: ignore[operator]
 
-    def search(state: dict[str, str], remaining: list[Operation], spare: list[Operation]) -> bool:
+    @functools.cache
+    def search(state: frozenset, remaining: frozenset[int], spare: frozenset[int]) -> bool:
         if not remaining:
             return True
-        for candidate in remaining + spare:
+        for n in sorted(remaining | spare):
+            candidate = everything[n]
             if not placeable(candidate, remaining):
                 continue
-            after = oracle_apply(state, candidate)
-            if after is None:
-                continue
-            left = [o for o in remaining if o is not candidate]
-            unused = [o for o in spare if o is not candidate]
-            if search(after, left, unused):
+            after = oracle_apply(dict(state), candidate)
+            if after is not None and search(frozenset(after.items()), remaining - {n}, spare - {n}):
                 return True
         return False
 
-    return search({}, required, optional)
+    return search(frozenset(start.items()), frozenset(range(len(required))), frozenset(range(len(required), len(everything))))
 
 
-def oracle_first_bad_key(ops: list[Operation]) -> str | None:
+def oracle_first_bad_key(ops: list[Operation], initial: str = "empty") -> str | None:
     """The first key, in sorted order, whose own operations cannot be linearized."""
     for key in sorted({o.key for o in ops}):
-        if not oracle([o for o in ops if o.key == key]):
+        if not oracle([o for o in ops if o.key == key], initial):
             return key
     return None
 
@@ -179,8 +192,53 @@ def simulated_history(seed: int) -> list[Operation]:
     )
 
 
+def crowded_calls(rng: random.Random) -> list[tuple[int, int, str]]:
+    """(start, end, client) of 6 to 11 calls by 3 to 5 clients, each client's calls in sequence, some long."""
+    calls = []
+    for n in range(rng.randint(3, 5)):
+        clock = rng.randint(0, 4)
+        for _ in range(rng.randint(1, 4)):
+            length = rng.choice((0, 1, 2, 3, 5, 8, 40))
+            calls.append((clock, clock + length, f"c{n}"))
+            clock += length + rng.randint(1, 3)
+    rng.shuffle(calls)
+    return calls[: rng.randint(6, 11)]
+
+
+def crowded_history(rng: random.Random) -> tuple[list[Operation], str | None]:
+    """One key, overlapping calls run against a real register at a random point of each call; (ops, first value).
+
+    Values come from a small pool, so some are read and some never are, some written twice; about a
+    quarter of the calls lose their reply (info: taken effect or not), a few fail. The key may start
+    with a value (then the history is linearizable only from an unknown start).
+    """
+    state: str | None = rng.choice((None, None, "a", "z"))
+    first, ops, pool = state, [], ["a", "b", "c", "d"]
+    for start, end, client in sorted(crowded_calls(rng), key=lambda c: rng.uniform(c[0], c[1])):
+        kind = rng.choice(("store", "get", "get", "delete", "cas", "cas"))
+        value = rng.choice(pool) if kind in ("store", "cas") else None
+        expected = rng.choice((None, state, state, *pool)) if kind == "cas" else None
+        status = rng.choices(("ok", "info", "fail"), weights=(14, 5, 1))[0]
+        applied = status == "ok" or (status == "info" and rng.random() < 0.5)
+        result: object = None
+        if kind == "get":
+            result = state
+        elif kind == "store":
+            result = "saved" if state is None else "updated"
+        elif kind == "delete":
+            result = state is not None
+        else:
+            result = state == expected
+        if applied and (kind in ("store", "delete") or (kind == "cas" and result)):
+            state = value
+        pool.append(f"v{len(ops)}")
+        shown = result if status == "ok" else None
+        ops.append(op(client, kind, "k", start, end if status != "info" else None, shown, value, expected, status))
+    return sorted(ops, key=lambda o: o.start), first
+
+
 def small_histories() -> Iterator[tuple[str, list[Operation]]]:
-    """Simulated, mutated and purely random small histories."""
+    """Simulated, mutated and purely random small histories, and crowded ones run against a register."""
     rng = random.Random(20240601)
     for seed in range(150):
         yield f"simulated-{seed}", simulated_history(seed)
@@ -188,6 +246,10 @@ def small_histories() -> Iterator[tuple[str, list[Operation]]]:
         yield f"mutated-{seed}", mutate(rng, simulated_history(1000 + seed))
     for seed in range(300):
         yield f"random-{seed}", random_history(rng)
+    for seed in range(300):
+        yield f"crowded-{seed}", crowded_history(rng)[0]
+    for seed in range(300):
+        yield f"crowded-mutated-{seed}", mutate(rng, crowded_history(rng)[0])
 
 
 SMALL = list(small_histories())
@@ -200,6 +262,14 @@ def test_simulated_histories_are_linearizable_by_the_oracle() -> None:
             assert oracle(ops), name
 
 
+def test_crowded_histories_are_linearizable_from_their_real_start() -> None:
+    """Run against a register, they are linearizable from the value it really started with (the generator's own check)."""
+    rng = random.Random(7)
+    for _ in range(100):
+        ops, first = crowded_history(rng)
+        assert oracle(ops, "empty" if first is None else "unknown")
+
+
 def test_random_histories_cover_both_verdicts() -> None:
     """The comparison below is only meaningful if both answers occur often."""
     verdicts = [oracle(ops) for _, ops in SMALL]
@@ -207,12 +277,13 @@ def test_random_histories_cover_both_verdicts() -> None:
     assert verdicts.count(False) >= 150
 
 
+@pytest.mark.parametrize("initial", ["empty", "unknown"])
 @pytest.mark.parametrize(("name", "ops"), SMALL, ids=[name for name, _ in SMALL])
-def test_checker_agrees_with_brute_force(name: str, ops: list[Operation]) -> None:
-    """Same verdict as trying every order, and the same first offending key."""
-    result = check_operations(ops)
-    expected_key = oracle_first_bad_key(ops)
-    assert result.linearizable == (expected_key is None), describe(result)
+def test_checker_agrees_with_brute_force(name: str, ops: list[Operation], initial: str) -> None:
+    """Same verdict as trying every order (from every possible start), and the same first offending key."""
+    result = check_operations(ops, initial=initial)
+    expected_key = oracle_first_bad_key(ops, initial)
+    assert result.linearizable is (expected_key is None), describe(result)
     assert result.key == expected_key
     assert result.operation_count == len(ops)
     if not result.linearizable:
@@ -253,7 +324,7 @@ def test_step_rules_of_the_register() -> None:
 def test_stale_read() -> None:
     """A read after a completed overwrite returns the old value."""
     history = [store("a", "k", "v1", 0, 10, "saved"), store("a", "k", "v2", 20, 30), get("b", "k", 40, 50, "v1")]
-    result = check_operations(history)
+    result = check_operations(history, initial="empty")
     assert not result.linearizable
     assert result.key == "k"
     assert history[2] in result.unplaced
@@ -403,7 +474,7 @@ def test_synthetic_history_with_a_read_of_a_never_written_value() -> None:
     ops = synthetic_history(clients=8, operations=2000, keys=16, seed=7)
     index = max(n for n, o in enumerate(ops) if o.op == "get" and o.status == "ok" and n < 1500)
     ops[index] = dataclasses.replace(ops[index], result="never-written")
-    result = check_operations(ops)
+    result = check_operations(ops, initial="empty")
     assert not result.linearizable
     assert result.key == ops[index].key
     assert ops[index] in result.unplaced
