@@ -48,7 +48,7 @@ def test_client_records_every_operation_with_its_outcome(server: ServerProcess, 
         ("store", "k", "saved"), ("get", "k", "v1"), ("get", "missing", None), ("cas", "k", True), ("delete", "k", True),
         ("store", "a", "saved"), ("store", "b", "saved"), ("get", "a", "1"), ("get", "zz", None),
     ]
-    assert ops[3].value == "hex:01" and ops[3].expected == "v1"
+    assert ops[3].value == b"\x01" and ops[3].expected == "v1"
     assert ops[5].start == ops[6].start and ops[5].end == ops[6].end
     assert all(op.client == "alice" and op.status == "ok" and op.end >= op.start for op in ops)
     assert check_file(path).linearizable
