@@ -23,6 +23,7 @@ AUTHKEY_ENV = "KVMGR_AUTHKEY"
 HANDSHAKE_TIMEOUT = 5.0
 RENDEZVOUS_TIMEOUT = 30.0  # the longest a rendezvous waits for its parties
 MAX_PENDING_HANDSHAKES = 1024
+MAX_TIMEOUT = 86400.0  # the longest any timeout option may be (a day): socket timeouts and timers overflow far beyond
 MAX_KEY_BYTES = 1024
 MAX_VALUE_BYTES = 16 * 1024 * 1024
 MAX_REQUEST_BYTES = 64 * 1024 * 1024  # the least --max-request-bytes defaults to
@@ -71,7 +72,7 @@ def positive_int(text: str, maximum: int = sys.maxsize) -> int:
     return value
 
 
-def positive_float(text: str, maximum: float = 86400.0) -> float:
+def positive_float(text: str, maximum: float = MAX_TIMEOUT) -> float:
     """An argparse type: a number of seconds above 0 and at most `maximum` (a day)."""
     try:
         value = float(text)

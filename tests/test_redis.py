@@ -276,7 +276,7 @@ def test_driver_runs_the_seed_scenario_on_redis_and_skips_what_is_ours(redis_ser
     verdicts = {(row["operation"], row["result"]) for row in rows}
     assert ("quit", "SKIP") in verdicts and ("linearizable", "PASS") in verdicts
     assert [row["result"] for row in rows if row["step"] == "shutdown"] == ["SKIP"] * 3
-    assert [row["actual"] for row in rows if row["step"] == "3"] == ["updated", "updated"]
+    assert [row["actual"] for row in rows if row["step"] == "3"] == ['"updated"', '"updated"']
     again = subprocess.run([sys.executable, str(ROOT / "run_driver.py"), "--target", redis_server.url],
                            capture_output=True, text=True, timeout=120)
     assert again.returncode == 2 and "use an empty database or --flush-target" in again.stderr
