@@ -22,6 +22,7 @@ written values that no operation ever reads into one abstract value.
 from __future__ import annotations
 
 import bisect
+import itertools
 import math
 import os
 import time
@@ -186,6 +187,10 @@ class CheckProgress:
 
 PROGRESS_EVERY = 2.0
 """Seconds between progress reports (the first comes after as long)."""
+SEEN_LIMIT = 1 << 19
+"""Configurations a key's search remembers at least (4 per completed operation if more; each takes about 200 bytes)."""
+CHECK_TIMEOUT = 60.0
+"""The time limit the tools (the driver, kvmgr stress) give a check by default, in seconds."""
 Progress = Callable[[CheckProgress], None]
 
 
@@ -280,11 +285,19 @@ class _Seen:
     skipped when one with the same key and a subset of its info operations was explored,
     and a CLEAN configuration (searched without restriction) also covers the others.
     The ok operations placed are (k, w), see _placed; each key holds one info set, or a list.
+    Past `limit` configurations the older half is forgotten: that costs time, never exactness
+    (a configuration explored twice fails twice), and it bounds memory on hopeless histories.
     """
 
-    def __init__(self) -> None:
-        """Start empty."""
+    def __init__(self, limit: int) -> None:
+        """Start empty; remember at most about `limit` configurations."""
         self._info_sets: dict[tuple[int, int, State, Before], int | list[int]] = {}
+        self.limit = limit
+
+    def _forget_older_half(self) -> None:
+        """Drop the configurations recorded first."""
+        for key in list(itertools.islice(self._info_sets, len(self._info_sets) // 2)):
+            del self._info_sets[key]
 
     def _covered(self, key: tuple[int, int, State, Before], info: int) -> bool:
         """Tell whether an explored configuration with `key` used a subset of `info`."""
@@ -303,6 +316,8 @@ class _Seen:
         known = self._info_sets.get(key)
         if known is None:
             self._info_sets[key] = info
+            if len(self._info_sets) > self.limit:
+                self._forget_older_half()
             return True
         if self._covered(key, info):
             return False
@@ -518,12 +533,13 @@ class _KeySearch:
         self.model_done, self.model_pending, self.unread = _abstract(done, pending)
         self.events = _EventList(done)
         self.reader = [op.op == "get" or op.result is False for op in done]
+        self.effect = [(op.op, op.expected, op.value, op.result) for op in self.model_done]
         self.end_rank = [0] * len(done)
         for rank, i in enumerate(sorted(range(len(done)), key=lambda i: done[i].end)):  # type: ignore[arg-type, return-value]
             self.end_rank[i] = rank
         self.info = _InfoIndex(self.model_done, self.model_pending, self.unread)
         self.obligations = _Obligations(self.model_done, self.model_pending)
-        self.seen = _Seen()
+        self.seen = _Seen(max(SEEN_LIMIT, 4 * len(done)))
         self.best_depth = -1
         self.best: tuple[object, int, int, State] | None = None
 
@@ -609,12 +625,20 @@ class _KeySearch:
         return True
 
     def _candidates(self) -> tuple[list[int], int]:
-        """The completed operations that can come next, by return time, and the first return's time."""
-        ev = self.events
+        """The completed operations that can come next, by return time, and the first return's time.
+
+        Of two with the same effect and result, one called and returned no later than the other
+        goes first (in any linearization the two can swap places), so the other is left out.
+        """
+        ev, done, effect = self.events, self.done, self.effect
         nxt, is_call, op_of = ev.next, ev.is_call, ev.op_of
-        node, found = nxt[ev.head], []
+        node, found, earliest_end = nxt[ev.head], [], {}
         while is_call[node]:
-            found.append(op_of[node])
+            i = op_of[node]
+            first = earliest_end.setdefault(effect[i], i)
+            if first == i or done[first].end > done[i].end:  # type: ignore[operator]
+                found.append(i)
+                earliest_end[effect[i]] = i
             node = nxt[node]
         found.sort(key=self.end_rank.__getitem__)
         return found, ev.time[node]
@@ -723,9 +747,9 @@ def _failure(key: str, search: _KeySearch, checked: int, total: int) -> CheckRes
 def _timed_out(key: str, search: _KeySearch, checked: int, total: int, budget: _Budget) -> CheckResult:
     """Build the CheckResult for a check stopped by its time limit: the verdict is unknown."""
     detail = (
-        f"the time limit ({budget.deadline - budget.started:g}s) came first: {checked - 1} of {budget.keys} keys "
-        f"are linearizable; on key {key!r} at most {search.best_depth:,} of {len(search.done):,} completed "
-        f"operations could be ordered so far, and no violation was found"
+        f"the time limit ({budget.deadline - budget.started:g}s) came first, on key {key!r} ({checked} of {budget.keys}; "
+        f"the keys before it are linearizable): {search.best_depth:,} of {len(search.done):,} completed operations "
+        f"ordered so far, no violation found"
     )
     return CheckResult(None, key, [], checked - 1, total, detail=detail)
 

@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import argparse
 import heapq
+import json
 import random
+import resource
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 from kvmgr.check import check_operations
+from kvmgr.errors import KvmgrError
 from kvmgr.history import Operation
+from kvmgr.processes import ProcessGroup, python_module
 
 DEFAULT_MIX: Mapping[str, float] = {"get": 0.45, "store": 0.25, "cas": 0.2, "delete": 0.1}
 
@@ -159,25 +166,77 @@ def synthetic_history(
     return simulation.run(clients, operations)
 
 
-def run_checker_benchmark(
-    operations: int = 50_000, clients: int = 8, keys: int = 16, seed: int = 0, repeats: int = 3
-) -> dict[str, object]:
-    """Time check_operations on a synthetic history (generation is not timed)."""
-    ops = synthetic_history(clients, operations, keys, seed)
-    timings, verdict = [], True
+@dataclass(frozen=True)
+class CheckerCase:
+    """One synthetic history to check: how many operations, by how many clients, over how many keys."""
+
+    operations: int
+    clients: int
+    keys: int
+    seed: int = 0
+
+
+CHECKER_CASES = (CheckerCase(50_000, 8, 16), CheckerCase(50_000, 8, 1), CheckerCase(200_000, 8, 1))
+"""The bench's cases: the usual spread over 16 keys, then every operation on one hot key."""
+CASE_TIMEOUT = 900.0
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory so far, in MB."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
+
+
+def measure_case(case: CheckerCase, repeats: int) -> dict[str, object]:
+    """Time check_operations on the case's history here (generation is not timed); peak memory before and after."""
+    ops = synthetic_history(case.clients, case.operations, case.keys, case.seed)
+    history_mb = peak_rss_mb()
+    timings: list[float] = []
+    verdict: bool | None = None
     for _ in range(repeats):
         began = time.perf_counter()
-        verdict = check_operations(ops).linearizable
+        verdict = check_operations(ops, initial="empty").linearizable
         timings.append(time.perf_counter() - began)
     return {
-        "operations": operations,
-        "clients": clients,
-        "keys": keys,
-        "seconds_median": statistics.median(timings),
-        "seconds_all": timings,
-        "linearizable": verdict,
+        **asdict(case), "seconds_median": statistics.median(timings), "seconds_all": timings, "linearizable": verdict,
+        "peak_mb": round(peak_rss_mb(), 1), "history_peak_mb": round(history_mb, 1),
     }
 
 
+def run_case(group: ProcessGroup, case: CheckerCase, repeats: int) -> dict[str, object]:
+    """measure_case in a fresh process of `group`, so that the peak memory is the case's own."""
+    argv = python_module(
+        "kvmgr.check_bench", "--operations", str(case.operations), "--clients", str(case.clients), "--keys", str(case.keys),
+        "--seed", str(case.seed), "--repeats", str(repeats),
+    )
+    process = group.launch(argv)
+    try:
+        stdout, stderr = process.communicate(timeout=CASE_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        raise KvmgrError(f"checking {case.operations:,} operations took over {CASE_TIMEOUT:g}s") from None
+    if process.returncode != 0:
+        lines = stderr.decode(errors="replace").strip().splitlines()
+        raise KvmgrError(f"checking {case.operations:,} operations failed: {lines[-1] if lines else process.returncode}")
+    return json.loads(stdout)  # type: ignore[no-any-return]
+
+
+def run_checker_benchmark(repeats: int = 3, cases: tuple[CheckerCase, ...] = CHECKER_CASES) -> dict[str, object]:
+    """Measure every case, each in its own process; the first case's figures are also at the top level."""
+    with ProcessGroup() as group:
+        results = [run_case(group, case, repeats) for case in cases]
+    return {**results[0], "cases": results}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """python -m kvmgr.check_bench: measure one case and print it as one line of JSON."""
+    parser = argparse.ArgumentParser(prog="python -m kvmgr.check_bench", description=measure_case.__doc__)
+    for option, default in (("--operations", 50_000), ("--clients", 8), ("--keys", 16), ("--seed", 0), ("--repeats", 3)):
+        parser.add_argument(option, type=int, default=default)
+    args = parser.parse_args(argv)
+    case = CheckerCase(args.operations, args.clients, args.keys, args.seed)
+    print(json.dumps(measure_case(case, args.repeats)))
+    return 0
+
+
 if __name__ == "__main__":
-    print(run_checker_benchmark())
+    raise SystemExit(main())

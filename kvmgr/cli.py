@@ -85,21 +85,34 @@ def add_serve(subparsers: argparse._SubParsersAction) -> None:
 
 
 def command_check(args: argparse.Namespace) -> int:
-    """Check a history file for linearizability."""
-    from kvmgr.check import check_file, describe
+    """Check a history file for linearizability; progress on stderr while it takes long."""
+    from kvmgr.check import CheckProgress, check_file, describe
+    from kvmgr.errors import EXIT_UNAVAILABLE
 
-    result = check_file(args.history)
+    def show(progress: CheckProgress) -> None:
+        print(progress.line(), file=sys.stderr, flush=True)
+
+    result = check_file(args.history, args.initial, args.timeout, show)
     print(describe(result))
-    return EXIT_OK if result.linearizable else EXIT_NEGATIVE
+    return {True: EXIT_OK, False: EXIT_NEGATIVE, None: EXIT_UNAVAILABLE}[result.linearizable]  # 3: no answer came
 
 
 def add_check(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "check", help="is a recorded history linearizable?",
         description="Check a JSON-lines history of store/get/delete/cas operations for linearizability, key by key.",
-        epilog="Exit status: 0 linearizable, 1 not (the first offending key and its operations are printed), 2 malformed input.",
+        epilog="Exit status: 0 linearizable, 1 not (the first offending key and its operations are printed), 2 malformed input, "
+        "3 unknown (the time limit came first).",
     )
     parser.add_argument("history", type=Path, help="the history file (JSON lines)")
+    parser.add_argument(
+        "--initial", choices=("empty", "unknown"), default="unknown",
+        help="what every key held before the history: nothing (empty), or anything at all (unknown, the default: "
+        "right for a store that already held data)",
+    )
+    parser.add_argument(
+        "--timeout", type=positive_float, metavar="SECONDS", help="give up after this long and answer unknown (default: no limit)",
+    )
     parser.set_defaults(handler=command_check)
 
 

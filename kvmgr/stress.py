@@ -22,7 +22,7 @@ from typing import Any
 
 from tabulate import tabulate
 
-from kvmgr.check import CheckResult, check_operations, describe
+from kvmgr.check import CHECK_TIMEOUT, CheckProgress, CheckResult, check_operations, describe
 from kvmgr.config import client_authkey, is_redis_url, positive_float, positive_int, writable_path
 from kvmgr.errors import ConfigError, KeyNotFound, KvmgrError, ServerUnavailable
 from kvmgr.history import HistoryWriter, Operation, merge_histories, read_history
@@ -168,8 +168,8 @@ class StressReport:
 
     @property
     def passed(self) -> bool:
-        """Linearizable and nothing unexpected failed."""
-        return self.check.linearizable and self.unexpected == 0
+        """Linearizable (not just unknown) and nothing unexpected failed."""
+        return self.check.linearizable is True and self.unexpected == 0
 
     def rows(self) -> list[dict[str, Any]]:
         """Per operation type: count, errors, throughput and latency percentiles (µs)."""
@@ -191,8 +191,7 @@ class StressReport:
         total = {"operation": "all", "count": len(self.operations), "errors": self.unexpected,
                  "ops_per_s": round(len(self.operations) / self.seconds, 1) if self.seconds else 0.0}
         body = tabulate([*rows, total], headers="keys")
-        verdict = "yes" if self.check.linearizable else "NO"
-        lines = [body, f"clients: {self.clients}   seconds: {self.seconds:.2f}   linearizable: {verdict}"]
+        lines = [body, f"clients: {self.clients}   seconds: {self.seconds:.2f}   linearizable: {self.check.verdict}"]
         if not self.check.linearizable:
             lines.append(describe(self.check))
         return "\n".join(lines)
@@ -201,8 +200,9 @@ class StressReport:
         """The machine-readable report."""
         return json.dumps({
             "clients": self.clients, "operations": len(self.operations), "seconds": round(self.seconds, 3),
-            "errors": self.unexpected, "linearizable": self.check.linearizable, "passed": self.passed,
-            "by_operation": self.rows(), "first_bad_key": self.check.key,
+            "errors": self.unexpected, "linearizable": self.check.linearizable, "verdict": self.check.verdict,
+            "check_detail": self.check.detail, "passed": self.passed, "by_operation": self.rows(),
+            "first_bad_key": self.check.key if self.check.linearizable is False else None,
         }, indent=2)
 
 
@@ -224,6 +224,7 @@ class StressPlan:
     mix: str = DEFAULT_MIX
     seed: int = 0
     timeout: float = 5.0
+    check_timeout: float = CHECK_TIMEOUT
 
 
 def run_stress(plan: StressPlan, target: str | None, authkey: bytes | None, history_path: Path | None) -> StressReport:
@@ -247,7 +248,16 @@ def run_stress(plan: StressPlan, target: str | None, authkey: bytes | None, hist
         merged = history_path or Path(scratch) / "history.jsonl"
         merge_histories([p for p in paths if p.exists()], merged)
         operations = read_history(merged)
-    return StressReport(plan.clients, operations, busy_seconds(operations), check_operations(operations), errors, failed)
+    return StressReport(plan.clients, operations, busy_seconds(operations), _check_history(operations, plan.check_timeout), errors, failed)
+
+
+def _check_history(operations: list[Operation], timeout: float) -> CheckResult:
+    """Check the run's history (its keys start absent) within `timeout` seconds, with progress on stderr."""
+
+    def show(progress: CheckProgress) -> None:
+        print(f"stress: {progress.line()}", file=sys.stderr, flush=True)
+
+    return check_operations(operations, initial="empty", timeout=timeout, progress=show)
 
 
 def _check_reachable(target: str, authkey: bytes | None, timeout: float) -> None:
@@ -321,7 +331,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "stress", help="many client processes at once; check the history",
         description="Spawn N client processes that run M random operations each on K keys as fast as they can, "
         "record the history, check that it is linearizable and print throughput and latency per operation.",
-        epilog="Exit status: 0 linearizable and no errors, 1 not linearizable or errors, 2 bad usage, 3 server unreachable.",
+        epilog="Exit status: 0 linearizable and no errors, 1 not linearizable, unknown (the check's time limit came first) "
+        "or errors, 2 bad usage, 3 server unreachable.",
     )
     parser.add_argument("--clients", type=positive_int, default=4, help="client processes (default %(default)s)")
     parser.add_argument("--ops", type=positive_int, default=1000, help="operations per client (default %(default)s)")
@@ -337,6 +348,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--authkey-file", type=Path, help="authkey for --address (else $KVMGR_AUTHKEY or the default key file)")
     parser.add_argument("--timeout", type=positive_float, default=5.0, help="per-call timeout in seconds (default %(default)s)")
+    parser.add_argument(
+        "--check-timeout", type=positive_float, default=CHECK_TIMEOUT, metavar="SECONDS",
+        help="stop checking the history after this long; the verdict is then unknown and the run fails (default %(default)g)",
+    )
     parser.add_argument("--json", action="store_true", help="print a machine-readable report")
     parser.set_defaults(handler=command_stress)
 
@@ -346,7 +361,7 @@ def command_stress(args: argparse.Namespace) -> int:
     authkey = None
     if args.target is not None and not is_redis_url(args.target):
         authkey = client_authkey(args.authkey_file)
-    plan = StressPlan(args.clients, args.ops, args.keys, args.mix, args.seed, args.timeout)
+    plan = StressPlan(args.clients, args.ops, args.keys, args.mix, args.seed, args.timeout, args.check_timeout)
     report = run_stress(plan, args.target, authkey, args.history)
     print(report.to_json() if args.json else report.table())
     for failure in report.failed_workers:

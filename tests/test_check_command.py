@@ -1,0 +1,184 @@
+"""`kvmgr check` as users run it: real histories from real clients, --initial, --timeout, hostile files, memory."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import kvmgr
+from kvmgr.check import CheckResult, check_operations
+from kvmgr.history import HistoryWriter, Operation, operation_to_json
+from kvmgr.processes import ServerProcess, python_module
+from kvmgr.stress import StressReport
+from tests.conftest import run_actor
+
+
+def kvmgr_check(*args: str) -> subprocess.CompletedProcess:
+    """Run `python -m kvmgr check args`; return the finished process."""
+    return subprocess.run(python_module("kvmgr", "check", *args), capture_output=True, text=True, timeout=120)
+
+
+def write_history(path: Path, ops: list[Operation]) -> Path:
+    """Write operations as a JSON-lines history."""
+    path.write_text("".join(operation_to_json(op) + "\n" for op in ops))
+    return path
+
+
+def test_a_string_that_looks_like_hex_is_not_bytes(server: ServerProcess, tmp_path: Path) -> None:
+    """bytes b'\\x01' and the str 'hex:01' are different values: a cas expecting one fails on the other, rightly."""
+    path = tmp_path / "h.jsonl"
+    with HistoryWriter(path) as history, kvmgr.connect(server.address_text, authkey=server.authkey.encode(), history=history) as client:
+        client.store("k", b"\x01")
+        assert client.cas("k", "hex:01", "x") is False
+        assert client.get("k") == b"\x01"
+        client.store("k", "hex:01")
+        assert client.cas("k", b"\x01", "y") is False
+        assert client.get("k") == "hex:01"
+    result = kvmgr_check(str(path))
+    assert (result.returncode, result.stdout) == (0, "linearizable: 6 operations on 1 keys\n"), result.stdout + result.stderr
+
+
+def test_a_history_recorded_against_a_store_that_held_data(server: ServerProcess, tmp_path: Path) -> None:
+    """README's alice/bob --history run on a key stored before the history began: linearizable from an unknown start."""
+    path = tmp_path / "h.jsonl"
+    assert run_actor(server, "--key=foo", "--value=before").returncode == 0  # not recorded
+    assert run_actor(server, "--key=foo", "--value=bar", "--history", str(path)).stdout == "Update Successfully for key:foo\n"
+    assert run_actor(server, "--key=foo", "--history", str(path), name="bob").stdout == "bar\n"
+    assert run_actor(server, "--key=foo", "--op=delete", "--history", str(path), name="bob").returncode == 0
+    default = kvmgr_check(str(path))
+    assert (default.returncode, default.stdout) == (0, "linearizable: 3 operations on 1 keys\n"), default.stdout + default.stderr
+    empty = kvmgr_check("--initial", "empty", str(path))
+    assert empty.returncode == 1 and empty.stdout.startswith("NOT linearizable: key 'foo'")
+
+
+HOSTILE = {
+    "a 4,301-digit integer": b'{"client": "a", "start": 1' + b"0" * 4300 + b"}\n",
+    "an array nested 100,000 deep": b"[" * 100_000 + b"]" * 100_000 + b"\n",
+    "an object nested 100,000 deep": b'{"a":' * 100_000 + b"1" + b"}" * 100_000 + b"\n",
+    "a value nested 50,000 deep": b'{"client": "a", "value": ' + b"[" * 50_000 + b"]" * 50_000 + b"}\n",
+    "invalid UTF-8": b'{"client": "\xff"}\n',
+    "a NaN time": b'{"client": "a", "op": "get", "key": "k", "value": null, "result": null, "status": "ok", "start": NaN, "end": 1}\n',
+    "an infinite time": b'{"client": "a", "op": "get", "key": "k", "value": null, "result": null, "status": "ok", '
+    b'"start": 1e999, "end": 1}\n',
+    "a bad bytes tag": b'{"client": "a", "op": "store", "key": "k", "value": {"$bytes": "xyz"}, "result": "saved", "status": "ok", '
+    b'"start": 1, "end": 2}\n',
+    "binary junk": b"\x00\x01\x02 {\n",
+    "a bare string": b'"just a string"\n',
+}
+
+
+@pytest.mark.parametrize("content", HOSTILE.values(), ids=HOSTILE.keys())
+def test_hostile_input_is_one_line_and_exit_2(tmp_path: Path, content: bytes) -> None:
+    """Malformed or hostile files: exit 2 and one line on stderr naming the file and line, never a traceback."""
+    path = tmp_path / "hostile.jsonl"
+    path.write_bytes(content)
+    result = kvmgr_check(str(path))
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+    assert result.stderr.startswith(f"kvmgr check: error: {path}:1: ")
+
+
+def test_values_that_cannot_be_printed_as_they_are(tmp_path: Path) -> None:
+    """Lone surrogates and control characters in keys and values: the verdict is still printed, escaped."""
+    ops = [Operation("a", "store", "\ud800", "\udfff\n", None, "saved", "ok", 1, 2),
+           Operation("b", "get", "\ud800", None, None, "\x00", "ok", 3, 4)]
+    result = kvmgr_check(str(write_history(tmp_path / "h.jsonl", ops)))
+    assert result.returncode == 1 and result.stdout.startswith("NOT linearizable: key '\\ud800'"), result.stdout + result.stderr
+    assert "'\\x00'" in result.stdout
+
+
+@pytest.mark.parametrize("where", ["missing.jsonl", "."])
+def test_unreadable_paths_are_one_line_and_exit_2(tmp_path: Path, where: str) -> None:
+    """A missing file or a directory: exit 2 and one line."""
+    result = kvmgr_check(str(tmp_path / where))
+    assert result.returncode == 2 and result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+
+
+def nested_presence_puzzle(stores: int) -> list[Operation]:
+    """`stores` concurrent stores that each found the key absent, and two deletes fewer than they need: not linearizable.
+
+    The intervals are nested, so no two operations can be ordered by symmetry, and the search has to try
+    exponentially many interleavings before it can say no.
+    """
+    ops = [Operation(f"s{n}", "store", "k", f"v{n}", None, "saved", "ok", n, 1000 - n) for n in range(stores)]
+    ops += [Operation(f"d{n}", "delete", "k", None, None, True, "ok", 500 + n, 600 - n) for n in range(stores - 2)]
+    return ops
+
+
+def test_the_time_limit_answers_unknown_with_progress(tmp_path: Path) -> None:
+    """A history too hard to decide in time: exit 3, 'unknown' with the reason, progress lines on stderr meanwhile."""
+    path = write_history(tmp_path / "hard.jsonl", nested_presence_puzzle(24))
+    result = kvmgr_check("--timeout", "2.5", "--initial", "empty", str(path))
+    assert result.returncode == 3, result.stdout + result.stderr
+    assert result.stdout.startswith("unknown: the time limit (2.5s) came first, on key 'k' (1 of 1")
+    assert "no violation found" in result.stdout
+    progress = result.stderr.splitlines()
+    assert progress and all(line.startswith("check: 0/1 keys done, key 'k': ") for line in progress)
+
+
+def test_a_small_puzzle_is_decided() -> None:
+    """The same puzzle, small enough to decide: not linearizable; with one more delete it is."""
+    ops = nested_presence_puzzle(6)
+    assert check_operations(ops, initial="empty").linearizable is False
+    extra = Operation("d", "delete", "k", None, None, True, "ok", 550, 560)
+    assert check_operations([*ops, extra], initial="empty").linearizable is True
+
+
+def test_unknown_in_the_api_and_in_stress_reports() -> None:
+    """check_operations answers None past its limit; stress shows 'unknown' and does not pass."""
+    result = check_operations(nested_presence_puzzle(24), timeout=0.2)
+    assert (result.linearizable, result.verdict, result.key) == (None, "unknown", "k")
+    report = StressReport(2, [], 1.0, result)
+    assert not report.passed
+    assert "linearizable: unknown" in report.table() and "unknown: the time limit" in report.table()
+    data = json.loads(report.to_json())
+    assert (data["linearizable"], data["verdict"], data["passed"], data["first_bad_key"]) == (None, "unknown", False, None)
+    assert data["check_detail"].startswith("the time limit (0.2s) came first")
+    assert CheckResult(True, None, [], 1, 1).verdict == "yes" and CheckResult(False, "k", [], 1, 1).verdict == "NO"
+
+
+def test_stress_with_a_check_time_limit_too_short_is_unknown_and_fails() -> None:
+    """kvmgr stress: when the check's time limit comes first, the verdict is unknown and the run fails (exit 1)."""
+    argv = python_module("kvmgr", "stress", "--clients", "2", "--ops", "20", "--keys", "1", "--check-timeout", "1e-9", "--json")
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1, result.stdout + result.stderr
+    report = json.loads(result.stdout)
+    assert (report["verdict"], report["linearizable"], report["passed"]) == ("unknown", None, False)
+    assert "time limit" in report["check_detail"]
+
+
+MEMORY_SCRIPT = """
+import json, resource
+resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))
+from kvmgr.check import check_operations
+from kvmgr.check_bench import synthetic_history
+ops = synthetic_history(8, 50_000, 1, 0)
+history = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+verdict = check_operations(ops).linearizable
+print(json.dumps({"linearizable": verdict, "history_mb": history, "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+"""
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="ru_maxrss is in KiB on Linux only")
+def test_memory_on_one_hot_key_stays_near_linear() -> None:
+    """50,000 operations on one key are checked within 150 MB of peak memory, history included (in its own process)."""
+    result = subprocess.run([sys.executable, "-c", MEMORY_SCRIPT], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-500:]
+    figures = json.loads(result.stdout)
+    assert figures["linearizable"] is True
+    assert figures["peak_mb"] < 150, figures
+
+
+def test_the_checker_bench_reports_each_case_with_its_peak_memory() -> None:
+    """bench --checker's cases each run in a fresh process and report time, verdict and peak memory."""
+    from kvmgr.check_bench import CheckerCase, run_checker_benchmark
+
+    report = run_checker_benchmark(repeats=1, cases=(CheckerCase(2000, 4, 1), CheckerCase(3000, 8, 2)))
+    assert [(case["operations"], case["keys"]) for case in report["cases"]] == [(2000, 1), (3000, 2)]  # type: ignore[attr-defined]
+    for case in report["cases"]:  # type: ignore[attr-defined]
+        assert case["linearizable"] is True and case["peak_mb"] >= case["history_peak_mb"] > 0
+    assert report["operations"] == 2000
