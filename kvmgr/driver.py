@@ -421,10 +421,18 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         print(report.to_json())
     else:
-        print(f"scenario {report.scenario} ({report.path})")
+        print(f"scenario {report.scenario} ({shown_path(report.path)})")
         print(report.table())
         passed = sum(row.passed is True for row in report.rows)
         skipped = sum(row.passed is None for row in report.rows)
         verdict = "PASS" if report.passed else "FAIL"
         print(f"{verdict}: {passed}/{len(report.rows)} rows passed ({skipped} skipped) in {report.seconds:.2f}s")
     return EXIT_OK if report.passed else EXIT_NEGATIVE
+
+
+def shown_path(path: str) -> str:
+    """A path relative to the working directory when it lies below it (as a user would type it), else as given."""
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return path
