@@ -9,14 +9,20 @@ concurrent. "fail" operations never took effect and are dropped. "info" operatio
 (outcome unknown) may take effect at any point after their start, or never: their end is
 +infinity and their result is whatever the state makes it; an info get is dropped.
 
-The cache of (operations placed, state) holds each set of placed operations as the first one
-not placed plus a bitmask of the few after it (see _placed), so memory grows with the history's
-length times its concurrency, not its square. A read that can come next is placed at once. The
-search also prunes soundly around info
-operations, which otherwise make it enumerate subsets: dominance (fewer info operations
-placed is never worse), a normal form (an info operation is placed only when what follows
-needs it), symmetry breaking between info operations with the same effect, and merging of
-written values that no operation ever reads into one abstract value.
+The search tries, at each point, the completed operations called before the first pending
+return, earliest return first; a read that can come next is placed at once, and of two
+operations with the same effect and result whose calls and returns are in the same order, the
+earlier goes first. The cache of (operations placed, state) holds each set of placed
+operations as the first one not placed plus a bitmask of the few after it (see _placed), so
+memory grows with the history's length times its concurrency, not its square; past a bound it
+forgets its oldest half (costing time, never exactness). A move is pruned when it leaves a
+state that a completed operation not placed yet still needs, and nothing left can bring that
+state back in time (see _Obligations). Around info operations, which otherwise make it
+enumerate subsets: dominance (fewer info operations placed is never worse), a normal form (an
+info operation is placed only when what follows needs it), symmetry breaking between info
+operations with the same effect (and between stores of values no operation left can observe),
+and merging of written values that no operation ever reads into one abstract value. Every
+pruning rule is checked against a brute-force oracle (tests/test_check.py).
 """
 
 from __future__ import annotations
@@ -52,6 +58,8 @@ class _Absent:
 
 
 ABSENT = _Absent()
+PRESENT = object()
+"""Not a state: stands for every value in the index of what completed operations need (_Obligations)."""
 
 
 @dataclass(frozen=True)
@@ -459,69 +467,110 @@ def _lowest(mask: int) -> int:
 
 
 class _Obligations:
-    """Values that completed operations still have to read, and who can still write them.
+    """States that completed operations still need, and whether they can still get them in time.
 
-    A completed get of v, or a cas that swapped from v, needs the key to hold v at its point.
-    Once the key leaves v while such an operation is not placed and no operation left can
-    write v again, that operation can never be placed: the move is dead, whatever follows.
+    A completed get of v, or a cas that swapped from v, needs the key to hold v at its point;
+    a get of nothing, a store that saved, a delete of nothing or a cas from absent needs it
+    absent; a store that updated, a delete that deleted or a cas that found the key present
+    need it to hold some value (PRESENT). Leaving such a state is dead when a reader of it is
+    not placed yet and every operation left that could bring the state back (a writer of v;
+    a delete; a store or cas that can fill an absent key) started after that reader
+    returned: it could not come before the reader.
     """
 
     def __init__(self, done: list[Operation], pending: list[Operation]) -> None:
-        """Count, per value read by a completed operation, its readers and writers."""
-        self.ids: dict[State, int] = {}
-        self.observes = [self._id(_required_read(op), True) for op in done]
-        self.writes = [self._id(_written(op), False) for op in done]
-        self.info_writes = [self._id(_written(op), False) for op in pending]
-        self.readers_left = [0] * len(self.ids)
-        self.writers_left = [0] * len(self.ids)
-        for v in self.observes:
-            if v >= 0:
-                self.readers_left[v] += 1
-        for v in self.writes + self.info_writes:
-            if v >= 0:
-                self.writers_left[v] += 1
+        """Index, per needed state, its readers (with the least return time from each on) and its writers."""
+        self.done, self.pending_start = done, [op.start for op in pending]
+        readers: dict[object, list[int]] = defaultdict(list)
+        self.needs: list[State | None] = [_needed_state(op) for op in done]
+        for i, needed in enumerate(self.needs):
+            if needed is not None:
+                readers[needed].append(i)
+            if _needs_a_value(done[i]):
+                readers[PRESENT].append(i)
+        self.readers = dict(readers)
+        self.reader_starts = {state: [done[i].start for i in found] for state, found in self.readers.items()}
+        self.least_end_from: dict[object, list[float]] = {
+            state: list(itertools.accumulate((done[i].end for i in reversed(found)), min))[::-1]  # type: ignore[misc]
+            for state, found in self.readers.items()
+        }
+        self.writers: dict[object, list[int]] = defaultdict(list)
+        for i, op in enumerate(done):
+            if op.op == "store" or (op.op == "cas" and op.result is True) or (op.op == "delete" and op.result):
+                self.writers[ABSENT if op.op == "delete" else op.value].append(i)  # type: ignore[index]
+            if op.result == "saved" or (op.op == "cas" and op.result is True and op.expected is None):
+                self.writers[PRESENT].append(i)
+        self.info_writers: dict[object, int] = defaultdict(int)
+        for j, op in enumerate(pending):
+            self.info_writers[ABSENT if op.op == "delete" else op.value] |= 1 << j  # type: ignore[index]
+            if op.op == "store" or (op.op == "cas" and op.expected is None):
+                self.info_writers[PRESENT] |= 1 << j
 
-    def _id(self, value: Value | None, new: bool) -> int:
-        """The number of a value read by a completed operation (numbered when `new`); -1 for others."""
-        if value is None:
-            return -1
-        if new:
-            return self.ids.setdefault(value, len(self.ids))
-        return self.ids.get(value, -1)
+    def strands(self, state: State, new_state: State, k: int, w: int, info: int) -> bool:
+        """Tell whether going from `state` to `new_state` leaves a reader of `state` no time to see it again.
 
-    def take(self, i: int, sign: int = -1) -> None:
-        """Completed operation i is placed (sign -1) or unplaced again (sign +1)."""
-        if self.observes[i] >= 0:
-            self.readers_left[self.observes[i]] += sign
-        if self.writes[i] >= 0:
-            self.writers_left[self.writes[i]] += sign
-
-    def take_info(self, j: int, sign: int = -1) -> None:
-        """Info operation j is placed (sign -1) or unplaced again (sign +1)."""
-        if self.info_writes[j] >= 0:
-            self.writers_left[self.info_writes[j]] += sign
-
-    def strands(self, state: State, new_state: State, i: int = -1) -> bool:
-        """Tell whether going from `state` to `new_state` (placing completed operation i, if any) is dead."""
-        v = self.ids.get(state, -1) if new_state != state else -1
-        if v < 0:
+        (k, w) and `info` are the operations placed once the move is made.
+        """
+        if new_state == state:
             return False
-        readers = self.readers_left[v] - (i >= 0 and self.observes[i] == v)
-        return readers > 0 and self.writers_left[v] == 0
+        if new_state is ABSENT and not isinstance(state, Unknown) and self._stranded(PRESENT, k, w, info):
+            return True
+        return self._stranded(state, k, w, info)
+
+    def doomed(self, state: State, due: int, k: int, w: int, info: int) -> bool:
+        """Tell whether the key must leave `state` before operation `due` (which needs another one) for good:
+        a reader of `state` called after `due` returned would need a writer of it that is not there in time."""
+        if isinstance(state, Unknown):
+            return False
+        end = self.done[due].end
+        if state is not ABSENT and self.needs[due] is ABSENT and self._stranded(PRESENT, k, w, info, end):
+            return True
+        return self._stranded(state, k, w, info, end)
+
+    def _stranded(self, state: object, k: int, w: int, info: int, after: float = -math.inf) -> bool:
+        """Tell whether some reader of `state` not placed (and called after `after`) returned before any writer
+        of it not placed started."""
+        readers = self.readers.get(state)
+        if not readers:
+            return False
+        span = k + w.bit_length()
+        first = max(bisect.bisect_left(readers, k), bisect.bisect_right(self.reader_starts[state], after))
+        beyond = max(first, bisect.bisect_left(readers, span))
+        least_end = self.least_end_from[state][beyond] if beyond < len(readers) else math.inf
+        for r in readers[first:beyond]:
+            if not w >> (r - k) & 1:
+                least_end = min(least_end, self.done[r].end)  # type: ignore[type-var]
+        return least_end < self._least_writer_start(state, k, w, info)
+
+    def _least_writer_start(self, state: object, k: int, w: int, info: int) -> float:
+        """The earliest start of an operation not placed that can bring `state` back."""
+        least = math.inf
+        free = self.info_writers.get(state, 0) & ~info
+        if free:
+            least = self.pending_start[_lowest(free)]
+        writers = self.writers.get(state, ())
+        for x in writers[bisect.bisect_left(writers, k):]:
+            if x - k >= w.bit_length() or not w >> (x - k) & 1:
+                return min(least, self.done[x].start)
+        return least
 
 
-def _required_read(op: Operation) -> Value | None:
-    """The value a completed operation needs the key to hold (a get's result, a swapping cas's expected)."""
+def _needs_a_value(op: Operation) -> bool:
+    """Tell whether a completed operation needs the key to hold some value, whichever."""
+    return op.result == "updated" or (op.op == "delete" and op.result is True) or (
+        op.op == "cas" and op.result is False and op.expected is None
+    )
+
+
+def _needed_state(op: Operation) -> State | None:
+    """The state a completed operation needs just before it, when one state only will do (else None)."""
     if op.op == "get":
-        return op.result  # type: ignore[return-value]
+        return ABSENT if op.result is None else op.result  # type: ignore[return-value]
     if op.op == "cas" and op.result is True:
-        return op.expected
+        return ABSENT if op.expected is None else op.expected
+    if (op.op == "store" and op.result == "saved") or (op.op == "delete" and op.result is False):
+        return ABSENT
     return None
-
-
-def _written(op: Operation) -> Value | None:
-    """The value an operation may write (store, cas), None for others."""
-    return op.value if op.op in ("store", "cas") else None
 
 
 class _KeySearch:
@@ -554,7 +603,9 @@ class _KeySearch:
         when what follows works without it, or move it after a failed cas. A completed
         operation that can come next and leaves the state as it is (a read) is placed at
         once, with no alternative tried: moving it to the front of any linearization that
-        places it later keeps that linearization valid.
+        places it later keeps that linearization valid. A configuration is dropped at once
+        when the first operation due to return needs another state and leaving this one is
+        fatal (_Obligations.doomed); a move, when it strands a reader (_Obligations.strands).
         """
         ev, done, seen, budget, obligations = self.events, self.model_done, self.seen, self.budget, self.obligations
         head, tail, total, nxt = ev.head, ev.tail, len(done), ev.next
@@ -567,14 +618,16 @@ class _KeySearch:
             if not steps & 1023:
                 budget.check(depth, self.best_depth, total)
             if fresh:
-                fresh, (candidates, deadline), position, first_pending = False, self._candidates(), 0, 0
+                fresh, (candidates, deadline, due), position, first_pending = False, self._candidates(), 0, 0
+                if not step(state, done[due])[0] and obligations.doomed(state, due, k, w, info):
+                    candidates = []  # and no info operation either: this configuration cannot be completed
+                    deadline = -1
                 i = self._reader(candidates, state, before)
                 if i >= 0:
                     k2, w2 = _placed(k, w, i)
                     if seen.visit(k2, w2, state, info, CLEAN):
                         frame = (frame, deadline, i, state, k, w, info, before, True)
                         ev.lift(i)
-                        obligations.take(i)
                         before, k, w, depth, fresh = CLEAN, k2, w2, depth + 1, True
                         if depth > self.best_depth:
                             self._remember(depth, frame, k, w, state)
@@ -584,20 +637,15 @@ class _KeySearch:
                 i = candidates[position]
                 position += 1
                 ok, new_state = step(state, done[i])
-                if (
-                    ok
-                    and (before is CLEAN or not step(before, done[i])[0])
-                    and not obligations.strands(state, new_state, i)
-                ):
+                if ok and (before is CLEAN or not step(before, done[i])[0]):
                     k2, w2 = _placed(k, w, i)
-                    if seen.visit(k2, w2, new_state, info, CLEAN):
+                    if not obligations.strands(state, new_state, k2, w2, info) and seen.visit(k2, w2, new_state, info, CLEAN):
                         break
             else:
                 j, new_state = self._next_info(first_pending, deadline, state, k, w, info, before)
                 if j >= 0:
                     frame = (frame, deadline, -1 - j, state, k, w, info, before, False)
                     state, before, info, fresh = new_state, state, info | self.info.mask[j], True
-                    obligations.take_info(j)
                     continue
                 forced = True
                 while forced:
@@ -606,26 +654,22 @@ class _KeySearch:
                     frame, deadline, i, state, k, w, info, before, forced = frame
                     if i >= 0:
                         ev.unlift(i)
-                        obligations.take(i, +1)
                         depth -= 1
-                    else:
-                        obligations.take_info(-1 - i, +1)
                 if i >= 0:
-                    candidates, deadline = self._candidates()
+                    candidates, deadline, _ = self._candidates()
                     position, first_pending = candidates.index(i) + 1, 0
                 else:
                     position, first_pending = len(candidates), -i
                 continue
             frame = (frame, deadline, i, state, k, w, info, before, False)
             ev.lift(i)
-            obligations.take(i)
             state, before, k, w, depth, fresh = new_state, CLEAN, k2, w2, depth + 1, True
             if depth > self.best_depth:
                 self._remember(depth, frame, k, w, state)
         return True
 
-    def _candidates(self) -> tuple[list[int], int]:
-        """The completed operations that can come next, by return time, and the first return's time.
+    def _candidates(self) -> tuple[list[int], int, int]:
+        """The completed operations that can come next, by return time; the first return's time and operation.
 
         Of two with the same effect and result, one called and returned no later than the other
         goes first (in any linearization the two can swap places), so the other is left out.
@@ -641,7 +685,7 @@ class _KeySearch:
                 earliest_end[effect[i]] = i
             node = nxt[node]
         found.sort(key=self.end_rank.__getitem__)
-        return found, ev.time[node]
+        return found, ev.time[node], op_of[node]
 
     def _reader(self, candidates: list[int], state: State, before: Before) -> int:
         """A candidate that can come next and keeps the state (a read); -1 if none."""
@@ -665,7 +709,7 @@ class _KeySearch:
             _, new_state = step(state, self.model_pending[j])
             if (
                 new_state != state
-                and not self.obligations.strands(state, new_state)
+                and not self.obligations.strands(state, new_state, k, w, info | masks[j])
                 and self.seen.visit(k, w, new_state, info | masks[j], state)
             ):
                 return j, new_state
@@ -706,8 +750,8 @@ class _KeySearch:
         if not left:
             return []
         deadline = min(self.done[i].end for i in left)  # type: ignore[type-var]
-        waiting = self.obligations.ids.get(state, -1)
-        chosen = [i for i in left if self.done[i].start <= deadline or self.obligations.observes[i] == waiting >= 0]
+        needs = self.obligations.needs
+        chosen = [i for i in left if self.done[i].start <= deadline or (needs[i] == state and state is not ABSENT)]
         return sorted((self.done[i] for i in chosen), key=lambda op: op.start)
 
 
