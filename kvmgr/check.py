@@ -582,8 +582,9 @@ class _KeySearch:
         self.model_done, self.model_pending, self.unread = _abstract(done, pending)
         self.events = _EventList(done)
         self.reader = [op.op == "get" or op.result is False for op in done]
-        self.effect = [(op.op, op.expected, op.value, op.result) for op in self.model_done]
-        self.end_rank = [0] * len(done)
+        effects: dict[tuple[object, ...], int] = {}
+        self.effect = array("q", (effects.setdefault((op.op, op.expected, op.value, op.result), len(effects)) for op in self.model_done))
+        self.end_rank = array("q", bytes(8 * len(done)))
         for rank, i in enumerate(sorted(range(len(done)), key=lambda i: done[i].end)):  # type: ignore[arg-type, return-value]
             self.end_rank[i] = rank
         self.info = _InfoIndex(self.model_done, self.model_pending, self.unread)
@@ -676,7 +677,7 @@ class _KeySearch:
         """
         ev, done, effect = self.events, self.done, self.effect
         nxt, is_call, op_of = ev.next, ev.is_call, ev.op_of
-        node, found, earliest_end = nxt[ev.head], [], {}
+        node, found, earliest_end = nxt[ev.head], [], {}  # effect -> the candidate that returns first
         while is_call[node]:
             i = op_of[node]
             first = earliest_end.setdefault(effect[i], i)
