@@ -243,7 +243,8 @@ class _EventList:
     def __init__(self, ops: list[Operation]) -> None:
         """Sort events by time, calls before returns at equal times (compact arrays: O(n) machine words)."""
         count = 2 * len(ops)
-        events = sorted(range(count), key=lambda e: (ops[e >> 1].end, 1) if e & 1 else (ops[e >> 1].start, 0))
+        order = [2 * time + kind for op in ops for time, kind in ((op.start, 0), (op.end, 1))]  # event e is op e >> 1
+        events = sorted(range(count), key=order.__getitem__)
         self.head, self.tail = 0, count + 1
         self.next = array("q", range(1, count + 2))
         self.next.append(-1)
@@ -585,7 +586,8 @@ class _KeySearch:
         effects: dict[tuple[object, ...], int] = {}
         self.effect = array("q", (effects.setdefault((op.op, op.expected, op.value, op.result), len(effects)) for op in self.model_done))
         self.end_rank = array("q", bytes(8 * len(done)))
-        for rank, i in enumerate(sorted(range(len(done)), key=lambda i: done[i].end)):  # type: ignore[arg-type, return-value]
+        ends = [op.end for op in done]
+        for rank, i in enumerate(sorted(range(len(done)), key=ends.__getitem__)):  # type: ignore[arg-type]
             self.end_rank[i] = rank
         self.info = _InfoIndex(self.model_done, self.model_pending, self.unread)
         self.obligations = _Obligations(self.model_done, self.model_pending)
