@@ -30,6 +30,9 @@ HEADER = struct.Struct("!i")
 _LONG_HEADER = struct.Struct("!iQ")  # multiprocessing.connection's form for messages over 2 GiB: -1, then the size
 _LONG = 0x7FFFFFFF
 
+UNPICKLING_ERRORS = (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, LookupError, OverflowError, RecursionError)
+"""What malformed pickle bytes raise; anything else (an exception a signal handler raised meanwhile) passes through."""
+
 _BUILTIN_EXCEPTIONS = {
     name: cls for name, cls in vars(builtins).items() if isinstance(cls, type) and issubclass(cls, BaseException)
 }
@@ -59,7 +62,7 @@ def load_request(data: bytes) -> tuple[str, str, tuple, dict]:
         request = _PlainUnpickler(io.BytesIO(data)).load()
     except errors.ProtocolError:
         raise
-    except Exception as exc:
+    except UNPICKLING_ERRORS as exc:
         raise errors.ProtocolError(f"unreadable request: {exc}") from None
     if not (isinstance(request, tuple) and len(request) == 4):
         raise errors.ProtocolError("a request must be a tuple (ident, method, args, kwargs)")
@@ -75,7 +78,7 @@ def load_reply(data: bytes) -> tuple[str, Any]:
         kind, result = _ReplyUnpickler(io.BytesIO(data)).load()
     except errors.ProtocolError:
         raise
-    except Exception as exc:
+    except UNPICKLING_ERRORS as exc:
         raise errors.ProtocolError(f"unreadable reply: {exc}") from None
     return kind, result
 

@@ -58,6 +58,9 @@ def open_socket(address: Address, authkey: bytes, timeout: float) -> socket.sock
     except (OSError, EOFError) as exc:
         sock.close()
         raise ServerUnavailable(f"kvmgr server at {where} did not complete the handshake: {_reason(exc)}") from None
+    except BaseException:  # interrupted: the original exception goes on, the half-made connection goes
+        sock.close()
+        raise
     finally:
         handshake.close()
     return sock
@@ -303,7 +306,7 @@ class _Pipeline:
         kind, result = wire.load_reply(self.link.receive(time.monotonic() + self.client.timeout))
         try:
             value = _result((kind, result))
-        except Exception as exc:
+        except KvmgrError as exc:
             status = "ok" if isinstance(exc, KeyNotFound) else "fail"
             self.client._record(method, args, status, None, self.started[index], time.monotonic_ns())
             return exc

@@ -96,7 +96,7 @@ class Operations:
                 results.append(self.call(method, *args))
             except ServerUnavailable:
                 raise  # the connection is gone: no later call can succeed either
-            except Exception as exc:  # the call's own error, in its place
+            except (KvmgrError, TypeError) as exc:  # the call's own error, in its place
                 results.append(exc)
         return raise_first_error(results) if raise_on_error else results
 
