@@ -237,19 +237,41 @@ class _Deepest:
     unplaced: list[Operation]
 
 
+def _tightened_ends(done: list[Operation], pending: list[Operation]) -> list[int]:
+    """The return times to search with, from an empty start: a write that alone can produce the value a
+    completed read needs must come before that read, so it returns, in effect, by the time the read does.
+
+    Every linearization keeps the tightened real-time order too, so the search stays exact; long writes
+    whose value is read soon stop being candidates for long.
+    """
+    writers: dict[Value, list[int]] = defaultdict(list)
+    for i, op in enumerate(done):
+        if op.op == "store" or (op.op == "cas" and op.result is True):
+            writers[op.value].append(i)  # type: ignore[index]
+    maybe_written = {op.value for op in pending}
+    ends = [op.end for op in done]
+    for op in done:
+        needed = _needed_state(op)
+        found = writers.get(needed) if needed is not ABSENT else None  # type: ignore[arg-type]
+        if found and len(found) == 1 and needed not in maybe_written:
+            i = found[0]
+            ends[i] = max(done[i].start, min(ends[i], op.end))  # type: ignore[type-var]
+    return ends  # type: ignore[return-value]
+
+
 class _EventList:
     """Call and return events of ok operations, sorted, in a doubly linked list."""
 
-    def __init__(self, ops: list[Operation]) -> None:
+    def __init__(self, ops: list[Operation], ends: list[int]) -> None:
         """Sort events by time, calls before returns at equal times (compact arrays: O(n) machine words)."""
         count = 2 * len(ops)
-        order = [2 * time + kind for op in ops for time, kind in ((op.start, 0), (op.end, 1))]  # event e is op e >> 1
-        events = sorted(range(count), key=order.__getitem__)
+        times = [time for op, end in zip(ops, ends, strict=True) for time in (op.start, end)]  # event e is op e >> 1
+        events = sorted(range(count), key=lambda e: 2 * times[e] + (e & 1))
         self.head, self.tail = 0, count + 1
         self.next = array("q", range(1, count + 2))
         self.next.append(-1)
         self.prev = array("q", range(-1, count + 1))
-        self.time = [0, *(ops[e >> 1].end if e & 1 else ops[e >> 1].start for e in events), 0]
+        self.time = [0, *(times[e] for e in events), 0]
         self.is_call = bytes([0, *(1 - (e & 1) for e in events), 0])
         self.op_of = array("q", [-1, *(e >> 1 for e in events), -1])
         self.call_node = array("q", bytes(8 * len(ops)))
@@ -519,7 +541,7 @@ class _Obligations:
         return self._stranded(state, k, w, info)
 
     def doomed(self, state: State, due: int, k: int, w: int, info: int) -> bool:
-        """Tell whether the key must leave `state` before operation `due` (which needs another one) for good:
+        """Tell whether the key must leave `state` before operation `due` returns (it needs another) for good:
         a reader of `state` called after `due` returned would need a writer of it that is not there in time."""
         if isinstance(state, Unknown):
             return False
@@ -581,12 +603,12 @@ class _KeySearch:
         """Prepare events, bit masks and the search state; `done` and `pending` are sorted by start."""
         self.done, self.pending, self.initial, self.budget = done, pending, initial, budget
         self.model_done, self.model_pending, self.unread = _abstract(done, pending)
-        self.events = _EventList(done)
+        ends = _tightened_ends(self.model_done, self.model_pending) if initial is ABSENT else [op.end for op in done]
+        self.events = _EventList(done, ends)  # type: ignore[arg-type]
         self.reader = [op.op == "get" or op.result is False for op in done]
         effects: dict[tuple[object, ...], int] = {}
         self.effect = array("q", (effects.setdefault((op.op, op.expected, op.value, op.result), len(effects)) for op in self.model_done))
         self.end_rank = array("q", bytes(8 * len(done)))
-        ends = [op.end for op in done]
         for rank, i in enumerate(sorted(range(len(done)), key=ends.__getitem__)):  # type: ignore[arg-type]
             self.end_rank[i] = rank
         self.info = _InfoIndex(self.model_done, self.model_pending, self.unread)
@@ -674,21 +696,19 @@ class _KeySearch:
     def _candidates(self) -> tuple[list[int], int, int]:
         """The completed operations that can come next, by return time; the first return's time and operation.
 
-        Of two with the same effect and result, one called and returned no later than the other
-        goes first (in any linearization the two can swap places), so the other is left out.
+        Of those with the same effect and result only the one that returns first is tried next: in any
+        linearization that puts another of them next instead, the two can swap places.
         """
-        ev, done, effect = self.events, self.done, self.effect
+        ev, ends, effect = self.events, self.end_rank, self.effect
         nxt, is_call, op_of = ev.next, ev.is_call, ev.op_of
-        node, found, earliest_end = nxt[ev.head], [], {}  # effect -> the candidate that returns first
+        node, first_back = nxt[ev.head], {}  # effect -> the candidate with it that returns first
         while is_call[node]:
             i = op_of[node]
-            first = earliest_end.setdefault(effect[i], i)
-            if first == i or done[first].end > done[i].end:  # type: ignore[operator]
-                found.append(i)
-                earliest_end[effect[i]] = i
+            known = first_back.setdefault(effect[i], i)
+            if ends[i] < ends[known]:
+                first_back[effect[i]] = i
             node = nxt[node]
-        found.sort(key=self.end_rank.__getitem__)
-        return found, ev.time[node], op_of[node]
+        return sorted(first_back.values(), key=ends.__getitem__), ev.time[node], op_of[node]
 
     def _reader(self, candidates: list[int], state: State, before: Before) -> int:
         """A candidate that can come next and keeps the state (a read); -1 if none."""
