@@ -19,8 +19,9 @@ from types import TracebackType
 from typing import Any, BinaryIO
 
 from kvmgr.errors import HistoryError
+from kvmgr.protocol.operations import HISTORY_OPERATIONS
 
-OPS = ("store", "get", "delete", "cas")
+OPS = HISTORY_OPERATIONS  # the per-key operations a history holds
 STATUSES = ("ok", "fail", "info")
 STORE_RESULTS = ("saved", "updated")
 FIELDS = ("client", "op", "key", "expected", "value", "result", "status", "start", "end")

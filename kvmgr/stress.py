@@ -27,9 +27,10 @@ from kvmgr.config import client_authkey, is_redis_url, positive_float, positive_
 from kvmgr.errors import ConfigError, KeyNotFound, KvmgrError, ServerUnavailable
 from kvmgr.history import HistoryWriter, Operation, merge_histories, read_history
 from kvmgr.processes import ProcessGroup, python_module
+from kvmgr.protocol.operations import OPERATIONS
 
 DEFAULT_MIX = "store=40,get=40,cas=10,delete=10"
-MIX_OPERATIONS = ("store", "get", "cas", "delete", "get_many", "store_many")
+MIX_OPERATIONS = tuple(spec.name for spec in OPERATIONS if spec.recorded_as)  # what the workers know how to run and record
 BATCH_SIZE = 4
 PROGRESS_EVERY = 2.0
 WORKER_TIMEOUT = 600.0

@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterable, Mapping
 
 from kvmgr.config import DEFAULT_LIMITS, Limits
 from kvmgr.errors import InvalidKey, InvalidValue, UnknownOperation
+from kvmgr.protocol.operations import OPERATIONS, OpSpec
 
 Value = str | bytes
 ANY_SIZE = sys.maxsize  # the client checks no sizes: they are the server's limits, which it does not know
@@ -187,38 +188,31 @@ def _mapping(mapping: object, key_limit: int, value_limit: int) -> dict[str, Val
     return {_key(key, key_limit): _value(value, value_limit) for key, value in mapping.items()}
 
 
-# What a client sends, per method: (fewest arguments, most arguments, their plain form). No sizes are checked here.
-
-def _one_key(key: object) -> tuple:
-    return (_key(key, ANY_SIZE),)
-
-
-def _store(key: object, value: object) -> tuple:
-    return _key(key, ANY_SIZE), _value(value, ANY_SIZE)
-
-
-def _cas(key: object, expected: object, value: object) -> tuple:
-    return _key(key, ANY_SIZE), _expected(expected, ANY_SIZE), _value(value, ANY_SIZE)
-
-
-def _keys(*page: object) -> tuple:
-    return check_keys_page(*page, *(None,) * (3 - len(page)))[: len(page)]
+# What a client sends: each parameter of the operation table in plain form. No sizes are checked here.
+PARAMETER_CHECKS: dict[str, Callable[[object], object]] = {
+    "key": lambda key: _key(key, ANY_SIZE),
+    "value": lambda value: _value(value, ANY_SIZE),
+    "expected": lambda expected: _expected(expected, ANY_SIZE),
+    "keys": lambda keys: _key_list(keys, ANY_SIZE),
+    "mapping": lambda mapping: _mapping(mapping, ANY_SIZE, ANY_SIZE),
+    "prefix": lambda prefix: _optional_text(prefix, "prefix"),
+    "after": lambda after: _optional_text(after, "after"),
+    "limit": lambda limit: _page_limit(limit),
+    "name": lambda name: check_rendezvous(name, 1)[0],
+    "parties": lambda parties: check_rendezvous("", parties)[1],
+    "timeout": lambda timeout: _seconds(timeout),
+}
 
 
-def _rendezvous(name: object, parties: object, *timeout: object) -> tuple:
-    return check_rendezvous(name, parties, *timeout)[: 2 + len(timeout)]
+def _normalizer(spec: OpSpec) -> Callable[..., tuple]:
+    """The function that puts a call's arguments in plain form, parameter by parameter (one argument: no loop)."""
+    checks = [PARAMETER_CHECKS[name] for name in spec.params]
+    if len(checks) == 1:
+        check = checks[0]
+        return lambda argument: (check(argument),)
+    return lambda *arguments: tuple(check(argument) for check, argument in zip(checks, arguments, strict=False))
 
 
 _CALLS: dict[str, tuple[int, int, Callable[..., tuple]]] = {
-    "store": (2, 2, _store),
-    "get": (1, 1, _one_key),
-    "delete": (1, 1, _one_key),
-    "exists": (1, 1, _one_key),
-    "keys": (0, 3, _keys),
-    "size": (0, 0, tuple),
-    "cas": (3, 3, _cas),
-    "get_many": (1, 1, lambda keys: (_key_list(keys, ANY_SIZE),)),
-    "store_many": (1, 1, lambda mapping: (_mapping(mapping, ANY_SIZE, ANY_SIZE),)),
-    "quit": (0, 0, tuple),
-    "rendezvous": (2, 3, _rendezvous),
+    spec.name: (spec.least_args, len(spec.params), _normalizer(spec)) for spec in OPERATIONS
 }

@@ -17,11 +17,11 @@ from typing import Any
 
 from kvmgr import errors
 from kvmgr.config import MAX_REQUEST_BYTES
+from kvmgr.protocol import operations
 
 TYPEID = "get_store"
 OPEN_STORE = "open_store"
-OPERATIONS = ("store", "get", "delete", "exists", "keys", "size", "cas", "get_many", "store_many", "quit")
-EXPOSED = (*OPERATIONS, "rendezvous")
+EXPOSED = operations.NAMES
 RETURN = "#RETURN"
 ERROR = "#ERROR"
 PROTOCOL_VERSION = 1  # open_store(PROTOCOL_VERSION) answers with the server's settings as well as the ident

@@ -14,10 +14,12 @@ from kvmgr.processes import ProcessGroup, child_environment
 
 from .conftest import ROOT
 
+README = ROOT / "README.md"
+
 
 def readme_block(marker: str) -> str:
     """The fenced code block that follows `<!-- marker: ... -->` in README.md."""
-    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    text = README.read_text(encoding="utf-8")
     found = re.search(rf"<!-- {marker}:.*?-->\n *```\w*\n(.*?)\n *```", text, re.DOTALL)
     assert found, f"README.md has no block marked {marker}"
     return textwrap.dedent(found.group(1))

@@ -19,7 +19,7 @@ from kvmgr.client import Client, connect
 from kvmgr.config import DEFAULT_ADDRESS, DEFAULT_TIMEOUT, positive_float, positive_int, writable_path
 from kvmgr.errors import EXIT_NEGATIVE, EXIT_OK, ConfigError, KeyNotFound, KvmgrError, exit_status
 from kvmgr.history import HistoryWriter
-from kvmgr.wire import OPERATIONS
+from kvmgr.protocol.operations import BY_NAME, SCENARIO_OPERATIONS
 
 
 def build_parser(name: str | None) -> argparse.ArgumentParser:
@@ -36,7 +36,7 @@ def build_parser(name: str | None) -> argparse.ArgumentParser:
         parser.add_argument("--name", required=True, help="the actor's name (shown in histories and --json)")
     parser.add_argument("--key", help="the key; QUIT asks the server to quit")
     parser.add_argument("--value", help="the value to store (or cas's new value)")
-    parser.add_argument("--op", choices=OPERATIONS, help="the operation (default: inferred from --key/--value as the seed did)")
+    parser.add_argument("--op", choices=SCENARIO_OPERATIONS, help="the operation (default: inferred from --key/--value as the seed did)")
     parser.add_argument("--expected", help="cas: the value the key must hold for the swap")
     parser.add_argument("--absent", action="store_true", help="cas: swap only if the key is absent")
     parser.add_argument("--pairs", help="store_many: JSON object of key -> value; get_many: JSON list of keys")
@@ -62,10 +62,10 @@ def infer_operation(args: argparse.Namespace) -> str:
 
 def operation_arguments(op: str, args: argparse.Namespace) -> tuple[Any, ...]:
     """The positional arguments of the Store method for op, from the command line."""
-    needs_key = op in ("store", "get", "delete", "exists", "cas")
+    needs_key = BY_NAME[op].needs_key
     if needs_key and args.key is None:
         raise ConfigError(f"{op} needs --key")
-    if op in ("store", "cas") and args.value is None:
+    if BY_NAME[op].needs_value and args.value is None:
         raise ConfigError(f"{op} needs --value")
     if op == "cas":
         if args.absent == (args.expected is not None):

@@ -12,10 +12,8 @@ from typing import Any, Self
 
 from kvmgr.errors import InvalidKey, InvalidValue, KeyNotFound, KvmgrError, OutcomeUnknown, ServerUnavailable
 from kvmgr.history import HistoryWriter, Operation, encode_value
+from kvmgr.protocol.operations import RECORDED, SAFE_TO_REPEAT
 from kvmgr.validation import Value, normalize_call
-
-SAFE_TO_REPEAT = frozenset({"store", "get", "exists", "keys", "size", "get_many", "store_many"})
-RECORDED = frozenset({"store", "get", "delete", "cas", "get_many", "store_many"})
 
 
 class Operations:

@@ -19,10 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from kvmgr.errors import ERROR_CLASSES, ScenarioError
-from kvmgr.wire import OPERATIONS
+from kvmgr.protocol.operations import BY_NAME, SCENARIO_OPERATIONS
 
-NEEDS_KEY = ("store", "get", "delete", "exists", "cas")
-NEEDS_VALUE = ("store", "cas")
 EXPECTATIONS = ("expect", "expect_one_of", "expect_error")
 STEP_FIELDS = {
     "name", "actors", "op", "key", "value", "expected", "absent", "keys", "pairs", "same_result", *EXPECTATIONS,
@@ -158,8 +156,8 @@ def _parse_step(path: Path, number: int, raw: Any) -> Step:
     if unknown:
         raise problem(f"unknown field(s): {', '.join(sorted(unknown))}")
     op = raw.get("op")
-    if op not in OPERATIONS:
-        raise problem(f"'op' must be one of {', '.join(OPERATIONS)} (got {op!r})")
+    if op not in SCENARIO_OPERATIONS:
+        raise problem(f"'op' must be one of {', '.join(SCENARIO_OPERATIONS)} (got {op!r})")
     actors = raw.get("actors")
     if not isinstance(actors, list) or not actors or not all(isinstance(a, str) and a for a in actors):
         raise problem("'actors' must be a non-empty list of names")
@@ -185,9 +183,9 @@ def _check_arguments(op: str, raw: dict, problem: Any) -> None:
     for name in ("key", "value", "expected"):
         if name in raw and not isinstance(raw[name], str):
             raise problem(f"'{name}' must be a string")
-    if op in NEEDS_KEY and "key" not in raw:
+    if BY_NAME[op].needs_key and "key" not in raw:
         raise problem(f"{op} needs 'key'")
-    if op in NEEDS_VALUE and "value" not in raw:
+    if BY_NAME[op].needs_value and "value" not in raw:
         raise problem(f"{op} needs 'value'")
     if op == "cas" and ("expected" in raw) == bool(raw.get("absent")):
         raise problem("cas needs exactly one of 'expected' or 'absent = true'")

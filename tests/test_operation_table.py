@@ -1,0 +1,52 @@
+"""The operation table is the one declaration: every backend implements every operation with its parameters."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+
+import pytest
+
+from kvmgr import wire
+from kvmgr.client.operations import Operations
+from kvmgr.protocol.operations import OPERATIONS, OpSpec
+from kvmgr.redis_client import RedisClient
+from kvmgr.store import Store
+
+
+def parameters(function: Callable, skip: int) -> tuple[list[str], int]:
+    """The parameter names after the first `skip` (self, and the connection for Redis) and how many have defaults."""
+    params = list(inspect.signature(function).parameters.values())[skip:]
+    params = [param for param in params if param.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD]
+    return [param.name for param in params], sum(param.default is not inspect.Parameter.empty for param in params)
+
+
+@pytest.mark.parametrize("spec", OPERATIONS, ids=lambda spec: spec.name)
+@pytest.mark.parametrize("backend, skip", [(Store, 1), (RedisClient, 2), (Operations, 1)], ids=["store", "redis", "client-api"])
+def test_every_backend_implements_the_operation_with_its_parameters(spec: OpSpec, backend: type, skip: int) -> None:
+    name = f"_do_{spec.name}" if backend is RedisClient else spec.name
+    assert hasattr(backend, name), f"{backend.__name__} lacks {name}"
+    assert parameters(getattr(backend, name), skip) == (list(spec.params), spec.optional)
+
+
+def test_the_wire_exposes_exactly_the_table() -> None:
+    assert set(wire.EXPOSED) == {spec.name for spec in OPERATIONS}
+
+
+def markdown_row(spec: OpSpec) -> str:
+    """The README row of one operation."""
+    required, optional = spec.params[: spec.least_args], spec.params[spec.least_args:]
+    signature = ", ".join([*required, *(f"{name}=None" for name in optional)])
+    cells = [f"`{spec.name}({signature})`", spec.summary, "yes" if spec.mutates else "no", "yes" if spec.safe_to_repeat else "no",
+             spec.recorded_as or "—"]
+    return "| " + " | ".join(cells) + " |"
+
+
+def test_the_readme_table_of_operations_is_the_operation_table() -> None:
+    from .test_readme import README
+
+    text = README.read_text(encoding="utf-8")
+    start = text.index("<!-- operations-table:")
+    rows = [line for line in text[start:].splitlines()[1:] if line.startswith("| `")]
+    rows = rows[: len(OPERATIONS)]
+    assert rows == [markdown_row(spec) for spec in OPERATIONS]
