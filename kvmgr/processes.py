@@ -27,14 +27,30 @@ READY_TIMEOUT = 15.0
 REAP_TIMEOUT = 3.0
 
 
+TERMINATING_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+
+
 def interrupt_on_terminate() -> None:
-    """Make SIGTERM and SIGHUP raise KeyboardInterrupt, so every `with ProcessGroup()` reaps its processes."""
+    """Make SIGTERM and SIGHUP raise KeyboardInterrupt, so every `with ProcessGroup()` reaps its processes.
 
-    def interrupt(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
+    Only in this process: a forked child (a multiprocessing.Pool worker) gets the default action back, as
+    Pool.terminate() expects its SIGTERM to end a worker at once, not to raise inside it.
+    """
+    for signum in TERMINATING_SIGNALS:
+        signal.signal(signum, _interrupt)
 
-    for signum in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(signum, interrupt)
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def _default_action_in_child() -> None:
+    for signum in TERMINATING_SIGNALS:
+        if signal.getsignal(signum) is _interrupt:
+            signal.signal(signum, signal.SIG_DFL)
+
+
+os.register_at_fork(after_in_child=_default_action_in_child)
 
 
 def python_module(module: str, *args: str) -> list[str]:
