@@ -35,7 +35,7 @@ import time
 from array import array
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 from kvmgr.errors import HistoryError
 from kvmgr.history import Operation, Value, read_history
@@ -266,7 +266,8 @@ class _EventList:
         """Sort events by time, calls before returns at equal times (compact arrays: O(n) machine words)."""
         count = 2 * len(ops)
         times = [time for op, end in zip(ops, ends, strict=True) for time in (op.start, end)]  # event e is op e >> 1
-        events = sorted(range(count), key=lambda e: 2 * times[e] + (e & 1))
+        order = [2 * time + (e & 1) for e, time in enumerate(times)]  # calls before returns at equal times
+        events = sorted(range(count), key=order.__getitem__)
         self.head, self.tail = 0, count + 1
         self.next = array("q", range(1, count + 2))
         self.next.append(-1)
@@ -389,8 +390,9 @@ def _abstract(done: list[Operation], pending: list[Operation]) -> tuple[list[Ope
         token += "\x00"
 
     def model(op: Operation) -> Operation:
-        unread = op.op in ("store", "cas") and op.value not in read
-        return replace(op, value=token) if unread else op
+        if op.op not in ("store", "cas") or op.value in read:
+            return op
+        return Operation(op.client, op.op, op.key, token, op.expected, op.result, op.status, op.start, op.end)
 
     return [model(op) for op in done], [model(op) for op in pending], token
 
@@ -512,11 +514,7 @@ class _Obligations:
             if _needs_a_value(done[i]):
                 readers[PRESENT].append(i)
         self.readers = dict(readers)
-        self.reader_starts = {state: [done[i].start for i in found] for state, found in self.readers.items()}
-        self.least_end_from: dict[object, list[float]] = {
-            state: list(itertools.accumulate((done[i].end for i in reversed(found)), min))[::-1]  # type: ignore[misc]
-            for state, found in self.readers.items()
-        }
+        self._timing: dict[object, tuple[list[int], list[float]]] = {}
         self.writers: dict[object, list[int]] = defaultdict(list)
         for i, op in enumerate(done):
             if op.op == "store" or (op.op == "cas" and op.result is True) or (op.op == "delete" and op.result):
@@ -556,14 +554,23 @@ class _Obligations:
         readers = self.readers.get(state)
         if not readers:
             return False
+        starts, least_end_from = self._reader_timing(state, readers)
         span = k + w.bit_length()
-        first = max(bisect.bisect_left(readers, k), bisect.bisect_right(self.reader_starts[state], after))
+        first = max(bisect.bisect_left(readers, k), bisect.bisect_right(starts, after))
         beyond = max(first, bisect.bisect_left(readers, span))
-        least_end = self.least_end_from[state][beyond] if beyond < len(readers) else math.inf
+        least_end = least_end_from[beyond] if beyond < len(readers) else math.inf
         for r in readers[first:beyond]:
             if not w >> (r - k) & 1:
                 least_end = min(least_end, self.done[r].end)  # type: ignore[type-var]
         return least_end < self._least_writer_start(state, k, w, info)
+
+    def _reader_timing(self, state: object, readers: list[int]) -> tuple[list[int], list[float]]:
+        """The readers' starts, and the least return time of the readers from each on (made when first needed)."""
+        timing = self._timing.get(state)
+        if timing is None:
+            ends = list(itertools.accumulate((self.done[i].end for i in reversed(readers)), min))[::-1]  # type: ignore[type-var]
+            timing = self._timing[state] = ([self.done[i].start for i in readers], ends)  # type: ignore[assignment]
+        return timing  # type: ignore[return-value]
 
     def _least_writer_start(self, state: object, k: int, w: int, info: int) -> float:
         """The earliest start of an operation not placed that can bring `state` back."""
