@@ -196,7 +196,7 @@ def kill_server_under_writers(fsync: str, rounds: int) -> FaultResult:
                     writer.wait(timeout=PROGRESS_TIMEOUT)
             done = [op for path in paths for op in read_history(path) if op.status == "ok"]
             acknowledged = {op.key: op.value for op in done}
-            result.worst_latency_ms = max([result.worst_latency_ms, *((op.end - op.start) / 1e6 for op in done)])
+            result.worst_latency_ms = max([result.worst_latency_ms, *((op.end - op.start) / 1e6 for op in done if op.end is not None)])
             with ProcessGroup() as group:
                 server = group.start_server(address, authkey, durable)
                 with kvmgr.connect(address, authkey=authkey.encode()) as client:
@@ -582,7 +582,7 @@ class TmpfsServer:
     def log_lines(self) -> list[str]:
         """What the servers wrote to stderr (once they have exited)."""
         self.process.wait(timeout=PROGRESS_TIMEOUT)
-        return self.process.stderr.read().decode(errors="replace").splitlines()
+        return list(self.process.stderr.read().decode(errors="replace").splitlines())
 
 
 def batch_commit_failure(writers: int = 4, writes: int = 30) -> FaultResult:

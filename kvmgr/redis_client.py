@@ -22,7 +22,7 @@ import re
 import time
 import uuid
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import urlsplit, urlunsplit
 
 from kvmgr import wire
@@ -299,19 +299,19 @@ class RedisClient(Operations):
     def _stale(self, db: redis.Redis) -> bool:
         """True if Redis closed this idle connection (restart, timeout, CLIENT KILL) or sent something unasked."""
         try:
-            return bool(db.connection.can_read(timeout=0))
+            return db.connection is None or bool(db.connection.can_read(timeout=0))
         except (self._redis.RedisError, OSError):
             return True
 
     def _open(self, socket_timeout: float) -> redis.Redis:
         """Connect (and authenticate) one single-connection client; redis-py never retries on its own."""
-        redis = self._redis
+        module = self._redis
         try:
-            db = redis.Redis.from_url(
+            db = cast("redis.Redis", module.Redis.from_url(
                 self.address, socket_timeout=socket_timeout, socket_connect_timeout=self.timeout,
-                retry=redis.retry.Retry(redis.backoff.NoBackoff(), 0), retry_on_timeout=False, single_connection_client=True,
-            )
-        except (redis.RedisError, OSError) as exc:
+                retry=module.retry.Retry(module.backoff.NoBackoff(), 0), retry_on_timeout=False, single_connection_client=True,
+            ))
+        except (module.RedisError, OSError) as exc:
             raise self._connect_error(exc) from None
         if not self._scripts:
             self._scripts = {name: db.register_script(source) for name, source in SCRIPTS.items()}
@@ -357,7 +357,7 @@ class RedisClient(Operations):
     def _do_get(self, db: redis.Redis, key: str) -> Value:
         """get: GET, KeyNotFound if absent."""
         check_key(key, self._limits)
-        raw = db.get(pack_key(key))
+        raw = cast(bytes | None, db.get(pack_key(key)))
         if raw is None:
             raise KeyNotFound(key)
         return unpack_value(raw, key)
@@ -380,7 +380,7 @@ class RedisClient(Operations):
         found: set[bytes] = set()  # SCAN may repeat a key
         cursor = 0
         while True:
-            cursor, raws = db.scan(cursor, match=pattern, count=SCAN_PAGE)
+            cursor, raws = cast(tuple[int, list[bytes]], db.scan(cursor, match=pattern, count=SCAN_PAGE))
             found.update(raw for raw in raws if not raw.startswith(INTERNAL_PREFIX))
             if cursor == 0:
                 break
@@ -402,14 +402,14 @@ class RedisClient(Operations):
             check_value(expected, self._limits)
         check_value(value, self._limits)
         wanted = NO_VALUE if expected is None else pack_value(expected)
-        return self._script(db, "cas", [pack_key(key)], [wanted, pack_value(value)]) == 1
+        return bool(self._script(db, "cas", [pack_key(key)], [wanted, pack_value(value)]) == 1)
 
     def _do_get_many(self, db: redis.Redis, keys: list[str]) -> dict[str, Value]:
         """get_many: one MGET."""
         keys = check_key_list(keys, self._limits)
         if not keys:
             return {}
-        raws = db.mget([pack_key(key) for key in keys])
+        raws = cast(list[bytes | None], db.mget([pack_key(key) for key in keys]))
         return {key: unpack_value(raw, key) for key, raw in zip(keys, raws, strict=True) if raw is not None}
 
     def _do_store_many(self, db: redis.Redis, mapping: Mapping[str, Value]) -> dict[str, str]:
@@ -444,7 +444,7 @@ class RedisClient(Operations):
         popped = db.blpop([release_key], timeout=wait) if wait > 0 else None
         if popped is not None:
             return popped[1] == GO
-        return self._script(db, "break", [hash_key, release_key, INTERNAL_INDEX], [generation, expiry_ms]) == GO
+        return bool(self._script(db, "break", [hash_key, release_key, INTERNAL_INDEX], [generation, expiry_ms]) == GO)
 
 
 def _close_quietly(db: redis.Redis) -> None:

@@ -39,7 +39,7 @@ def free_loopback_port() -> int:
     """A TCP port on 127.0.0.1 that was free a moment ago (redis-server needs a concrete port)."""
     with socket.socket() as probe:
         probe.bind((LOOPBACK, 0))
-        return probe.getsockname()[1]
+        return int(probe.getsockname()[1])
 
 
 def redis_server_argv(binary: str, port: int, extra_args: Sequence[str] = ()) -> list[str]:

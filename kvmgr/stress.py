@@ -177,7 +177,7 @@ class StressReport:
         rows = []
         for name in sorted({op.op for op in self.operations}):
             ops = [op for op in self.operations if op.op == name]
-            latencies = sorted((op.end - op.start) / 1000 for op in ops if op.status == "ok")
+            latencies = sorted((op.end - op.start) / 1000 for op in ops if op.status == "ok" and op.end is not None)
             rows.append({
                 "operation": name, "count": len(ops), "errors": sum(op.status != "ok" for op in ops),
                 "ops_per_s": round(len(ops) / self.seconds, 1) if self.seconds else 0.0,

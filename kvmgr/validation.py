@@ -107,8 +107,10 @@ def _key(key: object, limit: int) -> str:
 def _value(value: object, limit: int, what: str = "value") -> Value:
     kind = type(value)
     if kind is bytes:
+        assert isinstance(value, bytes)  # for the type checker: the exact-type test above is the fast path
         size = len(value)
     elif kind is str:
+        assert isinstance(value, str)
         size = len(value) if value.isascii() else len(_utf8(value, InvalidValue, what))  # one copy, then dropped
     elif isinstance(value, str):
         return _value(str.__str__(value), limit, what)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from multiprocessing import connection
-from typing import Any
+from typing import Any, cast
 
 from kvmgr.bench.peers import stdlib_manager_class
 from kvmgr.config import parse_address
@@ -21,7 +21,8 @@ class KvmgrAdapter:
         from kvmgr.client import connect
 
         self.client = connect(address, authkey=authkey, timeout=30.0)
-        self.get, self.store = self.client.get, self.client.store
+        self.get: Callable[..., Any] = self.client.get
+        self.store: Callable[..., Any] = self.client.store
         self.get_many, self.store_many = self.client.get_many, self.client.store_many
 
     def load(self, mapping: dict[str, bytes], bulk: bool = False) -> None:
@@ -57,11 +58,11 @@ class StdlibDictAdapter:
     def __init__(self, address: str, authkey: bytes) -> None:
         manager = stdlib_manager_class(None)(address=parse_address(address), authkey=authkey)
         manager.connect()
-        self.point, self.bulk = manager.point_dict(), manager.bulk_dict()
+        self.point, self.bulk = manager.point_dict(), manager.bulk_dict()  # type: ignore[attr-defined]  # registered at run time
 
     def get(self, key: str) -> bytes:
         """One read through the proxy."""
-        return self.point[key]
+        return cast(bytes, self.point[key])
 
     def store(self, key: str, value: bytes) -> None:
         """One write through the proxy."""
@@ -69,7 +70,7 @@ class StdlibDictAdapter:
 
     def get_many(self, keys: Sequence[str]) -> dict[str, bytes]:
         """Bulk read: a copy of the dict that holds exactly the bulk keys (the proxy has no multi-get)."""
-        return self.bulk.copy()
+        return cast("dict[str, bytes]", self.bulk.copy())
 
     def store_many(self, mapping: dict[str, bytes]) -> None:
         """Bulk write with update()."""
@@ -119,7 +120,7 @@ class RedisAdapter:
 
         self.redis = redis.Redis.from_url(address, socket_timeout=30.0)
 
-    def get(self, key: str) -> bytes | None:
+    def get(self, key: str) -> Any:
         """GET."""
         return self.redis.get(key)
 
@@ -127,7 +128,7 @@ class RedisAdapter:
         """SET."""
         return self.redis.set(key, value)
 
-    def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
+    def get_many(self, keys: Sequence[str]) -> Any:
         """MGET."""
         return self.redis.mget(keys)
 
@@ -150,7 +151,7 @@ class RedisPipelineAdapter(RedisAdapter):
     ops_per_call = PIPELINE_DEPTH
     keyspace = 1_000
 
-    def get(self, key: str) -> list[Any]:
+    def get(self, key: str) -> Any:
         """PIPELINE_DEPTH GETs in one round trip (key is one of them)."""
         pipe = self.redis.pipeline(transaction=False)
         for other in self._keys_like(key):

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Mapping
-from multiprocessing import connection
+from multiprocessing import AuthenticationError, connection
 from multiprocessing.managers import DictProxy, SyncManager
+from typing import cast
 
-from kvmgr.config import format_address, parse_address
+from kvmgr.config import Address, format_address, parse_address
 
 DICT_NAMES = ("point_dict", "bulk_dict")
 
@@ -29,7 +30,7 @@ def serve_stdlib(address: str, authkey: bytes) -> int:
     """Serve the benchmark dicts from a stdlib SyncManager server until terminated."""
     manager = stdlib_manager_class({name: {} for name in DICT_NAMES})(address=parse_address(address), authkey=authkey)
     server = manager.get_server()
-    print(f"ready {format_address(server.address)}", flush=True)
+    print(f"ready {format_address(cast(Address, server.address))}", flush=True)
     server.serve_forever()
     return 0
 
@@ -41,7 +42,7 @@ def serve_floor(address: str, authkey: bytes) -> int:
     while True:
         try:
             conn = listener.accept()
-        except (OSError, EOFError, connection.AuthenticationError):
+        except (OSError, EOFError, AuthenticationError):
             continue
         threading.Thread(target=echo, args=(conn,), daemon=True).start()
 

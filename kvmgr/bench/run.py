@@ -3,6 +3,7 @@ rotated every repeat."""
 
 from __future__ import annotations
 
+import functools
 import subprocess
 import sys
 import time
@@ -120,12 +121,12 @@ def repeat_jobs(bench: Bench, repeat: int) -> list[tuple[str, Callable[[], list[
     for clients in bench.profile.client_counts:
         for target in rotated(bench.targets, repeat):
             label = f"{target.system}/{target.transport} get,store,mix x{clients}"
-            jobs.append((label, lambda t=target, c=clients: bench.phased(t, POINT_WORKLOADS, c)))
+            jobs.append((label, functools.partial(bench.phased, target, POINT_WORKLOADS, clients)))
     for target in rotated([t for t in bench.targets if t.kind in ("kvmgr", "stdlib", "redis")], repeat):
-        jobs.append((f"{target.system}/{target.transport} get_many,store_many", lambda t=target: bench.phased(t, BULK_WORKLOADS, 1)))
+        jobs.append((f"{target.system}/{target.transport} get_many,store_many", functools.partial(bench.phased, target, BULK_WORKLOADS, 1)))
     memory_systems = ["kvmgr", "multiprocessing-dict", "python-dict"] + (["redis"] if bench.redis_module else [])
     for system in rotated(memory_systems, repeat):
-        jobs.append((f"{system} memory ({bench.profile.memory_keys:,} keys)", lambda s=system: bench.memory(s)))
+        jobs.append((f"{system} memory ({bench.profile.memory_keys:,} keys)", functools.partial(bench.memory, system)))
     if RUN_DRIVER.exists():
         jobs.append(("kvmgr driver (python run_driver.py)", bench.driver))
     return jobs

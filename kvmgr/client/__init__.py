@@ -7,7 +7,7 @@ import select
 import socket
 import time
 from collections.abc import Iterable
-from multiprocessing import connection
+from multiprocessing import AuthenticationError, connection
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +52,7 @@ def open_socket(address: Address, authkey: bytes, timeout: float) -> socket.sock
     try:
         connection.answer_challenge(handshake, authkey)
         connection.deliver_challenge(handshake, authkey)
-    except connection.AuthenticationError:
+    except AuthenticationError:
         sock.close()
         raise AuthenticationFailed(f"kvmgr server at {where} rejected the authkey (check $KVMGR_AUTHKEY or --authkey-file)") from None
     except (OSError, EOFError) as exc:
@@ -337,7 +337,7 @@ def connect(
 
     Raises ServerUnavailable or AuthenticationFailed within `timeout` if it cannot.
     """
-    if is_redis_url(address):
+    if isinstance(address, str) and is_redis_url(address):
         from kvmgr.redis_client import connect_redis  # redis-py is an optional extra
 
         return connect_redis(address, timeout, name=name, history=history)

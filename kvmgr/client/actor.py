@@ -15,7 +15,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from kvmgr.client import Client, connect
+from kvmgr.client import connect
+from kvmgr.client.operations import Operations
 from kvmgr.config import DEFAULT_ADDRESS, DEFAULT_TIMEOUT, positive_float, positive_int, writable_path
 from kvmgr.errors import EXIT_NEGATIVE, EXIT_OK, ConfigError, KeyNotFound, KvmgrError, exit_status
 from kvmgr.history import HistoryWriter
@@ -54,7 +55,7 @@ def build_parser(name: str | None) -> argparse.ArgumentParser:
 def infer_operation(args: argparse.Namespace) -> str:
     """The seed's rules: QUIT quits, a value stores, a key alone gets."""
     if args.op:
-        return args.op
+        return str(args.op)
     if args.key == "QUIT":
         return "quit"
     return "store" if args.value is not None else "get"
@@ -116,7 +117,7 @@ def printable(value: Any) -> str:
     return str(value)
 
 
-def perform(client: Client, name: str, args: argparse.Namespace) -> tuple[dict[str, Any], int]:
+def perform(client: Operations, name: str, args: argparse.Namespace) -> tuple[dict[str, Any], int]:
     """Meet at the barrier if asked, run the operation; return the outcome and exit status."""
     op = infer_operation(args)
     call_args = operation_arguments(op, args)
@@ -135,7 +136,7 @@ def perform(client: Client, name: str, args: argparse.Namespace) -> tuple[dict[s
 
 
 @contextlib.contextmanager
-def connected(name: str, args: argparse.Namespace) -> Iterator[Client]:
+def connected(name: str, args: argparse.Namespace) -> Iterator[Operations]:
     """A client for the actor, recording to --history when given."""
     with contextlib.ExitStack() as stack:
         history = stack.enter_context(HistoryWriter(args.history)) if args.history else None

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Iterator, Mapping
-from typing import Any, Self
+from typing import Any, Self, cast
 
 from kvmgr.errors import InvalidKey, InvalidValue, KeyNotFound, KvmgrError, OutcomeUnknown, ServerUnavailable
 from kvmgr.history import HistoryWriter, Operation, encode_value
@@ -25,19 +25,19 @@ class Operations:
 
     def store(self, key: str, value: Value) -> str:
         """Set key; "saved" if it was new, "updated" if it overwrote a value."""
-        return self.call("store", key, value)
+        return cast("str", self.call("store", key, value))
 
     def get(self, key: str) -> Value:
         """The value of key; raises KeyNotFound if absent."""
-        return self.call("get", key)
+        return cast("Value", self.call("get", key))
 
     def delete(self, key: str) -> bool:
         """Remove key; True if it existed."""
-        return self.call("delete", key)
+        return cast("bool", self.call("delete", key))
 
     def exists(self, key: str) -> bool:
         """True if key is present."""
-        return self.call("exists", key)
+        return cast("bool", self.call("exists", key))
 
     def keys(self, prefix: str | None = None, limit: int | None = None, after: str | None = None) -> list[str]:
         """The keys in sorted order: those starting with prefix, after the key `after`, at most `limit` of them.
@@ -45,7 +45,7 @@ class Operations:
         keys() answers whatever the size limits allow; for a store too large for one reply, page through
         it with limit and after, or use iter_keys().
         """
-        return self.call("keys", prefix, limit, after)
+        return cast("list[str]", self.call("keys", prefix, limit, after))
 
     def iter_keys(self, prefix: str | None = None, page: int = 10_000) -> Iterator[str]:
         """Every key (starting with prefix), sorted, fetched `page` keys per call."""
@@ -59,28 +59,28 @@ class Operations:
 
     def size(self) -> int:
         """How many keys the store holds."""
-        return self.call("size")
+        return cast("int", self.call("size"))
 
     def cas(self, key: str, expected: Value | None, value: Value) -> bool:
         """Set key to value only if it holds expected (None: only if absent); True if it swapped."""
-        return self.call("cas", key, expected, value)
+        return cast("bool", self.call("cas", key, expected, value))
 
     def get_many(self, keys: Iterable[str]) -> dict[str, Value]:
         """The values of the keys that are present, read in one atomic step."""
-        return self.call("get_many", keys)
+        return cast("dict[str, Value]", self.call("get_many", keys))
 
     def store_many(self, mapping: Mapping[str, Value]) -> dict[str, str]:
         """Store every pair in one atomic step; key -> "saved"/"updated"."""
-        return self.call("store_many", mapping)
+        return cast("dict[str, str]", self.call("store_many", mapping))
 
     def quit(self) -> str:
         """Ask the server to shut down gracefully; returns its confirmation."""
-        return self.call("quit")
+        return cast("str", self.call("quit"))
 
     def rendezvous(self, name: str, parties: int, timeout: float | None = None) -> int:
         """Block until `parties` clients have called rendezvous(name), then return together."""
         wait = self.timeout if timeout is None else timeout
-        return self.call("rendezvous", name, parties, wait, timeout=wait + self.timeout)
+        return cast("int", self.call("rendezvous", name, parties, wait, timeout=wait + self.timeout))
 
     def pipeline(self, calls: Iterable[tuple], raise_on_error: bool = True) -> list[Any]:
         """Run many calls, each a tuple (method, *args), and return their results in order.
