@@ -1,12 +1,12 @@
 # make run: set up and run the driver on the seed scenario.  make test: set up and run the test suite.
-# make bench: kvmgr against its peers.  make faults: the fault suite.  make lint: ruff.
+# make bench: kvmgr against its peers.  make faults: the fault suite.  make lint: ruff.  make typecheck: mypy.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 RUNTIME := $(VENV)/.installed-runtime
 TESTING := $(VENV)/.installed-test
 
-.PHONY: run test lint bench faults clean
+.PHONY: run test lint typecheck bench faults clean
 
 # make run needs kvmgr and its runtime dependencies only; the other targets need the test extras too.
 $(RUNTIME): pyproject.toml
@@ -33,6 +33,9 @@ faults: $(TESTING)
 
 lint: $(TESTING)
 	$(BIN)/ruff check .
+
+typecheck: $(TESTING)
+	$(BIN)/mypy
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -80,7 +80,7 @@ def value_from_json(data: object, name: str, where: str) -> Value:
         return data
     if not _is_tag(data):
         raise _fail(where, f"'{name}' must be {VALUE_RULE} (got {_shown(data)})")
-    [(tag, body)] = data.items()  # type: ignore[attr-defined,union-attr]
+    [(tag, body)] = data.items()  # type: ignore[attr-defined]
     if tag == DICT_TAG:
         raise _fail(where, f"'{name}': dict values are not supported yet")
     if tag != BYTES_TAG:

@@ -241,7 +241,7 @@ class Client(Operations):
         sendable = [call for call in checked if not isinstance(call, Exception)]
         lease = self._pool.acquire()
         try:
-            answers = iter(_Pipeline(self, lease.connection, sendable, window).run())  # type: ignore[arg-type]
+            answers = iter(_Pipeline(self, lease.connection, sendable, window).run())
         except BaseException:
             self._pool.discard(lease)
             raise
