@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import psutil
 import pytest
 
 from kvmgr.client.operations import Operations
@@ -44,6 +45,16 @@ def alarm_after(seconds: float) -> Iterator[None]:
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
+
+
+@contextmanager
+def suspended(process: psutil.Process) -> Iterator[None]:
+    """The process stopped (SIGSTOP, taken effect) for the with-block, then continued."""
+    suspend(process)
+    try:
+        yield
+    finally:
+        process.resume()
 
 
 def wrong_answers_of_one_thread(client: Operations, number: int) -> int:
@@ -108,12 +119,8 @@ def test_an_interrupted_large_write_leaves_nothing_half_sent(dedicated_backend: 
     process, connect = dedicated_backend
     with connect(timeout=5.0) as client:
         client.store("small", "still here")
-        suspend(process)
-        try:
-            with pytest.raises(Interrupted), alarm_after(0.3):
-                client.store("big", b"x" * BIG)  # blocks part way: the stopped server reads nothing
-        finally:
-            process.resume()
+        with suspended(process), pytest.raises(Interrupted), alarm_after(0.3):
+            client.store("big", b"x" * BIG)  # blocks part way: the stopped server reads nothing
         assert client.get("small") == "still here"
         with pytest.raises(KeyNotFound):
             client.get("big")  # the request never arrived whole, so it never ran
@@ -125,12 +132,8 @@ def test_an_interrupted_call_is_recorded_as_unknown_outcome(dedicated_backend: t
     path = tmp_path / "history.jsonl"
     with HistoryWriter(path) as history, connect(timeout=5.0, history=history) as client:
         client.store("a", "1")
-        suspend(process)
-        try:
-            with pytest.raises(Interrupted), alarm_after(0.3):
-                client.store("a", "2")
-        finally:
-            process.resume()
+        with suspended(process), pytest.raises(Interrupted), alarm_after(0.3):
+            client.store("a", "2")
         assert client.get("a") in ("1", "2")
     lines = [json.loads(line) for line in path.read_text().splitlines()]
     interrupted = [line for line in lines if line["op"] == "store" and line["value"] == "2"]
@@ -141,14 +144,11 @@ def test_a_call_to_a_stopped_server_fails_within_its_timeout_even_with_a_large_p
     process, connect = dedicated_backend
     with connect(timeout=1.0) as client:
         client.store("warm", "up")
-        suspend(process)
-        try:
+        with suspended(process):
             started = time.monotonic()
             with pytest.raises(ServerUnavailable):  # the request never arrived whole: not made
                 client.store("big", b"x" * BIG)
             elapsed = time.monotonic() - started
-        finally:
-            process.resume()
     assert elapsed < 1.9, f"a 1 s call took {elapsed:.1f}s"
 
 
