@@ -34,6 +34,7 @@ from kvmgr.processes import interrupt_on_terminate
 def command_serve(args: argparse.Namespace) -> int:
     """Run a server in this process until quit, SIGTERM or SIGINT."""
     from kvmgr.durable import SQLiteJournal
+    from kvmgr.journal import IN_MEMORY
     from kvmgr.server import serve
 
     limits = Limits(args.max_key_bytes, args.max_value_bytes, args.handshake_timeout, max_request_bytes=args.max_request_bytes or 0)
@@ -47,7 +48,7 @@ def command_serve(args: argparse.Namespace) -> int:
             )
         authkey, path = generated_authkey()
         print(f"kvmgr: authkey in {path} (clients on this machine read it from there)", file=sys.stderr, flush=True)
-    journal = SQLiteJournal(args.data_dir, args.fsync) if args.data_dir is not None else None
+    journal = SQLiteJournal(args.data_dir, args.fsync) if args.data_dir is not None else IN_MEMORY
     try:
         return serve(address, authkey, limits, journal)
     except OSError as exc:

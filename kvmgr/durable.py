@@ -1,16 +1,17 @@
 """Durable mode: the store's data in SQLite (WAL) inside a data directory, written before writes are acknowledged.
 
-Every change goes through one path: `append(changes, undo)` under the store's lock (so the journal's order
-is the store's order), then `wait(group)` outside it; a write is acknowledged when `wait` returns.
+`SQLiteJournal` is a kvmgr.journal.Journal. Every change goes through one path: `append(changes, before)` under
+the store's lock (so the journal's order is the store's order), then the wait it returns, outside the lock;
+a write is acknowledged when that wait returns.
 - fsync "always": each write is committed and fsynced inside `append`.
 - fsync "batch": a committer thread commits everything appended since its last commit in one
-  transaction (group commit); `wait` returns once the commit holding that write is durable.
+  transaction (group commit); the wait returns once the commit holding that write is durable.
 - fsync "off": each write is committed inside `append`; the operating system decides when it reaches disk.
 
 A commit that fails (a full disk, an I/O error) fails every write not yet committed and is logged once.
 In "always" and "off" that is the one write, refused before the store changes. In "batch" the store has
 already applied the writes of the failed group and of any group queued behind it (later writes may
-depend on them), so the journal hands their undo records back to the store, which restores the last
+depend on them), so the journal, which kept their undo records, hands them back to the store, which restores the last
 committed state under its lock (see `on_failure`). Nothing sticks: the next commit is tried afresh.
 """
 
@@ -22,19 +23,19 @@ import logging
 import os
 import sqlite3
 import threading
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TextIO
 
 from kvmgr.errors import ConfigError, KvmgrError
+from kvmgr.journal import Changes, RollBack, Undo, Wait, already_durable
 from kvmgr.validation import Value
 
 FSYNC_MODES = ("always", "batch", "off")
 DATABASE_NAME = "kvmgr.sqlite3"
 LOCK_NAME = "kvmgr.lock"
 COMMIT_TIMEOUT = 30.0  # seconds a writer waits for its commit before it is told durable storage failed
-Changes = Mapping[str, Value | None]  # None deletes the key
-Undo = tuple[str, Any]  # (key, the value it had before a write): opaque to the journal, the store's to restore
 
 log = logging.getLogger("kvmgr.durable")
 
@@ -75,18 +76,13 @@ class SQLiteJournal:
         self._open = CommitGroup()  # collecting writes
         self._committing: CommitGroup | None = None
         self._closing = False
-        self._on_failure: Callable[[BaseException], None] = self.fail_uncommitted
+        self._on_failure: RollBack = self.fail_uncommitted
         self._committer: threading.Thread | None = None
         if fsync == "batch":
             self._committer = threading.Thread(target=self._commit_batches, name="kvmgr-group-commit", daemon=True)
             self._committer.start()
 
-    @property
-    def deferred(self) -> bool:
-        """True when a write is committed after `append` returns (batch), so the store must be able to undo it."""
-        return self._committer is not None
-
-    def on_failure(self, handler: Callable[[BaseException], None]) -> None:
+    def on_failure(self, handler: RollBack) -> None:
         """Call handler(failure) from the committer after a group commit fails (batch mode).
 
         The handler must hold the store's lock while it calls `fail_uncommitted` and applies the undo
@@ -123,11 +119,12 @@ class SQLiteJournal:
             problem = f"the value of key {shown} is of type {value_type}, not text or blob"
         raise ConfigError(f"cannot use {self.path}: {problem}; kvmgr did not write it (was the database changed by another tool?)")
 
-    def append(self, changes: Changes, undo: Iterable[Undo] = ()) -> CommitGroup | None:
-        """Take a write (call it under the store's lock); returns what to `wait` on (None: already committed).
+    def append(self, changes: Changes, before: Mapping[str, Value]) -> Wait:
+        """Take a write (under the store's lock, before the store applies it); returns the wait that returns once it is committed.
 
         In "always" and "off" the write is committed here, and a failure raises KvmgrError before the
-        store changes. In "batch" `undo` says how to take the write back out of the store should its commit fail.
+        store changes. In "batch" the journal keeps, from `before` (the store's data), the values the write
+        replaces, to take it back out of the store should its commit fail.
         """
         if self._committer is None:
             try:
@@ -135,19 +132,17 @@ class SQLiteJournal:
             except Exception as exc:
                 _report(exc, 1)
                 raise _failed(exc) from None
-            return None
+            return already_durable
         with self._mutex:
             group = self._open
             group.changes.extend(changes.items())
-            group.undo.extend(undo)
+            group.undo.extend((key, before.get(key)) for key in changes)
             group.writes += 1
             self._work.notify()
-            return group
+        return partial(self._wait_for, group)
 
-    def wait(self, group: CommitGroup | None) -> None:
-        """Return once the write's group is committed; KvmgrError if its commit failed (the write was not made)."""
-        if group is None:
-            return
+    def _wait_for(self, group: CommitGroup) -> None:
+        """Return once the group is committed; KvmgrError if its commit failed (the write was not made)."""
         with self._mutex:
             if not self._decided.wait_for(lambda: group.done, COMMIT_TIMEOUT):
                 raise KvmgrError(f"durable storage failed: no commit within {COMMIT_TIMEOUT:g}s: the write may or may not be made")
@@ -239,7 +234,7 @@ def _shorten(raw: bytes | None, limit: int = 40) -> str:
     return text if len(text) <= limit else text[: limit - 4] + "...'"
 
 
-def _lock_directory(data_dir: Path):
+def _lock_directory(data_dir: Path) -> TextIO:
     """Hold an exclusive lock on the data directory for as long as the server runs."""
     if data_dir.exists() and not data_dir.is_dir():
         raise ConfigError(f"--data-dir {data_dir} is not a directory")

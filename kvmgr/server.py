@@ -16,8 +16,8 @@ from multiprocessing.managers import Server
 
 from kvmgr import wire
 from kvmgr.config import DEFAULT_LIMITS, Address, Limits, address_family, format_address
-from kvmgr.durable import SQLiteJournal
 from kvmgr.errors import ConfigError, KvmgrError, ProtocolError, UnknownOperation
+from kvmgr.journal import IN_MEMORY, Journal
 from kvmgr.store import Store
 from kvmgr.wire import set_socket_timeout
 
@@ -67,7 +67,7 @@ class StoreServer(Server):
 
     public = [*Server.public, wire.OPEN_STORE]
 
-    def __init__(self, address: Address, authkey: bytes, limits: Limits = DEFAULT_LIMITS, journal: SQLiteJournal | None = None) -> None:
+    def __init__(self, address: Address, authkey: bytes, limits: Limits = DEFAULT_LIMITS, journal: Journal = IN_MEMORY) -> None:
         self.stop_event = threading.Event()
         self.store = Store(limits, on_quit=self.stop_event.set, journal=journal)
         self.store_ident = f"{id(self.store):x}"  # the ident Server.create gives it
@@ -272,7 +272,7 @@ def _reason(exc: BaseException, handshake_timeout: float) -> str:
     return str(exc) or type(exc).__name__
 
 
-def serve(address: Address, authkey: bytes, limits: Limits = DEFAULT_LIMITS, journal: SQLiteJournal | None = None) -> int:
+def serve(address: Address, authkey: bytes, limits: Limits = DEFAULT_LIMITS, journal: Journal = IN_MEMORY) -> int:
     """Run a server until quit, SIGTERM or SIGINT; print the ready line once listening. Returns the exit status."""
     server = StoreServer(address, authkey, limits, journal)
     for signum in (signal.SIGTERM, signal.SIGINT):

@@ -1,8 +1,9 @@
 """Store: the shared dict and the lock that serializes every operation on it. No sockets, no processes.
 
 Every argument goes through kvmgr.validation first (and is used in the plain form it returns). Every change
-goes through `_write`, which journals it (durable mode) and applies it to the dict. In batch mode a write is
-applied before its commit; should the commit fail, the journal calls `_roll_back`, which undoes it.
+goes through `_write`, which hands it to the store's journal (kvmgr.journal: in memory by default, SQLite in
+durable mode) and applies it to the dict. A deferred journal (batch mode) commits a write after it is applied;
+should the commit fail, the journal calls `_roll_back`, which undoes it.
 """
 
 from __future__ import annotations
@@ -11,8 +12,8 @@ import threading
 from collections.abc import Callable, Iterable, Mapping
 
 from kvmgr.config import DEFAULT_LIMITS, RENDEZVOUS_TIMEOUT, Limits
-from kvmgr.durable import CommitGroup, SQLiteJournal
 from kvmgr.errors import InvalidValue, KeyNotFound, KvmgrError
+from kvmgr.journal import IN_MEMORY, Changes, Journal, Wait
 from kvmgr.validation import (
     Value,
     check_expected,
@@ -26,21 +27,19 @@ from kvmgr.validation import (
 )
 
 QUIT_MESSAGE = "Server Quitting..!"
-ABSENT = object()  # in an undo record: the key was not there before the write
 
 
 class Store:
     """A key-value map whose methods each run under one lock, so every operation is atomic."""
 
     def __init__(
-        self, limits: Limits = DEFAULT_LIMITS, on_quit: Callable[[], None] = lambda: None, journal: SQLiteJournal | None = None,
+        self, limits: Limits = DEFAULT_LIMITS, on_quit: Callable[[], None] = lambda: None, journal: Journal = IN_MEMORY,
     ) -> None:
         self._journal = journal
         self._closed = False
-        self._data: dict[str, Value] = journal.load() if journal is not None else {}
+        self._data: dict[str, Value] = journal.load()
         self._lock = threading.Lock()
-        if journal is not None:
-            journal.on_failure(self._roll_back)
+        journal.on_failure(self._roll_back)
         self._limits = limits
         self._on_quit = on_quit
         self._barriers: dict[str, threading.Barrier] = {}
@@ -51,8 +50,8 @@ class Store:
         key, value = check_key(key, self._limits), check_value(value, self._limits)
         with self._lock:
             existed = key in self._data
-            pending = self._write({key: value})
-        self._wait(pending)
+            wait = self._write({key: value})
+        wait()
         return "updated" if existed else "saved"
 
     def get(self, key: str) -> Value:
@@ -70,8 +69,8 @@ class Store:
         with self._lock:
             if key not in self._data:
                 return False
-            pending = self._write({key: None})
-        self._wait(pending)
+            wait = self._write({key: None})
+        wait()
         return True
 
     def exists(self, key: str) -> bool:
@@ -99,8 +98,8 @@ class Store:
         with self._lock:
             if self._data.get(key) != expected:
                 return False
-            pending = self._write({key: value})
-        self._wait(pending)
+            wait = self._write({key: value})
+        wait()
         return True
 
     def get_many(self, keys: Iterable[str]) -> dict[str, Value]:
@@ -118,49 +117,43 @@ class Store:
         with self._lock:
             data = self._data
             outcome = {key: "updated" if key in data else "saved" for key in mapping}
-            pending = self._write(mapping)
-        self._wait(pending)
+            wait = self._write(mapping)
+        wait()
         return outcome
 
-    def _write(self, changes: Mapping[str, Value | None]) -> CommitGroup | None:
+    def _write(self, changes: Changes) -> Wait:
         """The one path every change takes (call under the lock): journal it, then apply it. None deletes.
 
-        Returns what `_wait` waits on for the change to be durable (None: nothing to wait for).
+        Returns the journal's wait: call it outside the lock; it returns once the change is durable
+        (at once in memory mode) and raises KvmgrError if its commit failed.
         """
         if self._closed:
             raise KvmgrError("the server is shutting down: the write was not made")
-        data, journal, pending = self._data, self._journal, None
-        if journal is not None:
-            undo = [(key, data.get(key, ABSENT)) for key in changes] if journal.deferred else ()
-            pending = journal.append(changes, undo)
+        data = self._data
+        wait = self._journal.append(changes, data)
         for key, value in changes.items():
             if value is None:
                 del data[key]
             else:
                 data[key] = value
-        return pending
-
-    def _wait(self, pending: CommitGroup | None) -> None:
-        """Return once a change is durable (at once in memory mode); KvmgrError if its commit failed."""
-        if pending is not None:
-            self._journal.wait(pending)
+        return wait
 
     def _roll_back(self, failure: BaseException) -> None:
         """After a failed group commit, undo every write not committed, newest first (the journal's committer calls this)."""
         with self._lock:
             data = self._data
             for key, previous in reversed(self._journal.fail_uncommitted(failure)):
-                if previous is ABSENT:
+                if previous is None:
                     data.pop(key, None)
                 else:
                     data[key] = previous
 
     def close(self) -> None:
-        """Refuse further writes, commit what is pending and close durable storage, if any."""
+        """Refuse further writes, commit what is pending and close the journal."""
         with self._lock:
             first = not self._closed
             self._closed = True
-        if first and self._journal is not None:
+        if first:
             self._journal.close()  # not under the lock: a commit failing now rolls back under it
 
     def quit(self) -> str:

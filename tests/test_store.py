@@ -1,16 +1,19 @@
-"""The Store by itself, in this process: its answers, the plain types it keeps, and what it refuses."""
+"""The Store by itself, in this process: its answers, the plain types it keeps, what it refuses, and its journal seam."""
 
 from __future__ import annotations
 
 import enum
 import threading
+from collections.abc import Callable, Mapping
 
 import pytest
 
 from kvmgr import wire
 from kvmgr.config import Limits
 from kvmgr.errors import InvalidKey, InvalidValue, KeyNotFound, KvmgrError
+from kvmgr.journal import Changes, Journal, RollBack, Undo, Wait, already_durable
 from kvmgr.store import QUIT_MESSAGE, Store
+from kvmgr.validation import Value
 
 
 class Mode(enum.StrEnum):
@@ -68,7 +71,9 @@ def test_subclasses_are_kept_as_plain_str_and_bytes_so_a_reply_can_carry_them(st
     pytest.param(lambda s: s.rendezvous("r", 1, float("nan")), InvalidValue, id="rendezvous nan timeout"),
     pytest.param(lambda s: s.keys(None, 0), InvalidValue, id="keys limit 0"),
 ])
-def test_what_no_backend_accepts_is_refused_and_nothing_changes(store: Store, call, refused: type[Exception]) -> None:
+def test_what_no_backend_accepts_is_refused_and_nothing_changes(
+    store: Store, call: Callable[[Store], object], refused: type[Exception],
+) -> None:
     with pytest.raises(refused):
         call(store)
     assert store.size() == 0
@@ -110,3 +115,92 @@ def test_a_closed_store_refuses_writes_and_still_answers_reads(store: Store) -> 
 def test_quit_calls_back_and_confirms() -> None:
     quits: list[bool] = []
     assert Store(on_quit=lambda: quits.append(True)).quit() == QUIT_MESSAGE and quits == [True]
+
+
+class RecordingJournal:
+    """A Journal that starts from given data, keeps every write with the values it replaced, and can refuse writes."""
+
+    def __init__(self, start: dict[str, Value]) -> None:
+        self.start = start
+        self.writes: list[tuple[dict[str, Value | None], list[Undo]]] = []
+        self.refusing = False
+        self.closed = 0
+        self.roll_back: RollBack = lambda failure: None
+
+    def load(self) -> dict[str, Value]:
+        return dict(self.start)
+
+    def on_failure(self, handler: RollBack) -> None:
+        self.roll_back = handler
+
+    def append(self, changes: Changes, before: Mapping[str, Value]) -> Wait:
+        if self.refusing:
+            raise KvmgrError("the journal refused the write")
+        self.writes.append((dict(changes), [(key, before.get(key)) for key in changes]))
+        return already_durable
+
+    def fail_uncommitted(self, failure: BaseException) -> list[Undo]:
+        undo = [record for _, records in self.writes for record in records]
+        self.writes.clear()
+        return undo
+
+    def close(self) -> None:
+        self.closed += 1
+
+
+def journaled(start: dict[str, Value]) -> tuple[Store, RecordingJournal]:
+    journal = RecordingJournal(start)
+    checked: Journal = journal  # the test's journal is a Journal (mypy checks this line)
+    return Store(journal=checked), journal
+
+
+def test_the_store_starts_from_its_journal_and_hands_it_every_change_in_order_with_what_it_replaced() -> None:
+    store, journal = journaled({"a": "0"})
+    assert store.get("a") == "0"
+    store.store("a", "1")
+    store.store_many({"b": b"2", "a": "3"})
+    assert not store.cas("b", "wrong", "x") and store.cas("b", b"2", "4")
+    assert store.delete("a") and not store.delete("a")
+    assert store.store_many({}) == {}
+    assert journal.writes == [
+        ({"a": "1"}, [("a", "0")]),
+        ({"b": b"2", "a": "3"}, [("b", None), ("a", "1")]),
+        ({"b": "4"}, [("b", b"2")]),
+        ({"a": None}, [("a", "3")]),
+    ]
+    store.close()
+    store.close()
+    assert journal.closed == 1
+
+
+@pytest.mark.parametrize("write", [
+    pytest.param(lambda s: s.store("a", "new"), id="store"),
+    pytest.param(lambda s: s.delete("a"), id="delete"),
+    pytest.param(lambda s: s.cas("a", "0", "new"), id="cas"),
+    pytest.param(lambda s: s.store_many({"a": "new", "b": "new"}), id="store_many"),
+])
+def test_a_write_the_journal_refuses_changes_nothing(write: Callable[[Store], object]) -> None:
+    store, journal = journaled({"a": "0"})
+    journal.refusing = True
+    with pytest.raises(KvmgrError, match="the journal refused the write"):
+        write(store)
+    assert store.get_many(["a", "b"]) == {"a": "0"}
+
+
+def test_a_failed_commit_takes_every_uncommitted_write_back_newest_first() -> None:
+    store, journal = journaled({"a": "0", "gone": "g"})
+    store.store("a", "1")
+    store.store_many({"new": "n", "a": "2"})
+    store.delete("gone")
+    store.delete("new")
+    assert store.cas("a", "2", "3")
+    journal.roll_back(OSError("disk full"))
+    assert store.get_many(["a", "gone", "new"]) == {"a": "0", "gone": "g"} and store.size() == 2
+
+
+def test_stores_on_the_default_journal_share_nothing() -> None:
+    first, second = Store(), Store()
+    first.store("k", "v")
+    assert not second.exists("k") and second.size() == 0
+    first.close()
+    assert second.store("k", "w") == "saved"  # closing one store does not close the other

@@ -1,0 +1,73 @@
+"""The seam between a Store and where its changes are kept: the Journal protocol and the in-memory default.
+
+A Store hands every change to its journal under its lock (`append`, so the journal sees the store's order),
+applies it, and acknowledges it once the wait that `append` returned has returned, outside the lock.
+`MemoryJournal` keeps nothing (the embedded default); `kvmgr.durable.SQLiteJournal` keeps the data in SQLite.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Final, Protocol
+
+from kvmgr.validation import Value
+
+Changes = Mapping[str, Value | None]  # None deletes the key
+Undo = tuple[str, Value | None]  # (key, the value it had before a write, None if absent): the change that takes the write back
+Wait = Callable[[], None]  # what append returns: call it outside the store's lock; it returns once the write is durable
+RollBack = Callable[[BaseException], object]  # called after a deferred commit failed; what it returns is ignored
+
+
+def already_durable() -> None:
+    """The wait of a write that needs none (committed inside `append`, or kept in memory only): returns at once."""
+
+
+class Journal(Protocol):
+    """Where a Store's changes are kept. The Store calls `append` and `fail_uncommitted` under its lock, `close` outside it.
+
+    A journal may commit a write after `append` returns (group commit), so after the store applied it: it then
+    keeps the write's undo records, and when the commit fails it calls the handler given to `on_failure`, which
+    takes the store's lock, calls `fail_uncommitted` and applies the undo records it returns, newest first.
+    """
+
+    def load(self) -> dict[str, Value]:
+        """The data the store starts from."""
+
+    def on_failure(self, handler: RollBack) -> None:
+        """Call handler(failure) when a deferred commit fails."""
+
+    def append(self, changes: Changes, before: Mapping[str, Value]) -> Wait:
+        """Take a write, before the store applies it to `before` (its data); KvmgrError refuses it and the store stays as it was."""
+
+    def fail_uncommitted(self, failure: BaseException) -> list[Undo]:
+        """Fail every write not yet committed (its wait raises KvmgrError); return their undo records, oldest first."""
+
+    def close(self) -> None:
+        """Commit what is pending and release the storage."""
+
+
+class MemoryJournal:
+    """The embedded default: keeps nothing, so a write is final once the store applies it. Stateless: one serves every Store."""
+
+    __slots__ = ()
+
+    def load(self) -> dict[str, Value]:
+        """An empty store."""
+        return {}
+
+    def on_failure(self, handler: RollBack) -> None:
+        """Nothing can fail: the handler is never needed."""
+
+    def append(self, changes: Changes, before: Mapping[str, Value]) -> Wait:
+        """Accept the write; nothing to wait for."""
+        return already_durable
+
+    def fail_uncommitted(self, failure: BaseException) -> list[Undo]:
+        """Nothing is ever uncommitted."""
+        return []
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+
+IN_MEMORY: Final[Journal] = MemoryJournal()
