@@ -36,6 +36,7 @@ from array import array
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import Any, cast
 
 from kvmgr.errors import HistoryError
 from kvmgr.history import Operation, Value, read_history
@@ -506,6 +507,7 @@ class _Obligations:
     def __init__(self, done: list[Operation], pending: list[Operation]) -> None:
         """Index, per needed state, its readers (with the least return time from each on) and its writers."""
         self.done, self.pending_start = done, [op.start for op in pending]
+        self.ends = [cast(int, op.end) for op in done]  # completed: every end is known
         readers: dict[object, list[int]] = defaultdict(list)
         self.needs: list[State | None] = [_needed_state(op) for op in done]
         for i, needed in enumerate(self.needs):
@@ -514,16 +516,16 @@ class _Obligations:
             if _needs_a_value(done[i]):
                 readers[PRESENT].append(i)
         self.readers = dict(readers)
-        self._timing: dict[object, tuple[list[int], list[float]]] = {}
+        self._timing: dict[object, tuple[list[int], list[int]]] = {}
         self.writers: dict[object, list[int]] = defaultdict(list)
         for i, op in enumerate(done):
             if op.op == "store" or (op.op == "cas" and op.result is True) or (op.op == "delete" and op.result):
-                self.writers[ABSENT if op.op == "delete" else op.value].append(i)  # type: ignore[index]
+                self.writers[ABSENT if op.op == "delete" else op.value].append(i)
             if op.result == "saved" or (op.op == "cas" and op.result is True and op.expected is None):
                 self.writers[PRESENT].append(i)
         self.info_writers: dict[object, int] = defaultdict(int)
         for j, op in enumerate(pending):
-            self.info_writers[ABSENT if op.op == "delete" else op.value] |= 1 << j  # type: ignore[index]
+            self.info_writers[ABSENT if op.op == "delete" else op.value] |= 1 << j
             if op.op == "store" or (op.op == "cas" and op.expected is None):
                 self.info_writers[PRESENT] |= 1 << j
 
@@ -543,7 +545,7 @@ class _Obligations:
         a reader of `state` called after `due` returned would need a writer of it that is not there in time."""
         if isinstance(state, Unknown):
             return False
-        end = self.done[due].end
+        end = self.ends[due]
         if state is not ABSENT and self.needs[due] is ABSENT and self._stranded(PRESENT, k, w, info, end):
             return True
         return self._stranded(state, k, w, info, end)
@@ -561,16 +563,16 @@ class _Obligations:
         least_end = least_end_from[beyond] if beyond < len(readers) else math.inf
         for r in readers[first:beyond]:
             if not w >> (r - k) & 1:
-                least_end = min(least_end, self.done[r].end)  # type: ignore[type-var]
+                least_end = min(least_end, self.ends[r])
         return least_end < self._least_writer_start(state, k, w, info)
 
-    def _reader_timing(self, state: object, readers: list[int]) -> tuple[list[int], list[float]]:
+    def _reader_timing(self, state: object, readers: list[int]) -> tuple[list[int], list[int]]:
         """The readers' starts, and the least return time of the readers from each on (made when first needed)."""
         timing = self._timing.get(state)
         if timing is None:
-            ends = list(itertools.accumulate((self.done[i].end for i in reversed(readers)), min))[::-1]  # type: ignore[type-var]
-            timing = self._timing[state] = ([self.done[i].start for i in readers], ends)  # type: ignore[assignment]
-        return timing  # type: ignore[return-value]
+            ends = list(itertools.accumulate((self.ends[i] for i in reversed(readers)), min))[::-1]
+            timing = self._timing[state] = ([self.done[i].start for i in readers], ends)
+        return timing
 
     def _least_writer_start(self, state: object, k: int, w: int, info: int) -> float:
         """The earliest start of an operation not placed that can bring `state` back."""
@@ -622,7 +624,7 @@ class _KeySearch:
         self.obligations = _Obligations(self.model_done, self.model_pending)
         self.seen = _Seen(max(SEEN_LIMIT, 4 * len(done)))
         self.best_depth = -1
-        self.best: tuple[object, int, int, State] | None = None
+        self.best: tuple[Any, int, int, State] | None = None
 
     def run(self) -> bool:
         """Search; True if some order of the operations explains every result (_OutOfTime past the limit).
@@ -641,8 +643,11 @@ class _KeySearch:
         """
         ev, done, seen, budget, obligations = self.events, self.model_done, self.seen, self.budget, self.obligations
         head, tail, total, nxt = ev.head, ev.tail, len(done), ev.next
-        state, before, k, w, info, depth, frame = self.initial, CLEAN, 0, 0, 0, 0, None
-        candidates, position, deadline, first_pending, fresh, steps = [], 0, 0, 0, True, 0
+        state, k, w, info, depth = self.initial, 0, 0, 0, 0
+        before: Before = CLEAN
+        frame: Any = None  # (parent, deadline, i or -1 - j, state, k, w, info, before, forced): see deepest()
+        candidates: list[int] = []
+        position, deadline, first_pending, fresh, steps = 0, 0, 0, True, 0
         seen.visit(k, w, state, info, before)
         self._remember(depth, frame, k, w, state)
         while nxt[head] != tail:
@@ -669,7 +674,7 @@ class _KeySearch:
                 i = candidates[position]
                 position += 1
                 ok, new_state = step(state, done[i])
-                if ok and (before is CLEAN or not step(before, done[i])[0]):
+                if ok and (before is CLEAN or not step(before, done[i])[0]):  # type: ignore[arg-type]
                     k2, w2 = _placed(k, w, i)
                     if not obligations.strands(state, new_state, k2, w2, info) and seen.visit(k2, w2, new_state, info, CLEAN):
                         break
@@ -708,7 +713,7 @@ class _KeySearch:
         """
         ev, ends, effect = self.events, self.end_rank, self.effect
         nxt, is_call, op_of = ev.next, ev.is_call, ev.op_of
-        node, first_back = nxt[ev.head], {}  # effect -> the candidate with it that returns first
+        node, first_back = nxt[ev.head], dict[int, int]()  # effect -> the candidate with it that returns first
         while is_call[node]:
             i = op_of[node]
             known = first_back.setdefault(effect[i], i)
@@ -723,7 +728,7 @@ class _KeySearch:
         for i in candidates:
             if reader[i]:
                 ok, new_state = step(state, done[i])
-                if ok and new_state == state and (before is CLEAN or not step(before, done[i])[0]):
+                if ok and new_state == state and (before is CLEAN or not step(before, done[i])[0]):  # type: ignore[arg-type]
                     return i
         return -1
 
@@ -745,7 +750,7 @@ class _KeySearch:
                 return j, new_state
         return -1, state
 
-    def _remember(self, depth: int, frame: object, k: int, w: int, state: State) -> None:
+    def _remember(self, depth: int, frame: Any, k: int, w: int, state: State) -> None:
         """Keep the deepest point reached (frames are immutable, so this is O(1))."""
         self.best_depth, self.best = depth, (frame, k, w, state)
 
@@ -756,7 +761,7 @@ class _KeySearch:
         order: list[tuple[Operation, State]] = []
         after = state
         while frame is not None:
-            frame, _, i, before, *_ = frame  # type: ignore[misc]
+            frame, _, i, before, *_ = frame
             order.append((self.done[i] if i >= 0 else self.pending[-1 - i], after))
             after = before
         order.reverse()
@@ -779,7 +784,7 @@ class _KeySearch:
         left = [i for i in range(k, len(self.done)) if not w >> (i - k) & 1]
         if not left:
             return []
-        deadline = min(self.done[i].end for i in left)  # type: ignore[type-var]
+        deadline = min(self.obligations.ends[i] for i in left)
         needs = self.obligations.needs
         chosen = [i for i in left if self.done[i].start <= deadline or (needs[i] == state and state is not ABSENT)]
         return sorted((self.done[i] for i in chosen), key=lambda op: op.start)
