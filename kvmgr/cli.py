@@ -158,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     interrupt_on_terminate()  # `serve` installs its own graceful handlers
     logging.basicConfig(level=logging.INFO, format=f"kvmgr {args.command}: %(message)s", stream=sys.stderr)
     try:
-        return args.handler(args)
+        return int(args.handler(args))
     except KvmgrError as exc:
         return _fail(args, exc, exit_status(exc))
     except KeyboardInterrupt:

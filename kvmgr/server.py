@@ -11,8 +11,10 @@ import stat
 import sys
 import threading
 import time
-from multiprocessing import connection, process
+from collections.abc import Callable
+from multiprocessing import AuthenticationError, connection, process
 from multiprocessing.managers import Server
+from typing import Any, cast
 
 from kvmgr import wire
 from kvmgr.config import DEFAULT_LIMITS, Address, Limits, address_family, format_address
@@ -30,7 +32,7 @@ REPLY_BATCH_BYTES = 256 * 1024  # replies to pipelined requests are written toge
 def open_listener(address: Address) -> socket.socket:
     """A listening socket on address (a Unix socket when it is a path)."""
     family = address_family(address)
-    if family == socket.AF_UNIX and os.path.exists(address):
+    if isinstance(address, str) and os.path.exists(address):
         _remove_stale_socket(address)
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
@@ -73,15 +75,15 @@ class StoreServer(Server):
         self.store_ident = f"{id(self.store):x}"  # the ident Server.create gives it
         # The attributes multiprocessing.managers.Server's own methods rely on:
         self.registry = {wire.TYPEID: (lambda: self.store, wire.EXPOSED, None, None)}
-        self.authkey = process.AuthenticationString(authkey)
+        self.authkey = process.AuthenticationString(authkey)  # type: ignore[attr-defined]  # not in typeshed
         self.socket = open_listener(address)
         self.address = self.socket.getsockname()
         if isinstance(self.address, tuple):
             self.address = self.address[:2]
-        self.id_to_obj = {"0": (None, (), None), self.store_ident: (self.store, set(wire.EXPOSED), None)}
+        self.id_to_obj = {"0": (None, set(), {}), self.store_ident: (self.store, set(wire.EXPOSED), {})}
         self.id_to_refcount = {self.store_ident: 1}  # the server's own reference: never disposed of
         self._store_methods = {name: getattr(self.store, name) for name in wire.EXPOSED}
-        self.id_to_local_proxy_obj = {}
+        self.id_to_local_proxy_obj: dict[str, Any] = {}
         self.mutex = threading.Lock()
         self.limits = limits
         self._handshakes = threading.BoundedSemaphore(limits.max_pending_handshakes)
@@ -159,7 +161,7 @@ class StoreServer(Server):
         if funcname not in ("accept_connection", wire.OPEN_STORE, "shutdown"):
             conn.send_bytes(wire.dump(reply))
 
-    def _exposed_method(self, ident: str, method: str):
+    def _exposed_method(self, ident: str, method: str) -> Callable[..., Any] | None:
         """The bound method `method` of the object `ident` names, if it is exposed (None otherwise)."""
         obj, exposed, _ = self.id_to_obj[ident]
         return getattr(obj, method) if method in exposed else None
@@ -179,7 +181,7 @@ class StoreServer(Server):
             connection.deliver_challenge(conn, self.authkey)
             connection.answer_challenge(conn, self.authkey)
             return wire.load_request(conn.recv_bytes(self.limits.max_request_bytes))
-        except connection.AuthenticationError:
+        except AuthenticationError:
             log.warning("rejected peer %s: wrong authkey", peer)
         except (OSError, EOFError, ProtocolError) as exc:
             reason = f"no handshake within {timeout:g}s" if expired.is_set() else _reason(exc, timeout)
@@ -277,7 +279,7 @@ def serve(address: Address, authkey: bytes, limits: Limits = DEFAULT_LIMITS, jou
     server = StoreServer(address, authkey, limits, journal)
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: server.stop_event.set())
-    print(f"kvmgr listening on {format_address(server.address)}", flush=True)
+    print(f"kvmgr listening on {format_address(cast(Address, server.address))}", flush=True)
     server.serve_until_stopped()
     sys.stdout.flush()
     return 0
