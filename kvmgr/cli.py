@@ -1,7 +1,8 @@
 """The `kvmgr` command and its subcommands.
 
 Exit status, shared by every subcommand: 0 success, 1 a negative verdict (not linearizable, a FAIL),
-2 usage error or malformed input, 3 a server could not be reached, started or listened for.
+2 usage error or malformed input, 3 a server could not be reached, started or listened for (for `kvmgr check`:
+no answer within --timeout).
 """
 
 from __future__ import annotations
@@ -88,14 +89,14 @@ def add_serve(subparsers: argparse._SubParsersAction) -> None:
 def command_check(args: argparse.Namespace) -> int:
     """Check a history file for linearizability; progress on stderr while it takes long."""
     from kvmgr.check import CheckProgress, check_file, describe
-    from kvmgr.errors import EXIT_UNAVAILABLE
+    from kvmgr.errors import EXIT_UNKNOWN
 
     def show(progress: CheckProgress) -> None:
         print(progress.line(), file=sys.stderr, flush=True)
 
     result = check_file(args.history, args.initial, args.timeout, show)
     print(describe(result))
-    return {True: EXIT_OK, False: EXIT_NEGATIVE, None: EXIT_UNAVAILABLE}[result.linearizable]  # 3: no answer came
+    return {True: EXIT_OK, False: EXIT_NEGATIVE, None: EXIT_UNKNOWN}[result.linearizable]
 
 
 def add_check(subparsers: argparse._SubParsersAction) -> None:

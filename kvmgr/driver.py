@@ -21,7 +21,7 @@ from typing import Any
 import psutil
 from tabulate import tabulate
 
-from kvmgr.check import check_operations
+from kvmgr.check import CHECK_TIMEOUT, check_operations
 from kvmgr.config import DEFAULT_TIMEOUT, is_redis_url, positive_float
 from kvmgr.errors import EXIT_NEGATIVE, EXIT_OK, ConfigError, KvmgrError, exit_status
 from kvmgr.history import read_history
@@ -357,8 +357,6 @@ def _skipped_row(step: str, actor: str, operation: str, reason: str) -> Row:
 
 def check_history(history_dir: Path) -> Row:
     """A row saying whether what the actors recorded is linearizable."""
-    from kvmgr.check import CHECK_TIMEOUT
-
     operations = [op for path in sorted(history_dir.glob("*.jsonl")) for op in read_history(path)]
     result = check_operations(operations, initial="empty", timeout=CHECK_TIMEOUT)  # the driver's keys start absent
     shown = {True: f"yes ({len(operations)} operations)", False: f"NO: key {result.key}", None: f"unknown: {result.detail}"}

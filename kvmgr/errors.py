@@ -68,6 +68,7 @@ ERROR_CLASSES: dict[str, type[KvmgrError]] = {
 """Every kvmgr error by name (scenario files name them; replies may carry them)."""
 
 EXIT_OK, EXIT_NEGATIVE, EXIT_USAGE, EXIT_UNAVAILABLE = 0, 1, 2, 3
+EXIT_UNKNOWN = EXIT_UNAVAILABLE  # kvmgr check: no verdict within its time limit
 """Exit statuses of every command: success, a negative answer (key not found, a FAIL, not linearizable),
 bad usage or input, and a server that could not be reached, used or started."""
 
