@@ -122,3 +122,24 @@ def console_script(name: str) -> str:
     if not path.exists():
         pytest.skip(f"console script {name} is not installed next to {sys.executable}")
     return str(path)
+
+
+@pytest.fixture
+def thread_server() -> Iterator[kvmgr.server.StoreServer]:
+    """A real kvmgr server on a free loopback port with a fresh authkey, run by a daemon thread of this process.
+
+    For protocol tests that need no subprocess: reach it at format_address(server.address) with bytes(server.authkey).
+    It is closed (and its thread joined) when the test ends.
+    """
+    import threading
+
+    from kvmgr.config import fresh_authkey
+    from kvmgr.server import StoreServer
+
+    server = StoreServer(("127.0.0.1", 0), fresh_authkey().encode())
+    thread = threading.Thread(target=server.serve_until_stopped, name="kvmgr-thread-server", daemon=True)
+    thread.start()
+    yield server
+    server.close()
+    thread.join(5)
+    assert not thread.is_alive(), "the server thread did not stop within 5 s of close()"
