@@ -19,6 +19,7 @@ from kvmgr import durable
 from kvmgr import store as store_module
 from kvmgr.durable import FSYNC_MODES, SQLiteJournal
 from kvmgr.errors import KeyNotFound, KvmgrError
+from kvmgr.journal import Undo
 from kvmgr.store import Store
 from tests.commit_failure import COMMITTED, Call, Same, fail_a_commit_in_flight, until
 
@@ -187,3 +188,30 @@ def test_a_store_closed_while_a_commit_fails_rolls_back_without_deadlock(
     assert closing.join().error is None
     assert isinstance(write.join().error, KvmgrError)
     assert store._data == {"k": COMMITTED}
+
+
+def test_the_journal_alone_keeps_what_each_write_replaced_and_fails_every_uncommitted_wait(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    journal = SQLiteJournal(tmp_path, "batch")
+    try:
+        database = FailingDatabase(journal._db)
+        monkeypatch.setattr(journal, "_db", database)
+        handed_back: list[list[Undo]] = []
+        journal.on_failure(lambda failure: handed_back.append(journal.fail_uncommitted(failure)))
+        database.armed = True
+        first = journal.append({"k": "1"}, {"k": "0"})
+        until(database.reached.is_set, "the first group's commit")
+        second = journal.append({"k": "2", "new": "n"}, {"k": "1"})  # queued behind the failing group
+        third = journal.append({"gone": None}, {"gone": "g", "other": "o"})
+        database.release.set()
+        for wait in (first, second, third):
+            with pytest.raises(KvmgrError, match=f"^{re.escape(f'durable storage failed: {INJECTED}: the write was not made')}$"):
+                wait()
+        assert handed_back == [[("k", "0"), ("k", "1"), ("new", None), ("gone", "g")]]
+        journal.append({"after": "a"}, {})()  # the cause is gone: the next commit goes through
+    finally:
+        journal.close()
+    again = SQLiteJournal(tmp_path)
+    assert again.load() == {"after": "a"}
+    again.close()
