@@ -23,6 +23,7 @@ AUTHKEY_ENV = "KVMGR_AUTHKEY"
 HANDSHAKE_TIMEOUT = 5.0
 RENDEZVOUS_TIMEOUT = 30.0  # the longest a rendezvous waits for its parties
 MAX_PENDING_HANDSHAKES = 1024
+MIN_TIMEOUT = 0.001  # the shortest timeout option (a millisecond)
 MAX_TIMEOUT = 86400.0  # the longest any timeout option may be (a day): socket timeouts and timers overflow far beyond
 MAX_KEY_BYTES = 1024
 MAX_VALUE_BYTES = 16 * 1024 * 1024
@@ -73,13 +74,13 @@ def positive_int(text: str, maximum: int = sys.maxsize) -> int:
 
 
 def positive_float(text: str, maximum: float = MAX_TIMEOUT) -> float:
-    """An argparse type: a number of seconds above 0 and at most `maximum` (a day)."""
+    """An argparse type: a number of seconds from MIN_TIMEOUT (a millisecond) to `maximum` (a day)."""
     try:
         value = float(text)
     except ValueError:
         value = 0.0
-    if not 0 < value <= maximum:
-        raise argparse.ArgumentTypeError(f"expected a number of seconds above 0 and at most {maximum:g}, got {text[:40]!r}")
+    if not MIN_TIMEOUT <= value <= maximum:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds from {MIN_TIMEOUT:g} to {maximum:g}, got {text[:40]!r}")
     return value
 
 

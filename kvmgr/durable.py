@@ -28,7 +28,7 @@ from functools import partial
 from pathlib import Path
 from typing import TextIO
 
-from kvmgr.errors import ConfigError, KvmgrError
+from kvmgr.errors import ConfigError, KvmgrError, OutcomeUnknown
 from kvmgr.journal import Changes, RollBack, Undo, Wait, already_durable
 from kvmgr.validation import Value
 
@@ -145,7 +145,7 @@ class SQLiteJournal:
         """Return once the group is committed; KvmgrError if its commit failed (the write was not made)."""
         with self._mutex:
             if not self._decided.wait_for(lambda: group.done, COMMIT_TIMEOUT):
-                raise KvmgrError(f"durable storage failed: no commit within {COMMIT_TIMEOUT:g}s: the write may or may not be made")
+                raise OutcomeUnknown(f"durable storage did not commit within {COMMIT_TIMEOUT:g}s: the write may or may not be made")
         if group.failure is not None:
             raise _failed(group.failure)
 

@@ -516,7 +516,7 @@ def inherited_by_fork(tasks: int = 40) -> FaultResult:
             _INHERITED = client
             try:
                 with multiprocessing.get_context("fork").Pool(4) as pool:
-                    outcomes = pool.map(_inherited_task, range(tasks), chunksize=2)
+                    outcomes = _bounded_map(pool, _inherited_task, range(tasks), result)
             finally:
                 _INHERITED = None
             result.wrong_answers += client.get("parent") != "opened before the fork"
@@ -662,6 +662,15 @@ def batch_commit_failure(writers: int = 4, writes: int = 30) -> FaultResult:
     result.wrong_answers = len(wrong) + sum(key in present for key in refused)
     result.scenario += f": {len(refused)} writes refused"
     return result
+
+
+def _bounded_map(pool: Any, task: Callable[[int], Any], items: range, result: FaultResult) -> list[Any]:
+    """pool.map with a time limit: a worker that dies mid-task would otherwise leave map waiting forever."""
+    try:
+        return list(pool.map_async(task, items, chunksize=2).get(timeout=PROGRESS_TIMEOUT))
+    except multiprocessing.TimeoutError:
+        result.notes.append(f"the Pool gave no answer within {PROGRESS_TIMEOUT:g}s")
+        return []
 
 
 def scenarios(quick: bool, rounds: int) -> list[tuple[str, Callable[[], FaultResult]]]:

@@ -121,6 +121,8 @@ def wait_until_ready(process: psutil.Popen, prefix: str, what: str, timeout: flo
     """Wait for the process's ready line (`prefix` + details) and return the details; ServerUnavailable if none comes."""
     line = read_line(process, time.monotonic() + timeout)
     if line is None or not line.startswith(prefix):
+        with contextlib.suppress(psutil.TimeoutExpired):
+            process.wait(0.2)  # its output ended: it has likely just exited, so say so rather than "no ready line"
         status = process.poll()
         reason = f"exited with status {status}" if status is not None else f"no ready line within {timeout:g}s"
         raise ServerUnavailable(f"{what} did not start: {reason}")

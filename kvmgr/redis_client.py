@@ -257,24 +257,35 @@ class RedisClient(Operations):
     # --- one call: dispatch, connection, error translation ---
 
     def _call_once(self, method: str, args: tuple, timeout: float | None) -> Any:
-        """Validate and run one operation on a connection of its own; translate redis-py errors into kvmgr errors."""
+        """Validate and run one operation on a connection of its own; translate redis-py errors into kvmgr errors.
+
+        A call with its own timeout (a rendezvous) opens a connection for itself alone and closes it after.
+        A pooled connection goes back to the pool unless the call ended without its whole reply.
+        """
         if method not in wire.EXPOSED:
             raise UnknownOperation(f"method {method!r} is not exposed; exposed are {', '.join(sorted(wire.EXPOSED))}")
         operation = getattr(self, f"_do_{method}")
-        lease = self._pool.acquire()
-        own = None if timeout is None else self._open(timeout)  # a call with its own timeout gets its own connection
-        try:
-            result = operation(own or lease.connection, *args)
-        except BaseException as exc:
-            self._pool.discard(lease)  # a reply may still be on its way: no other call may read it
-            if isinstance(exc, KvmgrError):  # ours (KeyNotFound, InvalidKey, ...): some are OSErrors too, pass them on as they are
-                raise
-            if isinstance(exc, self._redis.RedisError | OSError):
+        if timeout is not None:
+            own = self._open(timeout)
+            try:
+                return operation(own, *args)
+            except (self._redis.RedisError, OSError) as exc:
                 raise self._command_error(method, exc) from None
-            raise
-        finally:
-            if own is not None:
+            finally:
                 _close_quietly(own)
+        lease = self._pool.acquire()
+        try:
+            result = operation(lease.connection, *args)
+        except KvmgrError:  # ours (KeyNotFound, InvalidKey, ...), raised after a reply was read in full
+            self._pool.release(lease)
+            raise
+        except (self._redis.RedisError, OSError) as exc:
+            answered = isinstance(exc, self._redis.ResponseError)  # Redis refused the command: the connection is fine
+            (self._pool.release if answered else self._pool.discard)(lease)
+            raise self._command_error(method, exc) from None
+        except BaseException:
+            self._pool.discard(lease)  # interrupted mid-call: its reply may still come, no other call may read it
+            raise
         self._pool.release(lease)
         return result
 

@@ -30,11 +30,14 @@ HEADER = struct.Struct("!i")
 _LONG_HEADER = struct.Struct("!iQ")  # multiprocessing.connection's form for messages over 2 GiB: -1, then the size
 _LONG = 0x7FFFFFFF
 
-UNPICKLING_ERRORS = (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, LookupError, OverflowError, RecursionError)
+UNPICKLING_ERRORS = (
+    pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, LookupError, OverflowError, RecursionError,
+    MemoryError,  # a length field claiming more than memory holds
+)
 """What malformed pickle bytes raise; anything else (an exception a signal handler raised meanwhile) passes through."""
 
-_BUILTIN_EXCEPTIONS = {
-    name: cls for name, cls in vars(builtins).items() if isinstance(cls, type) and issubclass(cls, BaseException)
+_BUILTIN_EXCEPTIONS = {  # Exception subclasses only: a reply can never make a client raise SystemExit or KeyboardInterrupt
+    name: cls for name, cls in vars(builtins).items() if isinstance(cls, type) and issubclass(cls, Exception)
 }
 
 
@@ -98,9 +101,15 @@ def set_socket_timeout(conn: connection.Connection | int, seconds: float) -> Non
 
 
 def bound_blocking_calls(sock: socket.socket, seconds: float) -> None:
-    """Make each blocking read and write on sock give up after `seconds` (0 = never), with SO_RCVTIMEO/SO_SNDTIMEO."""
+    """Make each blocking read and write on sock give up after `seconds` (0 = never), with SO_RCVTIMEO/SO_SNDTIMEO.
+
+    A positive time under a microsecond becomes one microsecond: the kernel reads (0, 0) as "never".
+    """
     whole = int(seconds)
-    timeval = struct.pack("ll", whole, int((seconds - whole) * 1e6))
+    micro = int((seconds - whole) * 1e6)
+    if seconds > 0 and whole == micro == 0:
+        micro = 1
+    timeval = struct.pack("ll", whole, micro)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeval)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, timeval)
 

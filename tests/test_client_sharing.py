@@ -97,7 +97,7 @@ def test_a_client_inherited_by_a_fork_pool_uses_its_own_connections(any_client: 
     any_client.store("parent", "set before the fork")  # the parent holds an open connection when it forks
     try:
         with multiprocessing.get_context("fork").Pool(4) as pool:
-            wrong = pool.map(pool_task, range(POOL_TASKS), chunksize=5)
+            wrong = pool.map_async(pool_task, range(POOL_TASKS), chunksize=5).get(timeout=60)  # never waits forever
     finally:
         SHARED = None
     assert sum(wrong) == 0, f"{sum(wrong)} wrong answers in {POOL_TASKS} tasks"
@@ -142,14 +142,14 @@ def test_an_interrupted_call_is_recorded_as_unknown_outcome(dedicated_backend: t
 
 def test_a_call_to_a_stopped_server_fails_within_its_timeout_even_with_a_large_payload(dedicated_backend: tuple) -> None:
     process, connect = dedicated_backend
-    with connect(timeout=1.0) as client:
+    with connect(timeout=2.0) as client:
         client.store("warm", "up")
         with suspended(process):
             started = time.monotonic()
             with pytest.raises(ServerUnavailable):  # the request never arrived whole: not made
                 client.store("big", b"x" * BIG)
             elapsed = time.monotonic() - started
-    assert elapsed < 1.9, f"a 1 s call took {elapsed:.1f}s"
+    assert elapsed < 3.5, f"a 2 s call took {elapsed:.1f}s"  # it took 2 to 3 times its timeout (4 to 6 s)
 
 
 def test_a_thread_blocked_in_a_call_does_not_hold_up_other_threads_on_the_same_client(any_client: Operations) -> None:
@@ -163,12 +163,12 @@ def test_a_thread_blocked_in_a_call_does_not_hold_up_other_threads_on_the_same_c
     answered_after = time.monotonic() - started
     waiter.join(10)
     assert outcome and isinstance(outcome[0], Exception)  # nobody else came: the rendezvous timed out
-    assert answered_after < 1.0, f"a call waited {answered_after:.1f}s behind another thread's blocking call"
+    assert answered_after < 2.5, f"a call waited {answered_after:.1f}s behind another thread's blocking call (4 s)"
 
 
 def wait_alone(client: Operations) -> object:
-    """A rendezvous nobody else joins: its error after 2 s."""
+    """A rendezvous nobody else joins: its error after 4 s."""
     try:
-        return client.rendezvous("lonely", 2, timeout=2.0)
+        return client.rendezvous("lonely", 2, timeout=4.0)
     except Exception as exc:
         return exc

@@ -145,7 +145,6 @@ def test_what_is_not_a_pickle_is_unreadable(load: Loader, data: bytes) -> None:
         load(data)
 
 
-@pytest.mark.xfail(strict=True, raises=MemoryError, reason="wire.UNPICKLING_ERRORS lacks MemoryError (requested of wire.py's owner)")
 @pytest.mark.parametrize("opcode", [pytest.param(b"\x80\x04\x8e", id="BINBYTES8"), pytest.param(b"\x80\x05\x96", id="BYTEARRAY8")])
 def test_bytes_claiming_an_impossible_length_are_unreadable(opcode: bytes) -> None:
     with pytest.raises(ProtocolError, match=r"^unreadable request: "):

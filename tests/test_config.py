@@ -68,7 +68,7 @@ def test_timeouts_beyond_a_day_are_a_usage_error(argv: list[str]) -> None:
     result = run(argv, child_environment("some-key"))
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
-    assert result.stderr.splitlines()[-1].endswith(f"expected a number of seconds above 0 and at most 86400, got '{argv[-1]}'")
+    assert result.stderr.splitlines()[-1].endswith(f"expected a number of seconds from 0.001 to 86400, got '{argv[-1]}'")
 
 
 @pytest.mark.parametrize("command", [["kvmgr", "stress", "--clients", "2", "--ops", "20"], ["kvmgr.client", "--name=alice", "--key=k"]])

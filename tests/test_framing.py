@@ -260,9 +260,7 @@ def unix_pair() -> tuple[socket.socket, socket.socket]:
 
 @pytest.mark.parametrize("family", [
     pytest.param("tcp"),
-    pytest.param("unix", marks=pytest.mark.xfail(strict=True, reason=(
-        "on a Unix socket SO_SNDTIMEO bounds each wait for buffer space, not the whole write: Link.send's first os.write "
-        "of a large request runs past the deadline while the peer keeps draining (requested of kvmgr/client's owner)"))),
+    pytest.param("unix"),
 ])
 def test_link_keeps_its_deadline_when_the_server_takes_a_request_slowly(family: str) -> None:
     peer, ours = tcp_pair() if family == "tcp" else unix_pair()

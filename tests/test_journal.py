@@ -168,7 +168,7 @@ def test_an_empty_store_many_never_waits_for_a_commit(tmp_path: Path, monkeypatc
     opened.append(store)
     started = time.monotonic()
     assert store.store_many({}) == {}
-    assert time.monotonic() - started < 1.0
+    assert time.monotonic() - started < 1.5  # well short of the 2 s it used to wait
     assert store.store("k", "v") == "saved"
 
 

@@ -60,3 +60,23 @@ def test_a_request_over_the_servers_limit_is_refused_before_it_is_sent(group: Pr
             client.store_many({f"k{n}": f"{n:03d}" + "v" * 897 for n in range(200)})
         assert client.store("k", "still serving") == "saved"
         assert client.size() == 1
+
+
+def test_a_timeout_under_a_microsecond_still_times_out() -> None:
+    import os
+    import socket
+
+    from kvmgr import wire
+
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        wire.bound_blocking_calls(ours, 5e-7)  # the kernel would read (0 s, 0 µs) as "wait forever"
+        with pytest.raises(BlockingIOError):
+            os.read(ours.fileno(), 1)
+
+
+def test_a_timeout_option_below_a_millisecond_is_a_usage_error() -> None:
+    result = subprocess.run(python_module("kvmgr.client", "--name=alice", "--key=k", "--timeout", "0.0000001"),
+                            env=child_environment("key"), capture_output=True, text=True, timeout=30)
+    assert result.returncode == 2
+    assert result.stderr.splitlines()[-1].endswith("expected a number of seconds from 0.001 to 86400, got '0.0000001'")

@@ -32,6 +32,7 @@ from kvmgr.validation import normalize_call
 PIPELINE_WINDOW = 128  # requests in flight at most on one connection
 PIPELINE_BYTES = 64 * 1024  # ... and bytes of requests in flight at most (one larger request goes alone)
 MAX_REPLY_BYTES = 1 << 62  # replies come from an authenticated server: no size is refused
+SEND_PIECE = 256 * 1024  # a larger request is written in pieces of this size, each bounded by the time left
 
 
 def open_socket(address: Address, authkey: bytes, timeout: float) -> socket.socket:
@@ -97,17 +98,27 @@ class Link:
         self.idle_check.register(self.fd, select.POLLIN)
 
     def send(self, data: bytes, deadline: float) -> None:
-        """Write framed bytes in full before the deadline (OSError if the server does not take them)."""
-        written = os.write(self.fd, data)
-        if written < len(data):
-            view = memoryview(data)
-            while written < len(data):
-                self._arm_remaining(deadline)
-                written += os.write(self.fd, view[written:])
+        """Write framed bytes in full before the deadline (OSError if the server does not take them).
+
+        A large request goes in pieces, the time left re-armed before each: on a Unix socket SO_SNDTIMEO bounds
+        each wait for buffer space, not a whole write, so one write of it all could outlast the deadline.
+        """
+        if len(data) <= SEND_PIECE:
+            written = os.write(self.fd, data)
+            if written == len(data):
+                return
+        else:
+            written = 0
+        view = memoryview(data)
+        while written < len(data):
+            self._arm_remaining(deadline)
+            written += os.write(self.fd, view[written:written + SEND_PIECE])
 
     def receive(self, deadline: float) -> bytes:
         """Read one whole reply before the deadline (OSError on timeout, EOFError if the server closed)."""
         buffer = self.buffer
+        if deadline - time.monotonic() < self.armed * 0.9:  # sending used part of the time: wait only for the rest
+            self._arm_remaining(deadline)
         if not buffer:  # the usual case: one read brings exactly one whole reply
             chunk = os.read(self.fd, wire.READ_SIZE)
             if len(chunk) >= 4 and len(chunk) == 4 + wire.HEADER.unpack_from(chunk)[0]:
@@ -272,7 +283,7 @@ class _Pipeline:
                 if end > len(self.started):
                     in_flight_bytes += sum(map(len, self.requests[len(self.started):end]))
                     self._send(end)
-                self.results.append(self._next_result())
+                self._next_result()
                 in_flight_bytes -= len(self.requests[len(self.results) - 1])
         except BaseException as exc:
             for index in range(len(self.results), len(self.started)):  # sent, never answered: outcome unknown
@@ -295,23 +306,27 @@ class _Pipeline:
             end += 1
         return end
 
+    def _deadline(self) -> float:
+        """A fresh deadline for one send or one reply, the connection's timeouts set to match."""
+        self.link.arm(self.client.timeout)
+        return time.monotonic() + self.client.timeout
+
     def _send(self, end: int) -> None:
         batch = b"".join(self.requests[len(self.started):end])
         self.started.extend([time.monotonic_ns()] * (end - len(self.started)))
-        self.link.send(batch, time.monotonic() + self.client.timeout)
+        self.link.send(batch, self._deadline())
 
-    def _next_result(self) -> Any:
+    def _next_result(self) -> None:
+        """Read the next reply and keep its result (or its error); answered, it is never recorded as unknown."""
         index = len(self.results)
         method, args = self.calls[index]
-        kind, result = wire.load_reply(self.link.receive(time.monotonic() + self.client.timeout))
+        reply = wire.load_reply(self.link.receive(self._deadline()))
         try:
-            value = _result((kind, result))
+            value, status, answer = _result(reply), "ok", None
         except KvmgrError as exc:
-            status = "ok" if isinstance(exc, KeyNotFound) else "fail"
-            self.client._record(method, args, status, None, self.started[index], time.monotonic_ns())
-            return exc
-        self.client._record(method, args, "ok", value, self.started[index], time.monotonic_ns())
-        return value
+            value, status, answer = None, "ok" if isinstance(exc, KeyNotFound) else "fail", exc
+        self.results.append(value if answer is None else answer)
+        self.client._record(method, args, status, value, self.started[index], time.monotonic_ns())
 
 
 def _result(reply: tuple[str, Any]) -> Any:

@@ -101,6 +101,8 @@ class Operations:
     def call(self, method: str, *args: Any, timeout: float | None = None) -> Any:
         """Run one operation; a safe one whose connection broke mid-call is repeated once on a new connection."""
         args = normalize_call(method, args)
+        if timeout is not None and not (isinstance(timeout, int | float) and timeout > 0):
+            raise InvalidValue(f"{method}: timeout must be a number of seconds above 0, not {timeout!r}")
         attempt = self._call_once if self.history is None else self._recorded_attempt
         try:
             return attempt(method, args, timeout)
@@ -116,23 +118,26 @@ class Operations:
         KeyboardInterrupt raised while it waited) is recorded as info: it may or may not have taken effect.
         """
         start = time.monotonic_ns()
+        status: str | None = "info"  # until the call is known to have ended otherwise
+        result: Any = None
         try:
             result = self._call_once(method, args, timeout)
+            status = "ok"
         except KeyNotFound:
-            self._record(method, args, "ok", None, start, time.monotonic_ns())
+            status = "ok"
             raise
         except (InvalidKey, InvalidValue):
-            raise  # refused before the store was touched, and not a well-formed operation to record
+            status = None  # refused before the store was touched, and not a well-formed operation to record
+            raise
         except OutcomeUnknown:
-            self._record(method, args, "info", None, start, None)
             raise
         except KvmgrError:  # nothing was sent (ServerUnavailable), or the server refused the call
-            self._record(method, args, "fail", None, start, time.monotonic_ns())
+            status = "fail"
             raise
-        except BaseException:
-            self._record(method, args, "info", None, start, None)
-            raise
-        self._record(method, args, "ok", result, start, time.monotonic_ns())
+        finally:  # whatever ends the call, even an exception raised by a signal handler meanwhile, it is recorded once
+            if status is not None:
+                known = status != "info"
+                self._record(method, args, status, result if known else None, start, time.monotonic_ns() if known else None)
         return result
 
     def _call_once(self, method: str, args: tuple, timeout: float | None) -> Any:
