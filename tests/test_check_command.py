@@ -144,7 +144,7 @@ def test_unknown_in_the_api_and_in_stress_reports() -> None:
 
 def test_stress_with_a_check_time_limit_too_short_is_unknown_and_fails() -> None:
     """kvmgr stress: when the check's time limit comes first, the verdict is unknown and the run fails (exit 1)."""
-    argv = python_module("kvmgr", "stress", "--clients", "2", "--ops", "20", "--keys", "1", "--check-timeout", "1e-9", "--json")
+    argv = python_module("kvmgr", "stress", "--clients", "4", "--ops", "500", "--keys", "1", "--check-timeout", "0.001", "--json")
     result = subprocess.run(argv, capture_output=True, text=True, timeout=120)
     assert result.returncode == 1, result.stdout + result.stderr
     report = json.loads(result.stdout)
