@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from kvmgr import __version__
+from kvmgr.arguments import positive_float, positive_int
 from kvmgr.config import (
     DEFAULT_ADDRESS,
     HANDSHAKE_TIMEOUT,
@@ -24,8 +25,6 @@ from kvmgr.config import (
     generated_authkey,
     is_loopback,
     parse_address,
-    positive_float,
-    positive_int,
 )
 from kvmgr.durable import FSYNC_MODES
 from kvmgr.errors import EXIT_NEGATIVE, EXIT_OK, ConfigError, KvmgrError, ServerUnavailable, exit_status

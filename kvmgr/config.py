@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import ipaddress
 import os
@@ -29,6 +28,18 @@ MAX_KEY_BYTES = 1024
 MAX_VALUE_BYTES = 16 * 1024 * 1024
 MAX_REQUEST_BYTES = 64 * 1024 * 1024  # the least --max-request-bytes defaults to
 REQUEST_OVERHEAD_BYTES = 64 * 1024  # room in a request for the pickle's framing around its key and values
+
+# The server, the journal, the clients and the wire:
+DRAIN_TIMEOUT = 1.0  # seconds a stopping server lets calls in flight finish
+LISTEN_BACKLOG = 512  # connections the kernel queues before the server accepts them
+REPLY_BATCH_BYTES = 256 * 1024  # replies to pipelined requests are written together up to this size
+COMMIT_TIMEOUT = 30.0  # seconds a writer waits for its commit before it is told durable storage failed
+PIPELINE_WINDOW = 128  # requests in flight at most on one connection
+PIPELINE_BYTES = 64 * 1024  # ... and bytes of requests in flight at most (one larger request goes alone)
+SEND_PIECE = 256 * 1024  # a larger request is written in pieces of this size, each bounded by the time left
+MAX_IDLE_CONNECTIONS = 8  # connections a client keeps open for reuse; more threads at once open more, then close them
+READ_SIZE = 16 * 1024  # small enough for malloc to serve from its pools
+SCAN_PAGE = 1000  # keys a Redis SCAN is asked for per round trip
 
 Address = tuple[str, int] | str
 """A parsed address: (host, port) for TCP, or a filesystem path for a Unix socket."""
@@ -60,45 +71,6 @@ class Limits:
 
 
 DEFAULT_LIMITS = Limits()
-
-
-def positive_int(text: str, maximum: int = sys.maxsize) -> int:
-    """An argparse type: a whole number above 0 and at most `maximum` (what a count or a size can be)."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if not 0 < value <= maximum:
-        raise argparse.ArgumentTypeError(f"expected a whole number above 0 and at most {maximum}, got {text[:40]!r}")
-    return value
-
-
-def positive_float(text: str, maximum: float = MAX_TIMEOUT) -> float:
-    """An argparse type: a number of seconds from MIN_TIMEOUT (a millisecond) to `maximum` (a day)."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = 0.0
-    if not MIN_TIMEOUT <= value <= maximum:
-        raise argparse.ArgumentTypeError(f"expected a number of seconds from {MIN_TIMEOUT:g} to {maximum:g}, got {text[:40]!r}")
-    return value
-
-
-def writable_path(text: str) -> Path:
-    """An argparse type: a file this process can create or overwrite (checked before any work starts)."""
-    path = Path(text)
-    directory = path.parent
-    if path.is_dir():
-        problem = "it is a directory"
-    elif not directory.is_dir():
-        problem = f"directory {directory} does not exist"
-    elif path.exists() and not os.access(path, os.W_OK):
-        problem = "it is not writable"
-    elif not path.exists() and not os.access(directory, os.W_OK | os.X_OK):
-        problem = f"directory {directory} is not writable"
-    else:
-        return path
-    raise argparse.ArgumentTypeError(f"cannot write {text}: {problem}")
 
 
 def parse_address(text: str) -> Address:

@@ -21,8 +21,9 @@ from typing import Any
 import psutil
 from tabulate import tabulate
 
+from kvmgr.arguments import positive_float
 from kvmgr.check import CHECK_TIMEOUT, check_operations
-from kvmgr.config import DEFAULT_TIMEOUT, is_redis_url, positive_float
+from kvmgr.config import DEFAULT_TIMEOUT, is_redis_url
 from kvmgr.errors import EXIT_NEGATIVE, EXIT_OK, ConfigError, KvmgrError, exit_status
 from kvmgr.history import read_history
 from kvmgr.processes import ProcessGroup, ServerProcess, child_environment, interrupt_on_terminate, python_module, read_line, reap

@@ -28,6 +28,7 @@ from functools import partial
 from pathlib import Path
 from typing import TextIO
 
+from kvmgr.config import COMMIT_TIMEOUT
 from kvmgr.errors import ConfigError, KvmgrError, OutcomeUnknown
 from kvmgr.journal import Changes, RollBack, Undo, Wait, already_durable
 from kvmgr.validation import Value
@@ -35,7 +36,6 @@ from kvmgr.validation import Value
 FSYNC_MODES = ("always", "batch", "off")
 DATABASE_NAME = "kvmgr.sqlite3"
 LOCK_NAME = "kvmgr.lock"
-COMMIT_TIMEOUT = 30.0  # seconds a writer waits for its commit before it is told durable storage failed
 
 log = logging.getLogger("kvmgr.durable")
 

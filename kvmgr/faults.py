@@ -33,7 +33,8 @@ from typing import IO, Any
 from tabulate import tabulate
 
 import kvmgr
-from kvmgr.config import fresh_authkey, parse_address, positive_int
+from kvmgr.arguments import positive_int
+from kvmgr.config import fresh_authkey, parse_address
 from kvmgr.errors import AuthenticationFailed, KeyNotFound, KvmgrError, ServerUnavailable
 from kvmgr.history import HistoryWriter, read_history
 from kvmgr.processes import (

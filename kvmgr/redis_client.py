@@ -28,7 +28,7 @@ from urllib.parse import urlsplit, urlunsplit
 from kvmgr import wire
 from kvmgr.client.operations import Operations
 from kvmgr.client.pool import ConnectionPool
-from kvmgr.config import DEFAULT_LIMITS, DEFAULT_TIMEOUT, RENDEZVOUS_TIMEOUT, Limits
+from kvmgr.config import DEFAULT_LIMITS, DEFAULT_TIMEOUT, RENDEZVOUS_TIMEOUT, SCAN_PAGE, Limits
 from kvmgr.errors import (
     AuthenticationFailed,
     ConfigError,
@@ -64,7 +64,6 @@ NO_VALUE = b""  # what cas sends for expected=None: no encoded value is empty
 INTERNAL_PREFIX = b"\xffkvmgr:"  # 0xFF never occurs in UTF-8, so no user key starts like this
 INTERNAL_INDEX = INTERNAL_PREFIX + b"internal"  # a set of kvmgr's own keys that may exist now
 RENDEZVOUS_PREFIX = INTERNAL_PREFIX + b"rendezvous:"
-SCAN_PAGE = 1000
 GO = b"go"
 MISSING_REDIS = "redis:// targets need redis-py: pip install 'kvmgr[redis]'"
 QUIT_REFUSED = "quit is not supported on a Redis target: kvmgr never shuts down a Redis server it did not start"

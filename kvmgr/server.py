@@ -17,16 +17,13 @@ from multiprocessing.managers import Server
 from typing import Any, cast
 
 from kvmgr import wire
-from kvmgr.config import DEFAULT_LIMITS, Address, Limits, address_family, format_address
+from kvmgr.config import DEFAULT_LIMITS, DRAIN_TIMEOUT, LISTEN_BACKLOG, REPLY_BATCH_BYTES, Address, Limits, address_family, format_address
 from kvmgr.errors import ConfigError, KvmgrError, ProtocolError, UnknownOperation
 from kvmgr.journal import IN_MEMORY, Journal
 from kvmgr.store import Store
 from kvmgr.wire import set_socket_timeout
 
 log = logging.getLogger("kvmgr.server")
-DRAIN_TIMEOUT = 1.0
-LISTEN_BACKLOG = 512
-REPLY_BATCH_BYTES = 256 * 1024  # replies to pipelined requests are written together up to this size
 
 
 def open_listener(address: Address) -> socket.socket:

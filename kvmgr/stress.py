@@ -22,8 +22,9 @@ from typing import Any
 
 from tabulate import tabulate
 
+from kvmgr.arguments import positive_float, positive_int, writable_path
 from kvmgr.check import CHECK_TIMEOUT, CheckProgress, CheckResult, check_operations, describe
-from kvmgr.config import client_authkey, is_redis_url, positive_float, positive_int, writable_path
+from kvmgr.config import client_authkey, is_redis_url
 from kvmgr.errors import ConfigError, KeyNotFound, KvmgrError, ServerUnavailable
 from kvmgr.history import HistoryWriter, Operation, merge_histories, read_history
 from kvmgr.processes import ProcessGroup, python_module

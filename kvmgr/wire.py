@@ -16,7 +16,7 @@ from multiprocessing import connection
 from typing import Any
 
 from kvmgr import errors
-from kvmgr.config import MAX_REQUEST_BYTES
+from kvmgr.config import MAX_REQUEST_BYTES, READ_SIZE
 from kvmgr.protocol import operations
 
 TYPEID = "get_store"
@@ -25,7 +25,6 @@ EXPOSED = operations.NAMES
 RETURN = "#RETURN"
 ERROR = "#ERROR"
 PROTOCOL_VERSION = 1  # open_store(PROTOCOL_VERSION) answers with the server's settings as well as the ident
-READ_SIZE = 16 * 1024  # small enough for malloc to serve from its pools
 HEADER = struct.Struct("!i")
 _LONG_HEADER = struct.Struct("!iQ")  # multiprocessing.connection's form for messages over 2 GiB: -1, then the size
 _LONG = 0x7FFFFFFF

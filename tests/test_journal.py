@@ -208,6 +208,7 @@ def test_the_journal_alone_keeps_what_each_write_replaced_and_fails_every_uncomm
         for wait in (first, second, third):
             with pytest.raises(KvmgrError, match=f"^{re.escape(f'durable storage failed: {INJECTED}: the write was not made')}$"):
                 wait()
+        until(lambda: bool(handed_back), "the failure handler's undo records")  # the waiters may wake before it returns
         assert handed_back == [[("k", "0"), ("k", "1"), ("new", None), ("gone", "g")]]
         journal.append({"after": "a"}, {})()  # the cause is gone: the next commit goes through
     finally:

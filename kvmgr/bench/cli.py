@@ -33,6 +33,7 @@ from pathlib import Path
 
 from tabulate import tabulate
 
+from kvmgr.arguments import positive_int
 from kvmgr.bench.common import PROFILES, Profile, Sample, WorkerSpec, progress
 from kvmgr.bench.launch import load_redis, start_targets
 from kvmgr.bench.peers import SERVE_ROLES
@@ -40,7 +41,7 @@ from kvmgr.bench.report import compute_ratios, draw_plot, ratios_table, report, 
 from kvmgr.bench.run import Bench, run_repeats
 from kvmgr.bench.stats import medians
 from kvmgr.bench.worker import run_worker
-from kvmgr.config import AUTHKEY_ENV, positive_int
+from kvmgr.config import AUTHKEY_ENV
 from kvmgr.errors import KvmgrError
 from kvmgr.processes import ProcessGroup
 

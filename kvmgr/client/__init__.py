@@ -18,6 +18,9 @@ from kvmgr.config import (
     DEFAULT_ADDRESS,
     DEFAULT_TIMEOUT,
     MAX_REQUEST_BYTES,
+    PIPELINE_BYTES,
+    PIPELINE_WINDOW,
+    SEND_PIECE,
     Address,
     address_family,
     client_authkey,
@@ -29,10 +32,7 @@ from kvmgr.errors import AuthenticationFailed, InvalidValue, KeyNotFound, KvmgrE
 from kvmgr.history import HistoryWriter
 from kvmgr.validation import normalize_call
 
-PIPELINE_WINDOW = 128  # requests in flight at most on one connection
-PIPELINE_BYTES = 64 * 1024  # ... and bytes of requests in flight at most (one larger request goes alone)
 MAX_REPLY_BYTES = 1 << 62  # replies come from an authenticated server: no size is refused
-SEND_PIECE = 256 * 1024  # a larger request is written in pieces of this size, each bounded by the time left
 
 
 def open_socket(address: Address, authkey: bytes, timeout: float) -> socket.socket:

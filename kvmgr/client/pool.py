@@ -14,9 +14,7 @@ import time
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
-from kvmgr.config import IDLE_CHECK_AFTER
-
-MAX_IDLE_CONNECTIONS = 8  # connections a client keeps open for reuse; more threads at once open more, then close them
+from kvmgr.config import IDLE_CHECK_AFTER, MAX_IDLE_CONNECTIONS
 
 Connection = TypeVar("Connection")
 

@@ -1,0 +1,49 @@
+"""Argument types for the command-line tools (argparse `type=` callables): what a count, a timeout or an output path may be."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from kvmgr.config import MAX_TIMEOUT, MIN_TIMEOUT
+
+
+def positive_int(text: str, maximum: int = sys.maxsize) -> int:
+    """An argparse type: a whole number above 0 and at most `maximum` (what a count or a size can be)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if not 0 < value <= maximum:
+        raise argparse.ArgumentTypeError(f"expected a whole number above 0 and at most {maximum}, got {text[:40]!r}")
+    return value
+
+
+def positive_float(text: str, maximum: float = MAX_TIMEOUT) -> float:
+    """An argparse type: a number of seconds from MIN_TIMEOUT (a millisecond) to `maximum` (a day)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not MIN_TIMEOUT <= value <= maximum:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds from {MIN_TIMEOUT:g} to {maximum:g}, got {text[:40]!r}")
+    return value
+
+
+def writable_path(text: str) -> Path:
+    """An argparse type: a file this process can create or overwrite (checked before any work starts)."""
+    path = Path(text)
+    directory = path.parent
+    if path.is_dir():
+        problem = "it is a directory"
+    elif not directory.is_dir():
+        problem = f"directory {directory} does not exist"
+    elif path.exists() and not os.access(path, os.W_OK):
+        problem = "it is not writable"
+    elif not path.exists() and not os.access(directory, os.W_OK | os.X_OK):
+        problem = f"directory {directory} is not writable"
+    else:
+        return path
+    raise argparse.ArgumentTypeError(f"cannot write {text}: {problem}")
