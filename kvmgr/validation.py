@@ -53,10 +53,7 @@ def check_mapping(mapping: object, limits: Limits = DEFAULT_LIMITS) -> dict[str,
 def check_rendezvous(name: object, parties: object, timeout: object = None) -> tuple[str, int, float | None]:
     """rendezvous's arguments in plain form; InvalidValue unless name is a str, parties a whole number >= 1 (a bool
     is not one) and timeout None or a number of seconds >= 0."""
-    if not isinstance(name, str) or isinstance(parties, bool) or not isinstance(parties, int) or parties < 1:
-        got = f"a name of type {type(name).__name__}" if not isinstance(name, str) else f"parties={_shown(parties)}"
-        raise InvalidValue(f"rendezvous takes a name (str) and a number of parties (an int >= 1, not a bool), got {got}")
-    return _text(name, InvalidValue, "rendezvous name"), operator.index(parties), _seconds(timeout)
+    return _rendezvous_name(name), _parties(parties), _seconds(timeout)
 
 
 def check_keys_page(prefix: object, limit: object, after: object) -> tuple[str | None, int | None, str | None]:
@@ -190,6 +187,21 @@ def _mapping(mapping: object, key_limit: int, value_limit: int) -> dict[str, Val
     return {_key(key, key_limit): _value(value, value_limit) for key, value in mapping.items()}
 
 
+RENDEZVOUS_ARGUMENTS = "rendezvous takes a name (str) and a number of parties (an int >= 1, not a bool), got"
+
+
+def _rendezvous_name(name: object) -> str:
+    if not isinstance(name, str):
+        raise InvalidValue(f"{RENDEZVOUS_ARGUMENTS} a name of type {type(name).__name__}")
+    return _text(name, InvalidValue, "rendezvous name")
+
+
+def _parties(parties: object) -> int:
+    if isinstance(parties, bool) or not isinstance(parties, int) or parties < 1:
+        raise InvalidValue(f"{RENDEZVOUS_ARGUMENTS} parties={_shown(parties)}")
+    return operator.index(parties)
+
+
 # What a client sends: each parameter of the operation table in plain form. No sizes are checked here.
 PARAMETER_CHECKS: dict[str, Callable[[object], object]] = {
     "key": lambda key: _key(key, ANY_SIZE),
@@ -200,8 +212,8 @@ PARAMETER_CHECKS: dict[str, Callable[[object], object]] = {
     "prefix": lambda prefix: _optional_text(prefix, "prefix"),
     "after": lambda after: _optional_text(after, "after"),
     "limit": lambda limit: _page_limit(limit),
-    "name": lambda name: check_rendezvous(name, 1)[0],
-    "parties": lambda parties: check_rendezvous("", parties)[1],
+    "name": _rendezvous_name,
+    "parties": _parties,
     "timeout": lambda timeout: _seconds(timeout),
 }
 
