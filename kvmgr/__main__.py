@@ -1,5 +1,5 @@
 """python -m kvmgr: the kvmgr command."""
 
-from kvmgr.cli import main
+from kvmgr.tools.cli import main
 
 raise SystemExit(main())

@@ -14,7 +14,7 @@ import pytest
 
 import kvmgr
 from kvmgr.client.operations import Operations
-from kvmgr.processes import ProcessGroup, ServerProcess, child_environment, python_module
+from kvmgr.tools.processes import ProcessGroup, ServerProcess, child_environment, python_module
 
 ROOT = Path(__file__).resolve().parent.parent
 SESSION_MARK = "KVMGR_TEST_SESSION"
@@ -73,7 +73,7 @@ def client(server: ServerProcess) -> Iterator[kvmgr.Client]:
 @pytest.fixture(scope="session")
 def redis_url() -> Iterator[str]:
     """A real redis-server for the session (the test is skipped, saying why, where none is installed)."""
-    from kvmgr.redis_server import find_redis_server, start_redis_server
+    from kvmgr.tools.redis_server import find_redis_server, start_redis_server
 
     if find_redis_server() is None:
         pytest.skip("redis-server not found: apt-get install redis-server")
@@ -87,7 +87,7 @@ def any_client(request: pytest.FixtureRequest) -> Iterator[Operations]:
     if request.param == "manager":
         yield request.getfixturevalue("client")
         return
-    from kvmgr.redis_client import connect_redis
+    from kvmgr.client.redis_transport import connect_redis
 
     with connect_redis(request.getfixturevalue("redis_url"), timeout=5.0) as connected:
         connected.flush()
@@ -100,8 +100,8 @@ def dedicated_backend(request: pytest.FixtureRequest, group: ProcessGroup) -> tu
     if request.param == "manager":
         server = group.start_server()
         return server.process, lambda **options: kvmgr.connect(server.address_text, authkey=server.authkey.encode(), **options)
-    from kvmgr.redis_client import connect_redis
-    from kvmgr.redis_server import find_redis_server, start_redis_server
+    from kvmgr.client.redis_transport import connect_redis
+    from kvmgr.tools.redis_server import find_redis_server, start_redis_server
 
     if find_redis_server() is None:
         pytest.skip("redis-server not found: apt-get install redis-server")
@@ -111,7 +111,7 @@ def dedicated_backend(request: pytest.FixtureRequest, group: ProcessGroup) -> tu
 
 def run_actor(server: ServerProcess, *args: str, name: str = "alice", authkey: str | None = None) -> subprocess.CompletedProcess:
     """Run `python -m kvmgr.client --name NAME --address ADDR args` against the server; return the finished process."""
-    argv = python_module("kvmgr.client", "--name", name, "--address", server.address_text, *args)
+    argv = python_module("kvmgr.tools.actor", "--name", name, "--address", server.address_text, *args)
     env = child_environment(authkey or server.authkey)
     return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=30)
 
@@ -125,7 +125,7 @@ def console_script(name: str) -> str:
 
 
 @pytest.fixture
-def thread_server() -> Iterator[kvmgr.server.StoreServer]:
+def thread_server() -> Iterator[kvmgr.server.manager.StoreServer]:
     """A real kvmgr server on a free loopback port with a fresh authkey, run by a daemon thread of this process.
 
     For protocol tests that need no subprocess: reach it at format_address(server.address) with bytes(server.authkey).
@@ -134,7 +134,7 @@ def thread_server() -> Iterator[kvmgr.server.StoreServer]:
     import threading
 
     from kvmgr.config import fresh_authkey
-    from kvmgr.server import StoreServer
+    from kvmgr.server.manager import StoreServer
 
     server = StoreServer(("127.0.0.1", 0), fresh_authkey().encode())
     thread = threading.Thread(target=server.serve_until_stopped, name="kvmgr-thread-server", daemon=True)

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from kvmgr.processes import ServerProcess, child_environment
+from kvmgr.tools.processes import ServerProcess, child_environment
 from tests.conftest import console_script, run_actor
 
 
@@ -85,10 +85,10 @@ def test_help_works_for_every_command() -> None:
 
 
 def test_session_mode_runs_one_step_per_line(server: ServerProcess) -> None:
-    from kvmgr.processes import python_module
+    from kvmgr.tools.processes import python_module
 
     steps = '{"op": "store", "key": "k", "value": "v"}\n{"op": "get", "key": "k"}\n{"op": "get", "key": "nope"}\n'
-    result = subprocess.run(python_module("kvmgr.client", "--name", "alice", "--address", server.address_text, "--session"),
+    result = subprocess.run(python_module("kvmgr.tools.actor", "--name", "alice", "--address", server.address_text, "--session"),
                             input=steps, env=child_environment(server.authkey), capture_output=True, text=True, timeout=30)
     outcomes = [json.loads(line) for line in result.stdout.splitlines()]
     assert [o.get("result") for o in outcomes] == ["saved", "v", None]

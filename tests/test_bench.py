@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from kvmgr import bench
-from kvmgr.processes import python_module
+from kvmgr.tools import bench
+from kvmgr.tools.processes import python_module
 
 POINT_SYSTEMS = {("kvmgr", "tcp"), ("kvmgr", "unix"), ("multiprocessing-dict", "tcp"), ("multiprocessing-dict", "unix"),
                  ("connection-floor", "tcp"), ("connection-floor", "unix")}
@@ -19,9 +19,10 @@ POINT_SYSTEMS = {("kvmgr", "tcp"), ("kvmgr", "unix"), ("multiprocessing-dict", "
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.CompletedProcess, dict]:
-    """One tiny benchmark run through python -m kvmgr.bench, with its JSON report."""
+    """One tiny benchmark run through python -m kvmgr.tools.bench, with its JSON report."""
     report = tmp_path_factory.mktemp("bench") / "report.json"
-    finished = subprocess.run(python_module("kvmgr.bench", "--tiny", "--json", str(report)), capture_output=True, text=True, timeout=120)
+    argv = python_module("kvmgr.tools.bench", "--tiny", "--json", str(report))
+    finished = subprocess.run(argv, capture_output=True, text=True, timeout=120)
     assert finished.returncode == 0, finished.stderr
     return finished, json.loads(report.read_text())
 
@@ -71,7 +72,7 @@ def test_plot_without_matplotlib_says_how_to_install_it(tmp_path: Path) -> None:
     if importlib.util.find_spec("matplotlib") is not None:
         pytest.skip("matplotlib is installed")
     finished = subprocess.run(
-        python_module("kvmgr.bench", "--tiny", "--plot", str(tmp_path / "plot.png")), capture_output=True, text=True, timeout=30
+        python_module("kvmgr.tools.bench", "--tiny", "--plot", str(tmp_path / "plot.png")), capture_output=True, text=True, timeout=30
     )
     assert finished.returncode == 2
     assert "pip install 'kvmgr[plot]'" in finished.stderr

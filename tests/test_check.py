@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from kvmgr.check import ABSENT, CheckResult, check_file, check_operations, describe, step
-from kvmgr.check_bench import synthetic_history
 from kvmgr.errors import HistoryError
-from kvmgr.history import Operation, operation_to_json
+from kvmgr.tools.check_bench import synthetic_history
+from kvmgr.verify.check import ABSENT, CheckResult, check_file, check_operations, describe, step
+from kvmgr.verify.history import Operation, operation_to_json
 
 # --- building operations ---------------------------------------------------------------
 

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 
 import kvmgr
-from kvmgr.check import CheckResult, check_operations
-from kvmgr.history import HistoryWriter, Operation, operation_to_json
-from kvmgr.processes import ServerProcess, python_module
-from kvmgr.stress import StressReport
+from kvmgr.tools.processes import ServerProcess, python_module
+from kvmgr.tools.stress import StressReport
+from kvmgr.verify.check import CheckResult, check_operations
+from kvmgr.verify.history import HistoryWriter, Operation, operation_to_json
 from tests.conftest import run_actor
 
 
@@ -155,8 +155,8 @@ def test_stress_with_a_check_time_limit_too_short_is_unknown_and_fails() -> None
 MEMORY_SCRIPT = """
 import json, resource
 resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))
-from kvmgr.check import check_operations
-from kvmgr.check_bench import synthetic_history
+from kvmgr.verify.check import check_operations
+from kvmgr.tools.check_bench import synthetic_history
 ops = synthetic_history(8, 50_000, 1, 0)
 history = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 verdict = check_operations(ops).linearizable
@@ -176,7 +176,7 @@ def test_memory_on_one_hot_key_stays_near_linear() -> None:
 
 def test_the_checker_bench_reports_each_case_with_its_peak_memory() -> None:
     """bench --checker's cases each run in a fresh process and report time, verdict and peak memory."""
-    from kvmgr.check_bench import CheckerCase, run_checker_benchmark
+    from kvmgr.tools.check_bench import CheckerCase, run_checker_benchmark
 
     report = run_checker_benchmark(repeats=1, cases=(CheckerCase(2000, 4, 1), CheckerCase(3000, 8, 2)))
     assert [(case["operations"], case["keys"]) for case in report["cases"]] == [(2000, 1), (3000, 2)]  # type: ignore[attr-defined]

@@ -10,7 +10,7 @@ import pytest
 
 import kvmgr
 from kvmgr.errors import AuthenticationFailed, ConfigError, OutcomeUnknown, ServerUnavailable
-from kvmgr.processes import ProcessGroup, ServerProcess, suspend
+from kvmgr.tools.processes import ProcessGroup, ServerProcess, suspend
 
 
 def free_port() -> int:

@@ -16,8 +16,8 @@ import pytest
 
 from kvmgr.client.operations import Operations
 from kvmgr.errors import KeyNotFound, ServerUnavailable
-from kvmgr.history import HistoryWriter
-from kvmgr.processes import suspend
+from kvmgr.tools.processes import suspend
+from kvmgr.verify.history import HistoryWriter
 
 THREADS = 8
 CALLS_PER_THREAD = 150

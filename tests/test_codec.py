@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 
 from kvmgr.errors import InvalidValue, KeyNotFound, KvmgrError, ProtocolError, exit_status
-from kvmgr.validation import check_value
-from kvmgr.wire import ERROR, RETURN, dump, load_reply, load_request
+from kvmgr.protocol.validation import check_value
+from kvmgr.protocol.wire import ERROR, RETURN, dump, load_reply, load_request
 
 Loader = Callable[[bytes], Any]
 LOADERS = [pytest.param(load_request, id="request"), pytest.param(load_reply, id="reply")]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 
 import kvmgr
-from kvmgr.processes import ProcessGroup, ServerProcess, child_environment
+from kvmgr.tools.processes import ProcessGroup, ServerProcess, child_environment
 
 WRITERS = 8
 KEYS_EACH = 150

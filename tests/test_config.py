@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from kvmgr.config import default_authkey_path, generated_authkey
-from kvmgr.processes import ProcessGroup, ServerProcess, child_environment, python_module, read_line
+from kvmgr.tools.processes import ProcessGroup, ServerProcess, child_environment, python_module, read_line
 from tests.conftest import ROOT
 
 SERVE = python_module("kvmgr", "serve", "--address", "127.0.0.1:0")
@@ -46,7 +46,7 @@ def test_generated_key_file_open_to_others_is_refused_and_never_replaced(group: 
 def test_authkey_file_open_to_others_gets_a_warning(server: ServerProcess, tmp_path: Path) -> None:
     key_file = tmp_path / "key"
     key_file.write_text(server.authkey)
-    argv = python_module("kvmgr.client", "--name=alice", "--address", server.address_text, "--authkey-file", str(key_file), "--key=k")
+    argv = python_module("kvmgr.tools.actor", "--name=alice", "--address", server.address_text, "--authkey-file", str(key_file), "--key=k")
     for mode, warning in ((0o644, f"kvmgr: warning: authkey file {key_file} is open to other users (mode 0644): "
                                   f"run chmod 600 {key_file}\n"), (0o600, "")):
         key_file.chmod(mode)
@@ -55,7 +55,7 @@ def test_authkey_file_open_to_others_gets_a_warning(server: ServerProcess, tmp_p
 
 
 TOO_LONG = [
-    python_module("kvmgr.client", "--name=alice", "--key=k", "--timeout", "1e10"),
+    python_module("kvmgr.tools.actor", "--name=alice", "--key=k", "--timeout", "1e10"),
     python_module("kvmgr", "stress", "--timeout", "1e10"),
     python_module("kvmgr", "serve", "--address", "127.0.0.1:0", "--handshake-timeout", "1e300"),
     [sys.executable, str(ROOT / "run_driver.py"), "--timeout", "1e10"],
@@ -71,7 +71,10 @@ def test_timeouts_beyond_a_day_are_a_usage_error(argv: list[str]) -> None:
     assert result.stderr.splitlines()[-1].endswith(f"expected a number of seconds from 0.001 to 86400, got '{argv[-1]}'")
 
 
-@pytest.mark.parametrize("command", [["kvmgr", "stress", "--clients", "2", "--ops", "20"], ["kvmgr.client", "--name=alice", "--key=k"]])
+COMMANDS_WITH_OUTPUT = [["kvmgr", "stress", "--clients", "2", "--ops", "20"], ["kvmgr.tools.actor", "--name=alice", "--key=k"]]
+
+
+@pytest.mark.parametrize("command", COMMANDS_WITH_OUTPUT)
 def test_output_path_in_a_missing_directory_is_refused_before_anything_runs(server: ServerProcess, tmp_path: Path,
                                                                             command: list[str]) -> None:
     target = tmp_path / "missing" / "history.jsonl"
@@ -80,7 +83,7 @@ def test_output_path_in_a_missing_directory_is_refused_before_anything_runs(serv
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     assert result.stderr.splitlines()[-1].endswith(f"argument --history: cannot write {target}: directory {target.parent} does not exist")
-    assert run(python_module("kvmgr.client", "--name=bob", "--address", server.address_text, "--op", "size"),
+    assert run(python_module("kvmgr.tools.actor", "--name=bob", "--address", server.address_text, "--op", "size"),
                child_environment(server.authkey)).stdout == "0\n", "nothing ran"
 
 

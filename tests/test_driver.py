@@ -15,9 +15,9 @@ from pathlib import Path
 import psutil
 import pytest
 
-from kvmgr.driver import Actors, Endpoint, step_request
-from kvmgr.processes import ProcessGroup, read_line, reap, suspend
-from kvmgr.scenarios import load_scenario
+from kvmgr.tools.driver import Actors, Endpoint, step_request
+from kvmgr.tools.processes import ProcessGroup, read_line, reap, suspend
+from kvmgr.tools.scenarios import load_scenario
 from tests.conftest import ROOT
 from tests.test_stress import memory_limit
 
@@ -139,7 +139,7 @@ def test_interrupt_reaps_every_process_the_driver_started(tmp_path: Path, signum
     try:
         deadline = time.monotonic() + 30
         seen: dict[int, psutil.Process] = {}
-        while time.monotonic() < deadline and sum("kvmgr.client" in command_line(p) for p in seen.values()) < 2:
+        while time.monotonic() < deadline and sum("kvmgr.tools.actor" in command_line(p) for p in seen.values()) < 2:
             for child in driver.children(recursive=True):
                 seen.setdefault(child.pid, child)
             time.sleep(0.01)

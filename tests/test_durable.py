@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 
 import kvmgr
-from kvmgr import faults
 from kvmgr.config import fresh_authkey
-from kvmgr.durable import DATABASE_NAME, FSYNC_MODES
-from kvmgr.processes import ProcessGroup, child_environment, python_module, read_line
+from kvmgr.server.durable import DATABASE_NAME, FSYNC_MODES
+from kvmgr.tools import faults
+from kvmgr.tools.processes import ProcessGroup, child_environment, python_module, read_line
 from tests.commit_failure import COMMITTED, fail_a_commit_in_flight
 from tests.conftest import run_actor
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from kvmgr import faults
+from kvmgr.tools import faults
 
 
 @pytest.mark.parametrize("fsync", ["always", "batch"])

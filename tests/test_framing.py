@@ -14,10 +14,10 @@ from multiprocessing import connection
 
 import pytest
 
-from kvmgr import wire
-from kvmgr.client import Link
+from kvmgr.client.manager import Link
 from kvmgr.errors import ProtocolError
-from kvmgr.wire import READ_SIZE, FramedSocket, frame, message_bounds
+from kvmgr.protocol import wire
+from kvmgr.protocol.wire import READ_SIZE, FramedSocket, frame, message_bounds
 from tests.commit_failure import Call, until
 
 LIMIT = 1 << 20  # the max_size of the FramedSockets here

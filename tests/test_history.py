@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from kvmgr import history
 from kvmgr.errors import HistoryError
-from kvmgr.history import (
+from kvmgr.verify import history
+from kvmgr.verify.history import (
     HistoryWriter,
     Operation,
     encode_value,

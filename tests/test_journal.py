@@ -15,12 +15,12 @@ from typing import Any
 
 import pytest
 
-from kvmgr import durable
-from kvmgr import store as store_module
-from kvmgr.durable import FSYNC_MODES, SQLiteJournal
 from kvmgr.errors import KeyNotFound, KvmgrError
-from kvmgr.journal import Undo
-from kvmgr.store import Store
+from kvmgr.server import durable
+from kvmgr.server import store as store_module
+from kvmgr.server.durable import FSYNC_MODES, SQLiteJournal
+from kvmgr.server.journal import Undo
+from kvmgr.server.store import Store
 from tests.commit_failure import COMMITTED, Call, Same, fail_a_commit_in_flight, until
 
 INJECTED = "disk I/O error (injected)"
@@ -90,7 +90,7 @@ def waiting_in_store(thread: threading.Thread, database: FailingDatabase) -> boo
 
 
 def durable_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
-    return [r.getMessage() for r in caplog.records if r.name == "kvmgr.durable" and r.levelno == logging.WARNING]
+    return [r.getMessage() for r in caplog.records if r.name == "kvmgr.server.durable" and r.levelno == logging.WARNING]
 
 
 @pytest.mark.parametrize("fsync", FSYNC_MODES)
@@ -111,7 +111,7 @@ def test_a_failed_commit_fails_the_writes_in_flight_rolls_back_and_recovers(
     def blocked(threads: list[threading.Thread]) -> None:
         until(lambda: all(waiting_in_store(thread, database) for thread in threads), "the calls waiting behind the commit")
 
-    with caplog.at_level(logging.WARNING, logger="kvmgr.durable"):
+    with caplog.at_level(logging.WARNING, logger="kvmgr.server.durable"):
         fail_a_commit_in_flight(fsync, store, Same(store), held, blocked)
         assert store.store("after", "the cause is gone") == "saved"
     assert durable_warnings(caplog) == [

@@ -8,7 +8,7 @@ import pytest
 
 import kvmgr
 from kvmgr.errors import InvalidValue
-from kvmgr.processes import ProcessGroup, child_environment, python_module
+from kvmgr.tools.processes import ProcessGroup, child_environment, python_module
 
 MiB = 1024 * 1024
 
@@ -66,7 +66,7 @@ def test_a_timeout_under_a_microsecond_still_times_out() -> None:
     import os
     import socket
 
-    from kvmgr import wire
+    from kvmgr.protocol import wire
 
     ours, theirs = socket.socketpair()
     with ours, theirs:
@@ -76,7 +76,7 @@ def test_a_timeout_under_a_microsecond_still_times_out() -> None:
 
 
 def test_a_timeout_option_below_a_millisecond_is_a_usage_error() -> None:
-    result = subprocess.run(python_module("kvmgr.client", "--name=alice", "--key=k", "--timeout", "0.0000001"),
+    result = subprocess.run(python_module("kvmgr.tools.actor", "--name=alice", "--key=k", "--timeout", "0.0000001"),
                             env=child_environment("key"), capture_output=True, text=True, timeout=30)
     assert result.returncode == 2
     assert result.stderr.splitlines()[-1].endswith("expected a number of seconds from 0.001 to 86400, got '0.0000001'")

@@ -1,6 +1,6 @@
 """Odd inputs and edge cases: one sequence against both backends, which must answer it identically and as expected.
 
-kvmgr.validation decides: str and bytes subclasses become plain str and bytes, anything UTF-8 cannot
+kvmgr.protocol.validation decides: str and bytes subclasses become plain str and bytes, anything UTF-8 cannot
 encode is refused, and so are buffers (bytearray, memoryview), numbers, bools and None where a key, a value or
 a count is expected.
 """
@@ -133,7 +133,7 @@ def run_sequence(client: Operations) -> list[tuple[str, tuple]]:
 
 @pytest.fixture
 def redis_client(redis_url: str) -> Iterator[Operations]:
-    from kvmgr.redis_client import connect_redis
+    from kvmgr.client.redis_transport import connect_redis
 
     with connect_redis(redis_url, timeout=5.0) as connected:
         connected.flush()

@@ -7,11 +7,11 @@ from collections.abc import Callable
 
 import pytest
 
-from kvmgr import wire
 from kvmgr.client.operations import Operations
+from kvmgr.client.redis_transport import RedisClient
+from kvmgr.protocol import wire
 from kvmgr.protocol.operations import OPERATIONS, OpSpec
-from kvmgr.redis_client import RedisClient
-from kvmgr.store import Store
+from kvmgr.server.store import Store
 
 
 def parameters(function: Callable, skip: int) -> tuple[list[str], int]:

@@ -8,7 +8,7 @@ import textwrap
 
 CHILD_HANDLER = textwrap.dedent("""
     import multiprocessing, signal
-    from kvmgr.processes import interrupt_on_terminate
+    from kvmgr.tools.processes import interrupt_on_terminate
     interrupt_on_terminate()
     def handler(_):
         return signal.getsignal(signal.SIGTERM) == signal.SIG_DFL

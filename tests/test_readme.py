@@ -10,7 +10,7 @@ import textwrap
 
 import pytest
 
-from kvmgr.processes import ProcessGroup, child_environment
+from kvmgr.tools.processes import ProcessGroup, child_environment
 
 from .conftest import ROOT
 

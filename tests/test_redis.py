@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from kvmgr.client.redis_transport import RedisClient, connect_redis, redact_url
 from kvmgr.errors import (
     AuthenticationFailed,
     ConfigError,
@@ -22,9 +23,8 @@ from kvmgr.errors import (
     ProtocolError,
     ServerUnavailable,
 )
-from kvmgr.processes import ProcessGroup, reap
-from kvmgr.redis_client import RedisClient, connect_redis, redact_url
-from kvmgr.redis_server import RedisServer, find_redis_server, free_loopback_port, start_redis_server
+from kvmgr.tools.processes import ProcessGroup, reap
+from kvmgr.tools.redis_server import RedisServer, find_redis_server, free_loopback_port, start_redis_server
 
 if TYPE_CHECKING:
     import redis
@@ -161,7 +161,7 @@ def test_a_stopped_server_gives_server_unavailable_not_outcome_unknown(group: Pr
 def test_rendezvous_releases_three_processes_together(redis_server: RedisServer, group: ProcessGroup) -> None:
     code = f"""
         import sys, time
-        from kvmgr.redis_client import connect_redis
+        from kvmgr.client.redis_transport import connect_redis
         with connect_redis({redis_server.url!r}, name=sys.argv[1]) as client:
             arrived = time.time()
             index = client.rendezvous("start", 3, timeout=20)
@@ -241,7 +241,7 @@ def test_rendezvous_validates_its_arguments(client: RedisClient, arguments: tupl
 def test_concurrent_cas_from_several_processes_has_exactly_one_winner(redis_server: RedisServer, group: ProcessGroup) -> None:
     code = f"""
         import sys
-        from kvmgr.redis_client import connect_redis
+        from kvmgr.client.redis_transport import connect_redis
         with connect_redis({redis_server.url!r}, name=sys.argv[1]) as client:
             client.rendezvous("race", 5, timeout=20)
             print(sys.argv[1], client.cas("winner", None, sys.argv[1]))

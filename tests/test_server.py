@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 import kvmgr
-from kvmgr.driver import is_listening
 from kvmgr.errors import KeyNotFound, ServerUnavailable
-from kvmgr.processes import ProcessGroup, ServerProcess, child_environment, python_module
+from kvmgr.tools.driver import is_listening
+from kvmgr.tools.processes import ProcessGroup, ServerProcess, child_environment, python_module
 
 
 def stdlib_store(server: ServerProcess):
@@ -93,7 +93,7 @@ def test_generated_authkey_is_private_and_used_by_clients(group: ProcessGroup, t
     assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
     assert str(key_file) in process.stderr.readline().decode()
     address = ready.removeprefix("kvmgr listening on ").strip()
-    result = subprocess.run(python_module("kvmgr.client", "--name", "alice", "--address", address, "--key=k", "--value=v"),
+    result = subprocess.run(python_module("kvmgr.tools.actor", "--name", "alice", "--address", address, "--key=k", "--value=v"),
                             env=env, capture_output=True, text=True, timeout=30)
     assert result.stdout.strip() == "Saved Successfully for key:k"
 
@@ -136,8 +136,8 @@ class Gadget:
 def test_server_unpickles_plain_data_only(server: ServerProcess, client: kvmgr.Client) -> None:
     import pickle
 
-    from kvmgr import wire
-    from kvmgr.client import open_connection
+    from kvmgr.client.manager import open_connection
+    from kvmgr.protocol import wire
 
     conn = open_connection(server.address, server.authkey.encode(), 2.0)
     conn.send_bytes(wire.dump((None, wire.OPEN_STORE, (), {})))

@@ -13,13 +13,13 @@ from typing import Any
 import pytest
 
 import kvmgr
-from kvmgr import wire
-from kvmgr.client import open_connection
+from kvmgr.client.manager import open_connection
 from kvmgr.client.operations import Operations
 from kvmgr.config import format_address
-from kvmgr.driver import is_listening
 from kvmgr.errors import AuthenticationFailed, InvalidValue, KeyNotFound, ProtocolError, UnknownOperation
-from kvmgr.server import StoreServer
+from kvmgr.protocol import wire
+from kvmgr.server.manager import StoreServer
+from kvmgr.tools.driver import is_listening
 from tests.commit_failure import until
 from tests.test_codec import Exploit, nested_lists
 

@@ -8,12 +8,12 @@ from collections.abc import Callable, Mapping
 
 import pytest
 
-from kvmgr import wire
 from kvmgr.config import Limits
 from kvmgr.errors import InvalidKey, InvalidValue, KeyNotFound, KvmgrError
-from kvmgr.journal import Changes, Journal, RollBack, Undo, Wait, already_durable
-from kvmgr.store import QUIT_MESSAGE, Store
-from kvmgr.validation import Value
+from kvmgr.protocol import wire
+from kvmgr.protocol.validation import Value
+from kvmgr.server.journal import Changes, Journal, RollBack, Undo, Wait, already_durable
+from kvmgr.server.store import QUIT_MESSAGE, Store
 
 
 class Mode(enum.StrEnum):

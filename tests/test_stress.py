@@ -16,9 +16,9 @@ import psutil
 import pytest
 
 import kvmgr
-from kvmgr.check import check_file
-from kvmgr.history import HistoryWriter, read_history
-from kvmgr.processes import ProcessGroup, ServerProcess, child_environment, python_module, reap, suspend
+from kvmgr.tools.processes import ProcessGroup, ServerProcess, child_environment, python_module, reap, suspend
+from kvmgr.verify.check import check_file
+from kvmgr.verify.history import HistoryWriter, read_history
 
 
 def kvmgr_command(*args: str, env: dict | None = None, preexec_fn: Callable[[], None] | None = None) -> subprocess.CompletedProcess:
@@ -136,7 +136,8 @@ def test_stress_takes_a_binary_authkey_file(group: ProcessGroup, tmp_path: Path)
     result = kvmgr_command("stress", "--address", server.address_text, "--authkey-file", str(key_file),
                            "--clients", "2", "--ops", "50", env=env)
     assert result.returncode == 0, result.stdout + result.stderr
-    argv = python_module("kvmgr.client", "--name=alice", "--address", server.address_text, "--authkey-file", str(key_file), "--op", "size")
+    argv = python_module("kvmgr.tools.actor", "--name=alice", "--address", server.address_text, "--authkey-file", str(key_file),
+                         "--op", "size")
     alice = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=30)
     assert alice.returncode == 0, alice.stderr
 

@@ -1,12 +1,12 @@
-"""kvmgr.validation's normalize_call, which every client runs on a call before it sends it."""
+"""kvmgr.protocol.validation's normalize_call, which every client runs on a call before it sends it."""
 
 from __future__ import annotations
 
 import pytest
 
-from kvmgr import wire
 from kvmgr.errors import InvalidKey, InvalidValue, UnknownOperation
-from kvmgr.validation import normalize_call
+from kvmgr.protocol import wire
+from kvmgr.protocol.validation import normalize_call
 from tests.test_odd_inputs import SURROGATE, Blob, Color
 
 

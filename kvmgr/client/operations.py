@@ -11,9 +11,9 @@ from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, Self, cast
 
 from kvmgr.errors import InvalidKey, InvalidValue, KeyNotFound, KvmgrError, OutcomeUnknown, ServerUnavailable
-from kvmgr.history import HistoryWriter, Operation, encode_value
 from kvmgr.protocol.operations import RECORDED, SAFE_TO_REPEAT
-from kvmgr.validation import Value, normalize_call
+from kvmgr.protocol.validation import Value, normalize_call
+from kvmgr.verify.history import HistoryWriter, Operation, encode_value
 
 
 class Operations:

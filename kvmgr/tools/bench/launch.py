@@ -13,15 +13,15 @@ from typing import Any
 
 import psutil
 
-from kvmgr.bench.common import GO_DELAY, READY_TIMEOUT, BenchError, Target, WorkerSpec
 from kvmgr.config import fresh_authkey
-from kvmgr.processes import ProcessGroup, child_environment, python_module, read_line, reap, wait_until_ready
+from kvmgr.tools.bench.common import GO_DELAY, READY_TIMEOUT, BenchError, Target, WorkerSpec
+from kvmgr.tools.processes import ProcessGroup, child_environment, python_module, read_line, reap, wait_until_ready
 
 
 def start_peer_server(group: ProcessGroup, role: str, address: str) -> tuple[psutil.Popen, str, str]:
     """Start a stdlib or floor server process and wait for its ready line; return it, its address and key."""
     authkey = fresh_authkey()
-    process = group.launch(python_module("kvmgr.bench", "--serve", role, "--address", address), child_environment(authkey))
+    process = group.launch(python_module("kvmgr.tools.bench", "--serve", role, "--address", address), child_environment(authkey))
     return process, wait_until_ready(process, "ready ", f"the {role} server on {address}"), authkey
 
 
@@ -44,11 +44,11 @@ def last_line(text: str) -> str:
 
 
 def load_redis() -> tuple[Any, str]:
-    """The kvmgr.redis_server module when redis-server and redis-py are both there, else None and why not."""
+    """The kvmgr.tools.redis_server module when redis-server and redis-py are both there, else None and why not."""
     try:
-        from kvmgr import redis_server
+        from kvmgr.tools import redis_server
     except ImportError:
-        return None, "kvmgr.redis_server is not available"
+        return None, "kvmgr.tools.redis_server is not available"
     if importlib.util.find_spec("redis") is None:
         return None, "redis-py is not installed (pip install 'kvmgr[redis]')"
     if redis_server.find_redis_server() is None:
@@ -81,7 +81,7 @@ def run_clients(group: ProcessGroup, target: Target, spec: WorkerSpec, clients: 
         outputs = [Path(spec.go_file).with_name(f"{Path(spec.go_file).name}-client{index}.jsonl") for index in range(clients)]
         for index in range(clients):
             worker_spec = replace(spec, seed=index, preload=spec.preload and index == 0, output=str(outputs[index]))
-            workers.append(group.launch(python_module("kvmgr.bench", "--worker", json.dumps(asdict(worker_spec))), env))
+            workers.append(group.launch(python_module("kvmgr.tools.bench", "--worker", json.dumps(asdict(worker_spec))), env))
         deadline = time.monotonic() + READY_TIMEOUT
         for worker in workers:
             if read_line(worker, deadline) != "ready":

@@ -1,4 +1,4 @@
-"""Peer servers run by `python -m kvmgr.bench --serve ROLE --address ADDRESS`: a stdlib SyncManager serving the
+"""Peer servers run by `python -m kvmgr.tools.bench --serve ROLE --address ADDRESS`: a stdlib SyncManager serving the
 benchmark's dicts, and the bare multiprocessing.connection echo server (the connection floor)."""
 
 from __future__ import annotations

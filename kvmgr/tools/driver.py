@@ -21,13 +21,13 @@ from typing import Any
 import psutil
 from tabulate import tabulate
 
-from kvmgr.arguments import positive_float
-from kvmgr.check import CHECK_TIMEOUT, check_operations
 from kvmgr.config import DEFAULT_TIMEOUT, is_redis_url
 from kvmgr.errors import EXIT_NEGATIVE, EXIT_OK, ConfigError, KvmgrError, exit_status
-from kvmgr.history import read_history
-from kvmgr.processes import ProcessGroup, ServerProcess, child_environment, interrupt_on_terminate, python_module, read_line, reap
-from kvmgr.scenarios import Scenario, Step, load_scenario, notation, seed_scenario_path
+from kvmgr.tools.arguments import positive_float
+from kvmgr.tools.processes import ProcessGroup, ServerProcess, child_environment, interrupt_on_terminate, python_module, read_line, reap
+from kvmgr.tools.scenarios import Scenario, Step, load_scenario, notation, seed_scenario_path
+from kvmgr.verify.check import CHECK_TIMEOUT, check_operations
+from kvmgr.verify.history import read_history
 
 ACTOR_SLACK = 10.0  # beyond its own timeouts (a barrier, a call, a reconnect), how long an actor may take to answer
 SERVER_TROUBLE = ("ServerUnavailable", "OutcomeUnknown", "ActorFailed")  # outcomes after which the server is probed
@@ -111,7 +111,7 @@ class Actors:
         """Launch the actors that are not running yet (all at once, so their start-ups overlap)."""
         for name in names:
             if name not in self.processes:
-                argv = python_module("kvmgr.client", f"--name={name}", "--address", self.endpoint.address_text, "--session",
+                argv = python_module("kvmgr.tools.actor", f"--name={name}", "--address", self.endpoint.address_text, "--session",
                                      "--timeout", str(self.timeout), "--history", str(self.history_dir / f"{name}.jsonl"))
                 self.processes[name] = self.group.launch(argv, child_environment(self.endpoint.authkey), stdin=True)
 
@@ -372,7 +372,7 @@ def prepare_target(target: str, flush: bool) -> None:
     """Check that the Redis target is reachable and empty (emptying it first when asked)."""
     if not is_redis_url(target):
         raise ConfigError(f"--target must be a redis:// URL (got {target!r})")
-    from kvmgr.redis_client import connect_redis
+    from kvmgr.client.redis_transport import connect_redis
 
     with connect_redis(target) as client:
         if flush:

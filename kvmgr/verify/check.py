@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from typing import Any, cast
 
 from kvmgr.errors import HistoryError
-from kvmgr.history import Operation, Value, read_history
+from kvmgr.verify.history import Operation, Value, read_history
 
 
 class _Absent:

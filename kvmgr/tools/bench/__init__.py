@@ -1,24 +1,24 @@
 """kvmgr bench: kvmgr against its peers on loopback, every system interleaved in one run.
 
-The command's full description (systems, process model, units) is the docstring of kvmgr.bench.cli, which
+The command's full description (systems, process model, units) is the docstring of kvmgr.tools.bench.cli, which
 `kvmgr bench --help` shows. Imports go one way: cli uses run, launch, stats, report, worker and peers; run uses
 launch and stats; worker uses adapters, which use peers; report and stats use nothing but common.
 
 - common:   protocol constants, profiles, Target, WorkerSpec, Sample, BenchError, progress lines;
-- peers:    the stdlib SyncManager and connection-floor servers run by `python -m kvmgr.bench --serve ROLE`;
+- peers:    the stdlib SyncManager and connection-floor servers run by `python -m kvmgr.tools.bench --serve ROLE`;
 - adapters: the client-side adapters, one per kind of system, and the ADAPTERS table;
-- worker:   the client process run by `python -m kvmgr.bench --worker SPEC` (phases, go file, memory load);
+- worker:   the client process run by `python -m kvmgr.tools.bench --worker SPEC` (phases, go file, memory load);
 - launch:   starting servers and client processes through a ProcessGroup and collecting their output;
 - stats:    combining clients' phases into Samples, percentiles, units, medians over repeats;
 - run:      the measurements (Bench) and the interleaved repeats;
 - report:   ratios, tables, the --json document and the --plot chart;
-- cli:      the arguments, `kvmgr bench`, `kvmgr bench --checker` and `python -m kvmgr.bench`.
+- cli:      the arguments, `kvmgr bench`, `kvmgr bench --checker` and `python -m kvmgr.tools.bench`.
 """
 
-from kvmgr.bench.cli import add_parser, main, run_bench_command
-from kvmgr.bench.common import BULK_WORKLOADS, POINT_WORKLOADS, PROFILES, BenchError, Profile, Sample, Target, WorkerSpec
-from kvmgr.bench.report import compute_ratios
-from kvmgr.bench.stats import medians, percentile
+from kvmgr.tools.bench.cli import add_parser, main, run_bench_command
+from kvmgr.tools.bench.common import BULK_WORKLOADS, POINT_WORKLOADS, PROFILES, BenchError, Profile, Sample, Target, WorkerSpec
+from kvmgr.tools.bench.report import compute_ratios
+from kvmgr.tools.bench.stats import medians, percentile
 
 __all__ = [
     "BULK_WORKLOADS",

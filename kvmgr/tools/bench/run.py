@@ -14,7 +14,8 @@ from typing import Any
 
 import psutil
 
-from kvmgr.bench.common import (
+from kvmgr.errors import KvmgrError
+from kvmgr.tools.bench.common import (
     BULK_WORKLOADS,
     GO_DELAY,
     PHASE_GAP,
@@ -26,15 +27,14 @@ from kvmgr.bench.common import (
     WorkerSpec,
     progress,
 )
-from kvmgr.bench.launch import last_line, run_clients, start_peer_server
-from kvmgr.bench.stats import combine
-from kvmgr.errors import KvmgrError
-from kvmgr.processes import ProcessGroup, child_environment, reap
+from kvmgr.tools.bench.launch import last_line, run_clients, start_peer_server
+from kvmgr.tools.bench.stats import combine
+from kvmgr.tools.processes import ProcessGroup, child_environment, reap
 
 FINISH_MARGIN = 60.0
 MEMORY_TIMEOUT = 600.0
 DRIVER_TIMEOUT = 120.0
-RUN_DRIVER = Path(__file__).resolve().parent.parent.parent / "run_driver.py"
+RUN_DRIVER = Path(__file__).resolve().parents[3] / "run_driver.py"  # kvmgr/tools/bench/run.py -> the checkout
 
 
 @dataclass

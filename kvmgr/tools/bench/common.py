@@ -6,7 +6,7 @@ import sys
 from dataclasses import dataclass
 
 from kvmgr.errors import KvmgrError
-from kvmgr.processes import child_environment
+from kvmgr.tools.processes import child_environment
 
 ADDRESS_ENV = "KVMGR_BENCH_ADDRESS"
 POINT_WORKLOADS = ("get", "store", "mix")

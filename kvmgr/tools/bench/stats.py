@@ -6,7 +6,7 @@ import statistics
 from collections.abc import Sequence
 from dataclasses import replace
 
-from kvmgr.bench.common import BULK_WORKLOADS, POINT_WORKLOADS, Sample
+from kvmgr.tools.bench.common import BULK_WORKLOADS, POINT_WORKLOADS, Sample
 
 
 def combine(system: str, transport: str, workload: str, outputs: list[list[dict]], index: int) -> Sample:

@@ -1,6 +1,6 @@
 """Durable mode: the store's data in SQLite (WAL) inside a data directory, written before writes are acknowledged.
 
-`SQLiteJournal` is a kvmgr.journal.Journal. Every change goes through one path: `append(changes, before)` under
+`SQLiteJournal` is a kvmgr.server.journal.Journal. Every change goes through one path: `append(changes, before)` under
 the store's lock (so the journal's order is the store's order), then the wait it returns, outside the lock;
 a write is acknowledged when that wait returns.
 - fsync "always": each write is committed and fsynced inside `append`.
@@ -30,14 +30,14 @@ from typing import TextIO
 
 from kvmgr.config import COMMIT_TIMEOUT
 from kvmgr.errors import ConfigError, KvmgrError, OutcomeUnknown
-from kvmgr.journal import Changes, RollBack, Undo, Wait, already_durable
-from kvmgr.validation import Value
+from kvmgr.protocol.validation import Value
+from kvmgr.server.journal import Changes, RollBack, Undo, Wait, already_durable
 
 FSYNC_MODES = ("always", "batch", "off")
 DATABASE_NAME = "kvmgr.sqlite3"
 LOCK_NAME = "kvmgr.lock"
 
-log = logging.getLogger("kvmgr.durable")
+log = logging.getLogger("kvmgr.server.durable")
 
 
 class CommitGroup:

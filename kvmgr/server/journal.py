@@ -2,7 +2,7 @@
 
 A Store hands every change to its journal under its lock (`append`, so the journal sees the store's order),
 applies it, and acknowledges it once the wait that `append` returned has returned, outside the lock.
-`MemoryJournal` keeps nothing (the embedded default); `kvmgr.durable.SQLiteJournal` keeps the data in SQLite.
+`MemoryJournal` keeps nothing (the embedded default); `kvmgr.server.durable.SQLiteJournal` keeps the data in SQLite.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Final, Protocol
 
-from kvmgr.validation import Value
+from kvmgr.protocol.validation import Value
 
 Changes = Mapping[str, Value | None]  # None deletes the key
 Undo = tuple[str, Value | None]  # (key, the value it had before a write, None if absent): the change that takes the write back

@@ -14,7 +14,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 from kvmgr import __version__
-from kvmgr.arguments import positive_float, positive_int
 from kvmgr.config import (
     DEFAULT_ADDRESS,
     HANDSHAKE_TIMEOUT,
@@ -26,16 +25,17 @@ from kvmgr.config import (
     is_loopback,
     parse_address,
 )
-from kvmgr.durable import FSYNC_MODES
 from kvmgr.errors import EXIT_NEGATIVE, EXIT_OK, ConfigError, KvmgrError, ServerUnavailable, exit_status
-from kvmgr.processes import interrupt_on_terminate
+from kvmgr.server.durable import FSYNC_MODES
+from kvmgr.tools.arguments import positive_float, positive_int
+from kvmgr.tools.processes import interrupt_on_terminate
 
 
 def command_serve(args: argparse.Namespace) -> int:
     """Run a server in this process until quit, SIGTERM or SIGINT."""
-    from kvmgr.durable import SQLiteJournal
-    from kvmgr.journal import IN_MEMORY
-    from kvmgr.server import serve
+    from kvmgr.server.durable import SQLiteJournal
+    from kvmgr.server.journal import IN_MEMORY
+    from kvmgr.server.manager import serve
 
     limits = Limits(args.max_key_bytes, args.max_value_bytes, args.handshake_timeout, max_request_bytes=args.max_request_bytes or 0)
     address = parse_address(args.address)
@@ -87,8 +87,8 @@ def add_serve(subparsers: argparse._SubParsersAction) -> None:
 
 def command_check(args: argparse.Namespace) -> int:
     """Check a history file for linearizability; progress on stderr while it takes long."""
-    from kvmgr.check import CheckProgress, check_file, describe
     from kvmgr.errors import EXIT_UNKNOWN
+    from kvmgr.verify.check import CheckProgress, check_file, describe
 
     def show(progress: CheckProgress) -> None:
         print(progress.line(), file=sys.stderr, flush=True)
@@ -118,19 +118,19 @@ def add_check(subparsers: argparse._SubParsersAction) -> None:
 
 
 def add_stress(subparsers: argparse._SubParsersAction) -> None:
-    from kvmgr.stress import add_parser
+    from kvmgr.tools.stress import add_parser
 
     add_parser(subparsers)
 
 
 def add_faults(subparsers: argparse._SubParsersAction) -> None:
-    from kvmgr.faults import add_parser
+    from kvmgr.tools.faults import add_parser
 
     add_parser(subparsers)
 
 
 def add_bench(subparsers: argparse._SubParsersAction) -> None:
-    from kvmgr.bench import add_parser
+    from kvmgr.tools.bench import add_parser
 
     add_parser(subparsers)
 

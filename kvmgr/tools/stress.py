@@ -1,6 +1,6 @@
 """kvmgr stress: many client processes run random operations as fast as they can; the history is checked.
 
-`python -m kvmgr.stress --worker ...` is one such client process (started by the stress command).
+`python -m kvmgr.tools.stress --worker ...` is one such client process (started by the stress command).
 """
 
 from __future__ import annotations
@@ -22,13 +22,13 @@ from typing import Any
 
 from tabulate import tabulate
 
-from kvmgr.arguments import positive_float, positive_int, writable_path
-from kvmgr.check import CHECK_TIMEOUT, CheckProgress, CheckResult, check_operations, describe
 from kvmgr.config import client_authkey, is_redis_url
 from kvmgr.errors import ConfigError, KeyNotFound, KvmgrError, ServerUnavailable
-from kvmgr.history import HistoryWriter, Operation, merge_histories, read_history
-from kvmgr.processes import ProcessGroup, python_module
 from kvmgr.protocol.operations import OPERATIONS
+from kvmgr.tools.arguments import positive_float, positive_int, writable_path
+from kvmgr.tools.processes import ProcessGroup, python_module
+from kvmgr.verify.check import CHECK_TIMEOUT, CheckProgress, CheckResult, check_operations, describe
+from kvmgr.verify.history import HistoryWriter, Operation, merge_histories, read_history
 
 DEFAULT_MIX = "store=40,get=40,cas=10,delete=10"
 MIX_OPERATIONS = tuple(spec.name for spec in OPERATIONS if spec.recorded_as)  # what the workers know how to run and record
@@ -132,7 +132,7 @@ def worker_main(argv: list[str]) -> int:
     """Entry point of one stress client process (authkey from --authkey-file, for Redis none)."""
     from kvmgr import connect
 
-    parser = argparse.ArgumentParser(prog="python -m kvmgr.stress --worker")
+    parser = argparse.ArgumentParser(prog="python -m kvmgr.tools.stress --worker")
     parser.add_argument("--worker", required=True)
     for option in ("--target", "--history", "--mix", "--prefix"):
         parser.add_argument(option, required=True)
@@ -287,8 +287,8 @@ def busy_seconds(operations: list[Operation]) -> float:
 
 def _worker_argv(plan: StressPlan, number: int, target: str, history: Path, prefix: str, key_file: Path | None) -> list[str]:
     return python_module(
-        "kvmgr.stress", "--worker", f"c{number}", "--target", target, "--history", str(history), "--mix", plan.mix, "--prefix", prefix,
-        "--ops", str(plan.ops), "--keys", str(plan.keys), "--seed", str(plan.seed * 1000 + number),
+        "kvmgr.tools.stress", "--worker", f"c{number}", "--target", target, "--history", str(history), "--mix", plan.mix,
+        "--prefix", prefix,        "--ops", str(plan.ops), "--keys", str(plan.keys), "--seed", str(plan.seed * 1000 + number),
         "--parties", str(plan.clients), "--timeout", str(plan.timeout), *(["--authkey-file", str(key_file)] if key_file else []),
     )
 

@@ -15,7 +15,7 @@ from typing import Any
 import psutil
 from tabulate import tabulate
 
-from kvmgr.bench.common import BULK_WORKLOADS, POINT_WORKLOADS, Profile, Sample
+from kvmgr.tools.bench.common import BULK_WORKLOADS, POINT_WORKLOADS, Profile, Sample
 
 
 def compute_ratios(results: Sequence[Sample], client_counts: Sequence[int]) -> dict[str, float]:

@@ -14,10 +14,10 @@ import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 
-from kvmgr.check import check_operations
 from kvmgr.errors import KvmgrError
-from kvmgr.history import Operation
-from kvmgr.processes import ProcessGroup, python_module
+from kvmgr.tools.processes import ProcessGroup, python_module
+from kvmgr.verify.check import check_operations
+from kvmgr.verify.history import Operation
 
 DEFAULT_MIX: Mapping[str, float] = {"get": 0.45, "store": 0.25, "cas": 0.2, "delete": 0.1}
 
@@ -206,7 +206,7 @@ def measure_case(case: CheckerCase, repeats: int) -> dict[str, object]:
 def run_case(group: ProcessGroup, case: CheckerCase, repeats: int) -> dict[str, object]:
     """measure_case in a fresh process of `group`, so that the peak memory is the case's own."""
     argv = python_module(
-        "kvmgr.check_bench", "--operations", str(case.operations), "--clients", str(case.clients), "--keys", str(case.keys),
+        "kvmgr.tools.check_bench", "--operations", str(case.operations), "--clients", str(case.clients), "--keys", str(case.keys),
         "--seed", str(case.seed), "--repeats", str(repeats),
     )
     process = group.launch(argv)
@@ -228,8 +228,8 @@ def run_checker_benchmark(repeats: int = 3, cases: tuple[CheckerCase, ...] = CHE
 
 
 def main(argv: list[str] | None = None) -> int:
-    """python -m kvmgr.check_bench: measure one case and print it as one line of JSON."""
-    parser = argparse.ArgumentParser(prog="python -m kvmgr.check_bench", description=measure_case.__doc__)
+    """python -m kvmgr.tools.check_bench: measure one case and print it as one line of JSON."""
+    parser = argparse.ArgumentParser(prog="python -m kvmgr.tools.check_bench", description=measure_case.__doc__)
     for option, default in (("--operations", 50_000), ("--clients", 8), ("--keys", 16), ("--seed", 0), ("--repeats", 3)):
         parser.add_argument(option, type=int, default=default)
     args = parser.parse_args(argv)

@@ -15,13 +15,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from kvmgr.arguments import positive_float, positive_int, writable_path
 from kvmgr.client import connect
 from kvmgr.client.operations import Operations
 from kvmgr.config import DEFAULT_ADDRESS, DEFAULT_TIMEOUT
 from kvmgr.errors import EXIT_NEGATIVE, EXIT_OK, ConfigError, KeyNotFound, KvmgrError, exit_status
-from kvmgr.history import HistoryWriter
 from kvmgr.protocol.operations import BY_NAME, SCENARIO_OPERATIONS
+from kvmgr.tools.arguments import positive_float, positive_int, writable_path
+from kvmgr.verify.history import HistoryWriter
 
 
 def build_parser(name: str | None) -> argparse.ArgumentParser:
@@ -198,3 +198,7 @@ def alice() -> int:
 def bob() -> int:
     """The `bob` console script."""
     return main(name="bob")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import psutil
 
 from kvmgr.errors import ServerUnavailable
-from kvmgr.processes import ProcessGroup
+from kvmgr.tools.processes import ProcessGroup
 
 LOOPBACK = "127.0.0.1"
 POLL_INTERVAL = 0.02

@@ -2,7 +2,7 @@
 
 Each scenario starts its own server(s), does something bad to them (kill -9 under writers, hostile peers,
 a client killed mid-call, a dead server), and measures: writes acknowledged, writes lost, errors seen by
-honest clients and their worst latency. `python -m kvmgr.faults --writer ...` is one writer process.
+honest clients and their worst latency. `python -m kvmgr.tools.faults --writer ...` is one writer process.
 """
 
 from __future__ import annotations
@@ -33,11 +33,10 @@ from typing import IO, Any
 from tabulate import tabulate
 
 import kvmgr
-from kvmgr.arguments import positive_int
 from kvmgr.config import fresh_authkey, parse_address
 from kvmgr.errors import AuthenticationFailed, KeyNotFound, KvmgrError, ServerUnavailable
-from kvmgr.history import HistoryWriter, read_history
-from kvmgr.processes import (
+from kvmgr.tools.arguments import positive_int
+from kvmgr.tools.processes import (
     READY_PREFIX,
     ProcessGroup,
     ServerProcess,
@@ -47,6 +46,7 @@ from kvmgr.processes import (
     suspend,
     wait_until_ready,
 )
+from kvmgr.verify.history import HistoryWriter, read_history
 
 WRITERS = 4
 ACKS_BEFORE_KILL = 25
@@ -143,7 +143,7 @@ class HonestClient:
 
 def writer_main(argv: list[str]) -> int:
     """One writer process: store unique keys until the server goes away; acknowledged writes go to its history."""
-    parser = argparse.ArgumentParser(prog="python -m kvmgr.faults --writer")
+    parser = argparse.ArgumentParser(prog="python -m kvmgr.tools.faults --writer")
     parser.add_argument("--writer", required=True)
     parser.add_argument("--address", required=True)
     parser.add_argument("--history", required=True)
@@ -188,7 +188,7 @@ def kill_server_under_writers(fsync: str, rounds: int) -> FaultResult:
                 server = group.start_server(address, authkey, durable)
                 authkey = server.authkey
                 paths = [Path(scratch) / f"r{round_number}-w{n}.jsonl" for n in range(WRITERS)]
-                writers = [group.launch(python_module("kvmgr.faults", "--writer", f"r{round_number}w{n}", "--address", address,
+                writers = [group.launch(python_module("kvmgr.tools.faults", "--writer", f"r{round_number}w{n}", "--address", address,
                                                       "--history", str(path)), child_environment(authkey)) for n, path in enumerate(paths)]
                 _wait_for_acks(paths, ACKS_BEFORE_KILL)
                 server.process.kill()

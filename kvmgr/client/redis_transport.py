@@ -25,7 +25,6 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import urlsplit, urlunsplit
 
-from kvmgr import wire
 from kvmgr.client.operations import Operations
 from kvmgr.client.pool import ConnectionPool
 from kvmgr.config import DEFAULT_LIMITS, DEFAULT_TIMEOUT, RENDEZVOUS_TIMEOUT, SCAN_PAGE, Limits
@@ -40,8 +39,8 @@ from kvmgr.errors import (
     ServerUnavailable,
     UnknownOperation,
 )
-from kvmgr.history import HistoryWriter
-from kvmgr.validation import (
+from kvmgr.protocol import wire
+from kvmgr.protocol.validation import (
     Value,
     check_key,
     check_key_list,
@@ -51,6 +50,7 @@ from kvmgr.validation import (
     check_value,
     page_of_keys,
 )
+from kvmgr.verify.history import HistoryWriter
 
 if TYPE_CHECKING:
     from types import ModuleType

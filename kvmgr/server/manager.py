@@ -16,14 +16,14 @@ from multiprocessing import AuthenticationError, connection, process
 from multiprocessing.managers import Server
 from typing import Any, cast
 
-from kvmgr import wire
 from kvmgr.config import DEFAULT_LIMITS, DRAIN_TIMEOUT, LISTEN_BACKLOG, REPLY_BATCH_BYTES, Address, Limits, address_family, format_address
 from kvmgr.errors import ConfigError, KvmgrError, ProtocolError, UnknownOperation
-from kvmgr.journal import IN_MEMORY, Journal
-from kvmgr.store import Store
-from kvmgr.wire import set_socket_timeout
+from kvmgr.protocol import wire
+from kvmgr.protocol.wire import set_socket_timeout
+from kvmgr.server.journal import IN_MEMORY, Journal
+from kvmgr.server.store import Store
 
-log = logging.getLogger("kvmgr.server")
+log = logging.getLogger("kvmgr.server.manager")
 
 
 def open_listener(address: Address) -> socket.socket:

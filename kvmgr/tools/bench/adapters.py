@@ -6,8 +6,8 @@ from collections.abc import Callable, Sequence
 from multiprocessing import connection
 from typing import Any, cast
 
-from kvmgr.bench.peers import stdlib_manager_class
 from kvmgr.config import parse_address
+from kvmgr.tools.bench.peers import stdlib_manager_class
 
 PIPELINE_DEPTH = 100
 

@@ -1,4 +1,4 @@
-"""The client process (`python -m kvmgr.bench --worker SPEC`): connect, say ready, wait for the go file, run
+"""The client process (`python -m kvmgr.tools.bench --worker SPEC`): connect, say ready, wait for the go file, run
 the workloads' phases and write one JSON line per workload to the spec's output file."""
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ from typing import Any
 
 import psutil
 
-from kvmgr.bench.adapters import ADAPTERS, RedisPipelineAdapter
-from kvmgr.bench.common import ADDRESS_ENV, PHASE_GAP, READY_TIMEOUT, BenchError, WorkerSpec
 from kvmgr.config import AUTHKEY_ENV
+from kvmgr.tools.bench.adapters import ADAPTERS, RedisPipelineAdapter
+from kvmgr.tools.bench.common import ADDRESS_ENV, PHASE_GAP, READY_TIMEOUT, BenchError, WorkerSpec
 
 MEMORY_BATCH = 10_000
 VALUE = b"v" * 100

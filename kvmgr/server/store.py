@@ -1,7 +1,7 @@
 """Store: the shared dict and the lock that serializes every operation on it. No sockets, no processes.
 
-Every argument goes through kvmgr.validation first (and is used in the plain form it returns). Every change
-goes through `_write`, which hands it to the store's journal (kvmgr.journal: in memory by default, SQLite in
+Every argument goes through kvmgr.protocol.validation first (and is used in the plain form it returns). Every change
+goes through `_write`, which hands it to the store's journal (kvmgr.server.journal: in memory by default, SQLite in
 durable mode) and applies it to the dict. A deferred journal (batch mode) commits a write after it is applied;
 should the commit fail, the journal calls `_roll_back`, which undoes it.
 """
@@ -13,8 +13,7 @@ from collections.abc import Callable, Iterable, Mapping
 
 from kvmgr.config import DEFAULT_LIMITS, RENDEZVOUS_TIMEOUT, Limits
 from kvmgr.errors import InvalidValue, KeyNotFound, KvmgrError
-from kvmgr.journal import IN_MEMORY, Changes, Journal, Wait
-from kvmgr.validation import (
+from kvmgr.protocol.validation import (
     Value,
     check_expected,
     check_key,
@@ -25,6 +24,7 @@ from kvmgr.validation import (
     check_value,
     page_of_keys,
 )
+from kvmgr.server.journal import IN_MEMORY, Changes, Journal, Wait
 
 QUIT_MESSAGE = "Server Quitting..!"
 

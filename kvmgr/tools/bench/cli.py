@@ -4,7 +4,7 @@ Systems: kvmgr (tcp, unix), the stdlib multiprocessing.Manager().dict() proxy (t
 redis-py (single commands, 100-command pipelines, MGET/MSET; only when a redis-server and redis-py are
 installed), and the bare multiprocessing.connection round trip, the floor under any BaseManager proxy.
 
-Every measurement runs in fresh client processes (`python -m kvmgr.bench --worker SPEC`, the authkey in
+Every measurement runs in fresh client processes (`python -m kvmgr.tools.bench --worker SPEC`, the authkey in
 $KVMGR_AUTHKEY, the server address in $KVMGR_BENCH_ADDRESS), never in threads of this process. Clients
 connect, print "ready", and start together when this process writes the start time into a go file.
 Each repeat runs every system once per workload, systems taking turns in an order rotated every repeat,
@@ -33,17 +33,17 @@ from pathlib import Path
 
 from tabulate import tabulate
 
-from kvmgr.arguments import positive_int
-from kvmgr.bench.common import PROFILES, Profile, Sample, WorkerSpec, progress
-from kvmgr.bench.launch import load_redis, start_targets
-from kvmgr.bench.peers import SERVE_ROLES
-from kvmgr.bench.report import compute_ratios, draw_plot, ratios_table, report, results_table
-from kvmgr.bench.run import Bench, run_repeats
-from kvmgr.bench.stats import medians
-from kvmgr.bench.worker import run_worker
 from kvmgr.config import AUTHKEY_ENV
 from kvmgr.errors import KvmgrError
-from kvmgr.processes import ProcessGroup
+from kvmgr.tools.arguments import positive_int
+from kvmgr.tools.bench.common import PROFILES, Profile, Sample, WorkerSpec, progress
+from kvmgr.tools.bench.launch import load_redis, start_targets
+from kvmgr.tools.bench.peers import SERVE_ROLES
+from kvmgr.tools.bench.report import compute_ratios, draw_plot, ratios_table, report, results_table
+from kvmgr.tools.bench.run import Bench, run_repeats
+from kvmgr.tools.bench.stats import medians
+from kvmgr.tools.bench.worker import run_worker
+from kvmgr.tools.processes import ProcessGroup
 
 
 def run_bench_command(args: argparse.Namespace) -> int:
@@ -81,7 +81,7 @@ def run_bench_command(args: argparse.Namespace) -> int:
 
 def run_checker_command(args: argparse.Namespace) -> int:
     """--checker: time `kvmgr check` and its peak memory on synthetic histories, each case in a fresh process."""
-    from kvmgr.check_bench import CHECKER_CASES, run_checker_benchmark
+    from kvmgr.tools.check_bench import CHECKER_CASES, run_checker_benchmark
 
     shown = "; ".join(f"{c.operations:,} operations over {c.keys} key{'s' * (c.keys > 1)}" for c in CHECKER_CASES)
     progress(f"timing the linearizability checker on synthetic histories of 8 clients: {shown}")
@@ -133,8 +133,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """python -m kvmgr.bench: the benchmark itself, or (hidden) one of its client or server processes."""
-    parser = argparse.ArgumentParser(prog="python -m kvmgr.bench", description=__doc__.split("\n\n")[0])
+    """python -m kvmgr.tools.bench: the benchmark itself, or (hidden) one of its client or server processes."""
+    parser = argparse.ArgumentParser(prog="python -m kvmgr.tools.bench", description=__doc__.split("\n\n")[0])
     add_bench_arguments(parser)
     parser.add_argument("--worker", metavar="SPEC", help=argparse.SUPPRESS)
     parser.add_argument("--serve", choices=sorted(SERVE_ROLES), help=argparse.SUPPRESS)

@@ -1,6 +1,0 @@
-"""python -m kvmgr.bench: the benchmark itself, or (hidden) one of its client (--worker) or server (--serve) processes."""
-
-from kvmgr.bench.cli import main
-
-if __name__ == "__main__":
-    raise SystemExit(main())

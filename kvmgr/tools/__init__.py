@@ -1,0 +1,1 @@
+"""Tools built on the client: the CLI, actors, driver, scenarios, stress, faults, bench and launchers."""

@@ -1,0 +1,1 @@
+"""Verification: histories of calls and the linearizability checker."""
