@@ -110,6 +110,26 @@ class FloorAdapter:
         self.conn.close()
 
 
+class SelectorsFloorAdapter(FloorAdapter):
+    """A bare multiprocessing.connection to the reference selectors server: one pickled (op, key, value) per operation."""
+
+    def get(self, key: str) -> object:
+        """Read one key."""
+        self.conn.send(("get", key, None))
+        return self.conn.recv()
+
+    def store(self, key: str, value: bytes) -> object:
+        """Write one key."""
+        self.conn.send(("store", key, value))
+        return self.conn.recv()
+
+    def load(self, mapping: dict[str, bytes], bulk: bool = False) -> None:
+        """Store a batch of point keys in one request (it has no bulk workloads)."""
+        if not bulk:
+            self.conn.send(("load", mapping, None))
+            self.conn.recv()
+
+
 class RedisAdapter:
     """redis-py against the benchmark's own redis-server: GET, SET, MGET, MSET."""
 
@@ -191,6 +211,7 @@ ADAPTERS: dict[str, Callable[[str, bytes], Any]] = {
     "kvmgr-pipelined": KvmgrPipelineAdapter,
     "stdlib": StdlibDictAdapter,
     "floor": FloorAdapter,
+    "selectors-floor": SelectorsFloorAdapter,
     "redis": RedisAdapter,
     "redis-pipelined": RedisPipelineAdapter,
     "bare": BareDictAdapter,

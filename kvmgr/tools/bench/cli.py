@@ -42,7 +42,7 @@ from kvmgr.tools.bench.peers import SERVE_ROLES
 from kvmgr.tools.bench.report import compute_ratios, draw_plot, ratios_table, report, results_table
 from kvmgr.tools.bench.run import Bench, run_repeats
 from kvmgr.tools.bench.stats import medians
-from kvmgr.tools.bench.worker import run_worker
+from kvmgr.tools.bench.worker import run_holder, run_worker
 from kvmgr.tools.processes import ProcessGroup
 
 
@@ -139,9 +139,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--worker", metavar="SPEC", help=argparse.SUPPRESS)
     parser.add_argument("--serve", choices=sorted(SERVE_ROLES), help=argparse.SUPPRESS)
     parser.add_argument("--address", help=argparse.SUPPRESS)
+    parser.add_argument("--hold", type=positive_int, metavar="N", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
         return run_worker(WorkerSpec(**json.loads(args.worker)))
+    if args.hold:
+        return run_holder(args.hold)
     if args.serve:
         return SERVE_ROLES[args.serve](args.address, os.environ.get(AUTHKEY_ENV, "").encode())
     try:

@@ -14,6 +14,7 @@ BULK_WORKLOADS = ("get_many", "store_many")
 PHASE_GAP = 0.03
 GO_DELAY = 0.02
 READY_TIMEOUT = 30.0
+HOLDER_CONNECTIONS = 250  # idle connections one holder process opens at most
 
 
 class BenchError(KvmgrError):
@@ -30,12 +31,14 @@ class Profile:
     bulk_keys: int
     memory_keys: int
     keyspace: int = 1_000
+    idle_connections: int = 1_000  # idle authenticated connections held in the idle-connections row
+    idle_rounds: int = 2  # idle-free and held single-client measurements, alternated, per repeat
 
 
 PROFILES = {
     "full": Profile("full", 2.0, (1, 8), 10_000, 1_000_000),
     "quick": Profile("quick", 0.25, (1, 8), 10_000, 200_000),
-    "tiny": Profile("tiny", 0.05, (1, 2), 1_000, 20_000),
+    "tiny": Profile("tiny", 0.05, (1, 2), 1_000, 20_000, idle_connections=50, idle_rounds=1),
 }
 
 
@@ -48,6 +51,7 @@ class Target:
     kind: str
     address: str
     authkey: str = ""
+    server_pid: int | None = None  # the server process whose CPU time is measured (None: no server process)
 
     def environment(self) -> dict[str, str]:
         """The environment a client process of this target needs (authkey and address, never argv)."""
@@ -83,6 +87,9 @@ class Sample:
     p99_us: float
     unit: str = "ops/s"
     rss_growth_bytes: int | None = None
+    server_cpu_us: float | None = None  # the server process's CPU time (user + system, all threads) per operation or key
+    idle_connections: int | None = None  # the idle row: authenticated connections the server held during it
+    idle_free_p50_us: float | None = None  # the idle row: the same single-client p50 without them
 
     @property
     def key(self) -> tuple[str, str, str, int]:

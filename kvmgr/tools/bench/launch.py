@@ -7,6 +7,7 @@ import importlib.util
 import json
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
@@ -14,12 +15,12 @@ from typing import Any
 import psutil
 
 from kvmgr.config import fresh_authkey
-from kvmgr.tools.bench.common import GO_DELAY, READY_TIMEOUT, BenchError, Target, WorkerSpec
+from kvmgr.tools.bench.common import GO_DELAY, HOLDER_CONNECTIONS, READY_TIMEOUT, BenchError, Target, WorkerSpec
 from kvmgr.tools.processes import ProcessGroup, child_environment, python_module, read_line, reap, wait_until_ready
 
 
 def start_peer_server(group: ProcessGroup, role: str, address: str) -> tuple[psutil.Popen, str, str]:
-    """Start a stdlib or floor server process and wait for its ready line; return it, its address and key."""
+    """Start a stdlib, floor or selectors-floor server process and wait for its ready line; return it, its address and key."""
     authkey = fresh_authkey()
     process = group.launch(python_module("kvmgr.tools.bench", "--serve", role, "--address", address), child_environment(authkey))
     return process, wait_until_ready(process, "ready ", f"the {role} server on {address}"), authkey
@@ -61,20 +62,49 @@ def start_targets(group: ProcessGroup, workdir: Path, redis_module: Any) -> list
     targets = []
     for transport, address in (("tcp", "127.0.0.1:0"), ("unix", str(workdir / "kvmgr.sock"))):
         server = group.start_server(address)
-        targets.append(Target("kvmgr", transport, "kvmgr", server.address_text, server.authkey))
-        targets.append(Target("kvmgr-pipelined", transport, "kvmgr-pipelined", server.address_text, server.authkey))
-    for system, role in (("multiprocessing-dict", "stdlib"), ("connection-floor", "floor")):
+        pid = server.process.pid
+        targets.append(Target("kvmgr", transport, "kvmgr", server.address_text, server.authkey, pid))
+        targets.append(Target("kvmgr-pipelined", transport, "kvmgr-pipelined", server.address_text, server.authkey, pid))
+    for system, role in (("multiprocessing-dict", "stdlib"), ("connection-floor", "floor"), ("selectors-floor", "selectors-floor")):
         for transport, address in (("tcp", "127.0.0.1:0"), ("unix", str(workdir / f"{role}.sock"))):
-            _, actual, authkey = start_peer_server(group, role, address)
-            targets.append(Target(system, transport, role, actual, authkey))
+            process, actual, authkey = start_peer_server(group, role, address)
+            targets.append(Target(system, transport, role, actual, authkey, process.pid))
     if redis_module is not None:
-        url = redis_module.start_redis_server(group).url
-        targets += [Target("redis", "tcp", "redis", url), Target("redis-pipelined", "tcp", "redis-pipelined", url)]
+        started = redis_module.start_redis_server(group)
+        pid = started.process.pid
+        targets += [Target("redis", "tcp", "redis", started.url, server_pid=pid),
+                    Target("redis-pipelined", "tcp", "redis-pipelined", started.url, server_pid=pid)]
     return targets
 
 
-def run_clients(group: ProcessGroup, target: Target, spec: WorkerSpec, clients: int, timeout: float) -> list[list[dict]]:
-    """Run `clients` worker processes that start together; return each one's per-workload outputs."""
+def start_holders(group: ProcessGroup, target: Target, connections: int) -> list[psutil.Popen]:
+    """Processes that between them hold `connections` idle authenticated kvmgr connections, each after one call."""
+    holders: list[psutil.Popen] = []
+    try:
+        for first in range(0, connections, HOLDER_CONNECTIONS):
+            count = min(HOLDER_CONNECTIONS, connections - first)
+            holders.append(group.launch(python_module("kvmgr.tools.bench", "--hold", str(count)), target.environment(), stdin=True))
+        for holder in holders:
+            wait_until_ready(holder, "holding ", f"a holder of idle connections to {target.address}", READY_TIMEOUT)
+    except BaseException:
+        for holder in holders:
+            reap(holder)
+        raise
+    return holders
+
+
+def established_connections(server: psutil.Process) -> int:
+    """How many established TCP connections the server process has open."""
+    return sum(1 for conn in server.net_connections(kind="tcp") if conn.status == psutil.CONN_ESTABLISHED)
+
+
+def run_clients(
+    group: ProcessGroup, target: Target, spec: WorkerSpec, clients: int, timeout: float, on_go: Callable[[float], None] | None = None,
+) -> list[list[dict]]:
+    """Run `clients` worker processes that start together; return each one's per-workload outputs.
+
+    on_go, if given, is called with the start time once the go file is written, before the outputs are collected.
+    """
     env = target.environment()
     workers = []
     try:
@@ -86,7 +116,10 @@ def run_clients(group: ProcessGroup, target: Target, spec: WorkerSpec, clients: 
         for worker in workers:
             if read_line(worker, deadline) != "ready":
                 raise BenchError(f"a {target.system}/{target.transport} client did not get ready: {failure_text(worker)}")
-        write_go_file(Path(spec.go_file), time.time() + GO_DELAY)
+        start_at = time.time() + GO_DELAY
+        write_go_file(Path(spec.go_file), start_at)
+        if on_go is not None:
+            on_go(start_at)
         return [finished_output(worker, timeout, output) for worker, output in zip(workers, outputs, strict=True)]
     finally:
         for worker in workers:

@@ -1,17 +1,25 @@
 """Peer servers run by `python -m kvmgr.tools.bench --serve ROLE --address ADDRESS`: a stdlib SyncManager serving the
-benchmark's dicts, and the bare multiprocessing.connection echo server (the connection floor)."""
+benchmark's dicts, the bare multiprocessing.connection echo server (the connection floor), and the reference
+server model: one thread, one selectors loop, a dict (the selectors floor)."""
 
 from __future__ import annotations
 
+import os
+import pickle
+import selectors
+import socket
 import threading
 from collections.abc import Mapping
 from multiprocessing import AuthenticationError, connection
 from multiprocessing.managers import DictProxy, SyncManager
-from typing import cast
+from typing import Any, cast
 
-from kvmgr.config import Address, format_address, parse_address
+from kvmgr.config import HANDSHAKE_TIMEOUT, READ_SIZE, Address, address_family, format_address, parse_address
+from kvmgr.errors import ProtocolError
+from kvmgr.protocol.wire import bound_blocking_calls, frame, message_bounds
 
 DICT_NAMES = ("point_dict", "bulk_dict")
+MAX_MESSAGE = 1 << 30
 
 
 def stdlib_manager_class(shared: Mapping[str, dict] | None) -> type[SyncManager]:
@@ -57,4 +65,78 @@ def echo(conn: connection.Connection) -> None:
                 return
 
 
-SERVE_ROLES = {"stdlib": serve_stdlib, "floor": serve_floor}
+def serve_selectors_floor(address: str, authkey: bytes) -> int:
+    """The reference peer: one thread, one selectors loop; each request is a pickled (op, key, value) applied to a dict."""
+    listener = listen(parse_address(address))
+    selector = selectors.DefaultSelector()
+    selector.register(listener, selectors.EVENT_READ)
+    data: dict[str, Any] = {}
+    print(f"ready {format_address(listener.getsockname())}", flush=True)
+    while True:
+        for key, _ in selector.select():
+            if key.fileobj is listener:
+                accept_authenticated(listener, authkey, selector)
+            else:
+                answer_requests(cast(socket.socket, key.fileobj), key.data, data, selector)
+
+
+def listen(address: Address) -> socket.socket:
+    """A listening socket on address (TCP or a Unix socket path)."""
+    listener = socket.socket(address_family(address), socket.SOCK_STREAM)
+    if listener.family != socket.AF_UNIX:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind(address)
+    listener.listen(socket.SOMAXCONN)
+    return listener
+
+
+def accept_authenticated(listener: socket.socket, authkey: bytes, selector: selectors.BaseSelector) -> None:
+    """Accept one connection, run the multiprocessing.connection handshake on it (blocking, bounded), then watch it."""
+    try:
+        sock, _ = listener.accept()
+    except OSError:
+        return
+    bound_blocking_calls(sock, HANDSHAKE_TIMEOUT)  # also bounds every later write: a client that stops reading is dropped
+    handshake = connection.Connection(os.dup(sock.fileno()))  # the stdlib's challenge functions want a Connection
+    try:
+        connection.deliver_challenge(handshake, authkey)
+        connection.answer_challenge(handshake, authkey)
+    except (OSError, EOFError, AuthenticationError):
+        sock.close()
+        return
+    finally:
+        handshake.close()
+    selector.register(sock, selectors.EVENT_READ, bytearray())
+
+
+def answer_requests(sock: socket.socket, buffer: bytearray, data: dict[str, Any], selector: selectors.BaseSelector) -> None:
+    """Read what a readable connection has, answer every whole request in it with one write; close it on EOF or error."""
+    try:
+        chunk = sock.recv(READ_SIZE)
+        buffer += chunk
+        replies = []
+        while (bounds := message_bounds(buffer, MAX_MESSAGE)) is not None and len(buffer) >= bounds[1]:
+            op, key, value = pickle.loads(buffer[bounds[0]:bounds[1]])
+            del buffer[:bounds[1]]
+            replies.append(frame(pickle.dumps(apply(data, op, key, value), pickle.HIGHEST_PROTOCOL)))
+        if replies:
+            sock.sendall(b"".join(replies))
+    except (OSError, EOFError, ValueError, pickle.UnpicklingError, ProtocolError):  # the peer left or sent garbage
+        chunk = b""
+    if not chunk:
+        selector.unregister(sock)
+        sock.close()
+
+
+def apply(data: dict[str, Any], op: str, key: Any, value: Any) -> Any:
+    """get returns the key's value (None if absent), store sets it, load adds a whole mapping (passed as key)."""
+    if op == "get":
+        return data.get(key)
+    if op == "store":
+        data[key] = value
+        return True
+    data.update(key)
+    return len(data)
+
+
+SERVE_ROLES = {"stdlib": serve_stdlib, "floor": serve_floor, "selectors-floor": serve_selectors_floor}

@@ -19,17 +19,21 @@ from kvmgr.tools.bench.common import BULK_WORKLOADS, POINT_WORKLOADS, Profile, S
 
 
 def compute_ratios(results: Sequence[Sample], client_counts: Sequence[int]) -> dict[str, float]:
-    """kvmgr ÷ each peer on comparable workloads (throughput: >1 means kvmgr is faster; memory: >1 means bigger)."""
+    """kvmgr ÷ each peer on comparable workloads (throughput: >1 means kvmgr is faster; memory, CPU: >1 means more)."""
     found = {sample.key: sample for sample in results}
     ratios: dict[str, float] = {}
 
     def add(name: str, mine: tuple, theirs: tuple, attribute: str = "ops_per_s") -> None:
-        if mine in found and theirs in found and getattr(found[theirs], attribute):
+        if mine in found and theirs in found and getattr(found[theirs], attribute) and getattr(found[mine], attribute) is not None:
             ratios[name] = round(getattr(found[mine], attribute) / getattr(found[theirs], attribute), 3)
 
     most = max(client_counts)
     for transport in ("tcp", "unix"):
-        peers = [("multiprocessing-dict", transport), ("connection-floor", transport)]
+        for clients in client_counts:
+            for system in ("selectors-floor", "multiprocessing-dict"):
+                add(f"kvmgr/{transport} server CPU/op x{clients} vs {system}/{transport}",
+                    ("kvmgr", transport, "mix", clients), (system, transport, "mix", clients), "server_cpu_us")
+        peers = [("multiprocessing-dict", transport), ("connection-floor", transport), ("selectors-floor", transport)]
         peers += [("redis", "tcp"), ("redis-pipelined", "tcp")] if transport == "tcp" else []
         for workload in POINT_WORKLOADS:
             for clients in client_counts:
@@ -49,6 +53,10 @@ def compute_ratios(results: Sequence[Sample], client_counts: Sequence[int]) -> d
     for name, peer in (("python-dict", ("python-dict", "in-process", "memory", 1)),
                        ("multiprocessing-dict", ("multiprocessing-dict", "unix", "memory", 1)), ("redis", ("redis", "tcp", "memory", 1))):
         add(f"kvmgr memory vs {name}", memory, peer, "rss_growth_bytes")
+    idle = found.get(("kvmgr", "tcp", "idle", 1))
+    if idle is not None and idle.idle_free_p50_us and idle.rss_growth_bytes is not None:
+        ratios["kvmgr/tcp get p50 with idle connections vs without"] = round(idle.p50_us / idle.idle_free_p50_us, 3)
+        ratios["kvmgr/tcp idle connections RSS growth MiB"] = round(idle.rss_growth_bytes / 2**20, 1)
     driver = found.get(("kvmgr", "tcp", "driver", 1))
     if driver is not None:
         ratios["driver p50 seconds"] = round(driver.p50_us / 1e6, 3)
@@ -60,14 +68,19 @@ def results_table(results: Sequence[Sample], profile: Profile) -> str:
     rows = []
     for s in results:
         rate, p50, p99 = f"{s.ops_per_s:,.0f}", f"{s.p50_us:,.1f}", f"{s.p99_us:,.1f}"
-        rows.append([s.system, s.transport, s.workload, s.clients, rate, s.unit, p50, p99, result_note(s, profile)])
-    headers = ["system", "transport", "workload", "clients", "rate", "unit", "p50 µs", "p99 µs", "note"]
-    alignment = ("left", "left", "left", "right", "right", "left", "right", "right")
+        cpu = "" if s.server_cpu_us is None else f"{s.server_cpu_us:,.1f}"
+        rows.append([s.system, s.transport, s.workload, s.clients, rate, s.unit, p50, p99, cpu, result_note(s, profile)])
+    headers = ["system", "transport", "workload", "clients", "rate", "unit", "p50 µs", "p99 µs", "server CPU µs/op", "note"]
+    alignment = ("left", "left", "left", "right", "right", "left", "right", "right", "right")
     return tabulate(rows, headers=headers, colalign=alignment, disable_numparse=True)
 
 
 def result_note(sample: Sample, profile: Profile) -> str:
-    """The memory figures of a memory result, the seconds per run of the driver, else nothing."""
+    """The memory figures of a memory result, the idle connections' cost, the seconds per run of the driver, else nothing."""
+    if sample.idle_connections is not None and sample.idle_free_p50_us:
+        growth = (sample.rss_growth_bytes or 0) / 2**20
+        return (f"{sample.idle_connections:,} idle connections held: RSS +{growth:,.1f} MiB; "
+                f"p50 {sample.idle_free_p50_us:,.1f} µs without them (x{sample.p50_us / sample.idle_free_p50_us:.2f})")
     if sample.rss_growth_bytes is not None:
         growth = sample.rss_growth_bytes
         return f"RSS +{growth / 2**20:,.1f} MiB for {profile.memory_keys:,} keys ({growth / profile.memory_keys:,.0f} B/key)"

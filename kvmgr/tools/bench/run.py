@@ -27,14 +27,51 @@ from kvmgr.tools.bench.common import (
     WorkerSpec,
     progress,
 )
-from kvmgr.tools.bench.launch import last_line, run_clients, start_peer_server
-from kvmgr.tools.bench.stats import combine
+from kvmgr.tools.bench.launch import established_connections, last_line, run_clients, start_holders, start_peer_server
+from kvmgr.tools.bench.stats import combine, medians
 from kvmgr.tools.processes import ProcessGroup, child_environment, reap
 
 FINISH_MARGIN = 60.0
 MEMORY_TIMEOUT = 600.0
 DRIVER_TIMEOUT = 120.0
 RUN_DRIVER = Path(__file__).resolve().parents[3] / "run_driver.py"  # kvmgr/tools/bench/run.py -> the checkout
+
+
+def cpu_clock(pid: int) -> Callable[[], float]:
+    """A reader of the CPU seconds (user + system, every thread, exited ones too) a process has used so far.
+
+    On Linux it reads the process's CPU-time clock (clock_getcpuclockid), in nanoseconds; elsewhere psutil's
+    cpu_times, which count in clock ticks (10 ms), too coarse for short phases.
+    """
+    if sys.platform == "linux":
+        return functools.partial(time.clock_gettime, (~pid << 3) | 2)  # the kernel's MAKE_PROCESS_CPUCLOCK(pid, CPUCLOCK_SCHED)
+    process = psutil.Process(pid)
+    return lambda: sum(process.cpu_times()[:2])
+
+
+class ServerCpu:
+    """The server process's CPU time at the boundaries of one client run's phases: its CPU per operation in each."""
+
+    def __init__(self, pid: int, spec: WorkerSpec, phases: int) -> None:
+        self.read = cpu_clock(pid)
+        self.read()  # a server that is gone fails here, before any client starts
+        self.spec, self.phases = spec, phases
+        self.marks: list[float] = []
+
+    def __call__(self, start_at: float) -> None:
+        """Read the clock before the first phase starts, then in the middle of the gap after each phase."""
+        self.marks = [self.read()]
+        for index in range(1, self.phases + 1):
+            boundary = start_at + index * (self.spec.duration + PHASE_GAP) - PHASE_GAP / 2
+            time.sleep(max(0.0, boundary - time.time()))
+            self.marks.append(self.read())
+
+    def per_operation_us(self, outputs: list[list[dict]], index: int) -> float | None:
+        """Server CPU µs per operation (or key) of phase `index`, over every client's operations."""
+        operations: int = sum(per_client[index]["ops"] for per_client in outputs)
+        if len(self.marks) <= index + 1 or not operations:
+            return None
+        return (self.marks[index + 1] - self.marks[index]) / operations * 1e6
 
 
 @dataclass
@@ -63,8 +100,41 @@ class Bench:
         """Run the workloads back to back in `clients` processes; one Sample per workload."""
         spec = self.spec(target.kind, workloads)
         timeout = GO_DELAY + len(workloads) * (spec.duration + PHASE_GAP) + FINISH_MARGIN
-        outputs = run_clients(self.group, target, spec, clients, timeout)
-        return [combine(target.system, target.transport, workload, outputs, index) for index, workload in enumerate(workloads)]
+        cpu = ServerCpu(target.server_pid, spec, len(workloads)) if target.server_pid else None
+        outputs = run_clients(self.group, target, spec, clients, timeout, cpu)
+        samples = [combine(target.system, target.transport, workload, outputs, index) for index, workload in enumerate(workloads)]
+        if cpu is None:
+            return samples
+        return [replace(sample, server_cpu_us=cpu.per_operation_us(outputs, index)) for index, sample in enumerate(samples)]
+
+    def idle(self) -> list[Sample]:
+        """Single-client gets on a fresh kvmgr/tcp server, alternately without and with idle connections held; RSS growth."""
+        server = self.group.start_server("127.0.0.1:0")
+        target = Target("kvmgr", "tcp", "kvmgr", server.address_text, server.authkey, server.process.pid)
+        free: list[Sample] = []
+        held: list[Sample] = []
+        baseline = 0
+        try:
+            for _ in range(self.profile.idle_rounds):
+                free += self.phased(target, ["get"], 1)
+                baseline = baseline or server.process.memory_info().rss  # warm, before any idle connection
+                held.append(self.held_idle(target, server.process, baseline))
+        finally:
+            reap(server.process)
+        return [replace(medians(held)[0], rss_growth_bytes=max(s.rss_growth_bytes or 0 for s in held),
+                        idle_connections=min(s.idle_connections or 0 for s in held), idle_free_p50_us=medians(free)[0].p50_us)]
+
+    def held_idle(self, target: Target, server: psutil.Process, baseline: int) -> Sample:
+        """Single-client gets while holder processes keep the profile's idle connections open to the server."""
+        holders = start_holders(self.group, target, self.profile.idle_connections)
+        try:
+            connections = established_connections(server)
+            growth = server.memory_info().rss - baseline
+            sample = self.phased(target, ["get"], 1)[0]
+        finally:
+            for holder in holders:
+                reap(holder)
+        return replace(sample, workload="idle", rss_growth_bytes=growth, idle_connections=connections)
 
     def memory(self, system: str) -> list[Sample]:
         """RSS growth of a fresh server of `system` (or of a bare Python process) while storing memory_keys keys."""
@@ -127,6 +197,8 @@ def repeat_jobs(bench: Bench, repeat: int) -> list[tuple[str, Callable[[], list[
     memory_systems = ["kvmgr", "multiprocessing-dict", "python-dict"] + (["redis"] if bench.redis_module else [])
     for system in rotated(memory_systems, repeat):
         jobs.append((f"{system} memory ({bench.profile.memory_keys:,} keys)", functools.partial(bench.memory, system)))
+    idle = f"kvmgr/tcp get x1 without and with {bench.profile.idle_connections:,} idle connections, {bench.profile.idle_rounds} round(s)"
+    jobs.append((idle, bench.idle))
     if RUN_DRIVER.exists():
         jobs.append(("kvmgr driver (python run_driver.py)", bench.driver))
     return jobs

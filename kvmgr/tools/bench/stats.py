@@ -39,18 +39,28 @@ def medians(samples: Sequence[Sample]) -> list[Sample]:
         grouped.setdefault(sample.key, []).append(sample)
     merged = []
     for group in grouped.values():
-        growths = [s.rss_growth_bytes for s in group if s.rss_growth_bytes is not None]
+        growth = median_of([s.rss_growth_bytes for s in group])
+        connections = [s.idle_connections for s in group if s.idle_connections is not None]
         merged.append(replace(
             group[0],
             ops_per_s=statistics.median(s.ops_per_s for s in group),
             p50_us=statistics.median(s.p50_us for s in group),
             p99_us=statistics.median(s.p99_us for s in group),
-            rss_growth_bytes=int(statistics.median(growths)) if growths else None,
+            rss_growth_bytes=None if growth is None else int(growth),
+            server_cpu_us=median_of([s.server_cpu_us for s in group]),
+            idle_connections=min(connections) if connections else None,
+            idle_free_p50_us=median_of([s.idle_free_p50_us for s in group]),
         ))
     return sorted(merged, key=lambda s: (workload_order(s.workload), s.clients, s.system, s.transport))
 
 
+def median_of(values: Sequence[float | None]) -> float | None:
+    """The median of the values that were measured, None if none was."""
+    measured = [value for value in values if value is not None]
+    return statistics.median(measured) if measured else None
+
+
 def workload_order(workload: str) -> int:
     """Position of a workload in the tables."""
-    order = [*POINT_WORKLOADS, *BULK_WORKLOADS, "memory", "driver"]
+    order = [*POINT_WORKLOADS, *BULK_WORKLOADS, "memory", "idle", "driver"]
     return order.index(workload) if workload in order else len(order)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -62,6 +63,19 @@ def run_worker(spec: WorkerSpec) -> int:
             outcome = run_memory_load(adapter, spec) if workload == "memory" else run_phase(adapter, workload, spec, rng, begin)
             results.write(json.dumps({"workload": workload, **outcome}) + "\n")
     adapter.close()
+    return 0
+
+
+def run_holder(count: int) -> int:
+    """Open `count` kvmgr connections that each make one call, say so, and hold them idle until stdin closes."""
+    from kvmgr.client import connect
+
+    address, authkey = os.environ.get(ADDRESS_ENV, ""), os.environ.get(AUTHKEY_ENV, "").encode()
+    clients = [connect(address, authkey=authkey, timeout=READY_TIMEOUT) for _ in range(count)]
+    for client in clients:
+        client.exists("idle")
+    print(f"holding {len(clients)}", flush=True)
+    sys.stdin.read()  # until the benchmark closes the pipe or reaps this process (or dies: no orphan either way)
     return 0
 
 
