@@ -1,13 +1,19 @@
 """The client: connect() to a kvmgr server (the manager transport) or to Redis (the redis:// transport)."""
 
+from __future__ import annotations
+
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from kvmgr.client.manager import Client
-from kvmgr.client.operations import Operations
+from kvmgr.client.operations import Operations, with_history
+from kvmgr.client.retry import DEFAULT_RETRY, NO_RETRY, RetryPolicy
 from kvmgr.config import DEFAULT_ADDRESS, DEFAULT_TIMEOUT, Address, client_authkey, is_redis_url, parse_address
-from kvmgr.verify.history import HistoryWriter
 
-__all__ = ["Client", "Operations", "connect"]
+if TYPE_CHECKING:
+    from kvmgr.verify.history import HistoryWriter
+
+__all__ = ["DEFAULT_RETRY", "NO_RETRY", "Client", "Operations", "RetryPolicy", "connect"]
 
 
 def connect(
@@ -18,17 +24,21 @@ def connect(
     name: str = "client",
     authkey_file: Path | None = None,
     history: HistoryWriter | None = None,
+    retry: RetryPolicy = DEFAULT_RETRY,
 ) -> Operations:
     """Connect to a kvmgr server at address ('HOST:PORT' or a socket path), or to Redis at 'redis://host:port/db'.
 
-    Raises ServerUnavailable or AuthenticationFailed within `timeout` if it cannot.
+    Given a history, the client comes wrapped in a RecordingClient that records every call there; `retry`
+    says which calls are repeated after a broken connection. Raises ServerUnavailable or
+    AuthenticationFailed within `timeout` if it cannot connect.
     """
     if isinstance(address, str) and is_redis_url(address):
         from kvmgr.client.redis_transport import connect_redis  # redis-py is an optional extra
 
-        return connect_redis(address, timeout, name=name, history=history)
-    parsed = parse_address(address) if isinstance(address, str) else address
-    key = authkey if authkey is not None else client_authkey(authkey_file)
-    client = Client(parsed, key, timeout, name, history)
-    client._pool.release(client._pool.acquire())  # connect now, so a wrong address or key fails here
-    return client
+        client: Operations = connect_redis(address, timeout, name, retry=retry)
+    else:
+        parsed = parse_address(address) if isinstance(address, str) else address
+        key = authkey if authkey is not None else client_authkey(authkey_file)
+        client = Client(parsed, key, timeout, name, retry=retry)
+        client._pool.release(client._pool.acquire())  # connect now, so a wrong address or key fails here
+    return with_history(client, history)

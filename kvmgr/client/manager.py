@@ -7,11 +7,13 @@ import select
 import socket
 import time
 from collections.abc import Iterable
+from functools import partial
 from multiprocessing import AuthenticationError, connection
 from typing import Any
 
-from kvmgr.client.operations import Operations, raise_first_error
+from kvmgr.client.operations import AnswerObserver, Call, Operations, attempt_status, run_pipeline
 from kvmgr.client.pool import ConnectionPool
+from kvmgr.client.retry import DEFAULT_RETRY, RetryPolicy
 from kvmgr.config import (
     DEFAULT_TIMEOUT,
     MAX_REQUEST_BYTES,
@@ -22,10 +24,8 @@ from kvmgr.config import (
     address_family,
     format_address,
 )
-from kvmgr.errors import AuthenticationFailed, InvalidValue, KeyNotFound, KvmgrError, OutcomeUnknown, ProtocolError, ServerUnavailable
+from kvmgr.errors import AuthenticationFailed, InvalidValue, KvmgrError, OutcomeUnknown, ProtocolError, ServerUnavailable
 from kvmgr.protocol import wire
-from kvmgr.protocol.validation import normalize_call
-from kvmgr.verify.history import HistoryWriter
 
 MAX_REPLY_BYTES = 1 << 62  # replies come from an authenticated server: no size is refused
 
@@ -85,12 +85,20 @@ class Link:
 
     __slots__ = ("armed", "buffer", "fd", "ident", "idle_check", "max_request_bytes", "sock")
 
-    def __init__(self, sock: socket.socket, ident: str, max_request_bytes: int, timeout: float) -> None:
+    def __init__(self, sock: socket.socket, ident: str | None, max_request_bytes: int, timeout: float) -> None:
         self.sock, self.fd, self.ident, self.max_request_bytes = sock, sock.fileno(), ident, max_request_bytes
         self.buffer = bytearray()
         self.armed = timeout
         self.idle_check = select.poll()
         self.idle_check.register(self.fd, select.POLLIN)
+
+    def request(self, method: str, args: tuple) -> bytes:
+        """The framed request for one call on this connection (the one place a request is built);
+        InvalidValue if it is larger than the server accepts (nothing is sent)."""
+        payload = wire.dump((self.ident, method, args, {}))
+        if len(payload) > self.max_request_bytes:
+            raise InvalidValue(f"{method}: the request is {len(payload)} bytes; the server accepts at most {self.max_request_bytes}")
+        return wire.frame(payload)
 
     def send(self, data: bytes, deadline: float) -> None:
         """Write framed bytes in full before the deadline (OSError if the server does not take them).
@@ -164,22 +172,23 @@ class Client(Operations):
 
     def __init__(
         self, address: Address, authkey: bytes, timeout: float = DEFAULT_TIMEOUT, name: str = "client",
-        history: HistoryWriter | None = None,
+        *, retry: RetryPolicy = DEFAULT_RETRY,
     ) -> None:
         self.address = address
         self.timeout = timeout
         self.name = name
-        self.history = history
+        self.retry = retry
         self._authkey = authkey
         self._where = format_address(address)
         self._pool: ConnectionPool[Link] = ConnectionPool(self._open_link, Link.close, Link.closed_by_server)
 
-    def _call_once(self, method: str, args: tuple, timeout: float | None) -> Any:
+    def _call(self, method: str, args: tuple, timeout: float | None) -> Any:
+        """One attempt on a leased connection; the connection is discarded unless its reply was read in full."""
         lease = self._pool.acquire()
         link = lease.connection
         seconds = self.timeout if timeout is None else timeout
         try:
-            request = self._request(link, method, args)
+            request = link.request(method, args)
             if link.armed != seconds:
                 link.arm(seconds)
             deadline = time.monotonic() + seconds
@@ -194,13 +203,6 @@ class Client(Operations):
         self._pool.release(lease)
         return _result(reply)
 
-    def _request(self, link: Link, method: str, args: tuple) -> bytes:
-        """The framed request; InvalidValue if it is larger than the server accepts (nothing is sent)."""
-        payload = wire.dump((link.ident, method, args, {}))
-        if len(payload) > link.max_request_bytes:
-            raise InvalidValue(f"{method}: the request is {len(payload)} bytes; the server accepts at most {link.max_request_bytes}")
-        return wire.frame(payload)
-
     def _reply(self, link: Link, method: str, deadline: float) -> tuple[str, Any]:
         """Read and decode one reply; OutcomeUnknown if none comes."""
         try:
@@ -213,9 +215,9 @@ class Client(Operations):
 
     def _open_link(self) -> Link:
         """A new authenticated connection with the store opened on it (open_store, protocol version 1)."""
-        link = Link(open_socket(self.address, self._authkey, self.timeout), "", MAX_REQUEST_BYTES, self.timeout)
+        link = Link(open_socket(self.address, self._authkey, self.timeout), None, MAX_REQUEST_BYTES, self.timeout)
         try:
-            link.send(wire.frame(wire.dump((None, wire.OPEN_STORE, (wire.PROTOCOL_VERSION,), {}))), time.monotonic() + self.timeout)
+            link.send(link.request(wire.OPEN_STORE, (wire.PROTOCOL_VERSION,)), time.monotonic() + self.timeout)
             kind, opened = wire.load_reply(link.receive(time.monotonic() + self.timeout))
         except (OSError, EOFError, ProtocolError) as exc:
             link.close()
@@ -236,36 +238,34 @@ class Client(Operations):
         (one larger request goes alone), so neither side can block writing while the other blocks writing
         too. Results come back in order; with raise_on_error=False a call's error is returned in its place.
         """
-        checked: list[tuple[str, tuple] | Exception] = []
-        for method, *args in calls:
-            try:
-                checked.append((method, normalize_call(method, tuple(args))))
-            except (KvmgrError, TypeError) as exc:  # refused before sending: in its place, or raised below
-                checked.append(exc)
-        if raise_on_error:
-            raise_first_error(checked)
-        sendable = [call for call in checked if not isinstance(call, Exception)]
+        return run_pipeline(calls, raise_on_error, partial(self._run_pipeline, window=window))
+
+    def _run_pipeline(self, calls: list[Call], on_answer: AnswerObserver | None = None, window: int = PIPELINE_WINDOW) -> list[Any]:
+        """Every checked call's result or error, pipelined on one connection; on_answer hears of each answer."""
         lease = self._pool.acquire()
         try:
-            answers = iter(_Pipeline(self, lease.connection, sendable, window).run())
+            results = _Pipeline(self, lease.connection, calls, window, on_answer or _ignore_answer).run()
         except BaseException:
             self._pool.discard(lease)
             raise
         self._pool.release(lease)
-        results = [call if isinstance(call, Exception) else next(answers) for call in checked]
-        return raise_first_error(results) if raise_on_error else results
+        return results
 
     def close(self) -> None:
         """Close the connections (the next call reconnects)."""
         self._pool.close()
 
 
-class _Pipeline:
-    """One pipelined run on one connection: sends in windows, records every call, loses none silently."""
+def _ignore_answer(method: str, args: tuple, status: str, result: Any, start: int, end: int | None) -> None:
+    """The observer of a pipeline nobody records."""
 
-    def __init__(self, client: Client, link: Link, calls: list[tuple[str, tuple]], window: int) -> None:
-        self.client, self.link, self.calls, self.window = client, link, calls, window
-        self.requests = [client._request(link, method, args) for method, args in calls]
+
+class _Pipeline:
+    """One pipelined run on one connection: sends in windows, tells on_answer of every call, loses none silently."""
+
+    def __init__(self, client: Client, link: Link, calls: list[Call], window: int, on_answer: AnswerObserver) -> None:
+        self.client, self.link, self.calls, self.window, self.on_answer = client, link, calls, window, on_answer
+        self.requests = [link.request(method, args) for method, args in calls]
         self.started: list[int] = []
         self.results: list[Any] = []
 
@@ -282,7 +282,7 @@ class _Pipeline:
                 in_flight_bytes -= len(self.requests[len(self.results) - 1])
         except BaseException as exc:
             for index in range(len(self.results), len(self.started)):  # sent, never answered: outcome unknown
-                self.client._record(*self.calls[index], "info", None, self.started[index], None)
+                self.on_answer(*self.calls[index], "info", None, self.started[index], None)
             if isinstance(exc, OSError | EOFError | ProtocolError):
                 raise OutcomeUnknown(
                     f"pipeline: lost the connection to {self.client._where} ({_reason(exc)}); "
@@ -312,16 +312,20 @@ class _Pipeline:
         self.link.send(batch, self._deadline())
 
     def _next_result(self) -> None:
-        """Read the next reply and keep its result (or its error); answered, it is never recorded as unknown."""
+        """Read the next reply and keep its result (or its error); answered, it is never reported as unknown."""
         index = len(self.results)
         method, args = self.calls[index]
         reply = wire.load_reply(self.link.receive(self._deadline()))
         try:
-            value, status, answer = _result(reply), "ok", None
-        except KvmgrError as exc:
-            value, status, answer = None, "ok" if isinstance(exc, KeyNotFound) else "fail", exc
-        self.results.append(value if answer is None else answer)
-        self.client._record(method, args, status, value, self.started[index], time.monotonic_ns())
+            result = _result(reply)
+        except KvmgrError as exc:  # the call's own error, in its place
+            self.results.append(exc)
+            status = attempt_status(exc)
+            if status is not None:
+                self.on_answer(method, args, status, None, self.started[index], time.monotonic_ns())
+            return
+        self.results.append(result)
+        self.on_answer(method, args, "ok", result, self.started[index], time.monotonic_ns())
 
 
 def _result(reply: tuple[str, Any]) -> Any:

@@ -1,27 +1,45 @@
-"""Operations: the client API every transport shares, with retries of safe calls and history recording.
+"""Operations: the abstract client every transport implements, with typed methods, pipelines and retries.
 
-A transport (the manager connection, Redis) implements only `_call_once`; everything a caller sees
-(the method set, which calls are retried, what goes into a history) is defined once, here.
+A transport (the manager connection, Redis) implements `_call(method, args, timeout)`, one attempt of one
+call, and `close()`; everything a caller sees (the method set, how a pipeline's calls are checked and
+answered, which calls are repeated) is defined once, here. Recording a history is not done here: it is
+a wrapper around any client (kvmgr/client/recording.py); a client without one runs no recording code.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Iterator, Mapping
-from typing import Any, Self, cast
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from functools import partial
+from typing import TYPE_CHECKING, Any, Self, TypeVar, cast
 
+from kvmgr.client.retry import DEFAULT_RETRY, Attempt, RetryPolicy
 from kvmgr.errors import InvalidKey, InvalidValue, KeyNotFound, KvmgrError, OutcomeUnknown, ServerUnavailable
-from kvmgr.protocol.operations import RECORDED, SAFE_TO_REPEAT
 from kvmgr.protocol.validation import Value, normalize_call
-from kvmgr.verify.history import HistoryWriter, Operation, encode_value
+
+if TYPE_CHECKING:
+    from kvmgr.client.recording import RecordingClient
+    from kvmgr.verify.history import HistoryWriter
+
+AnswerObserver = Callable[[str, tuple, str, Any, int, "int | None"], None]
+"""Told of every attempt's outcome: (method, args, status, result, start, end), status "ok", "fail" or "info"
+(outcome unknown: result and end None), times from time.monotonic_ns(). How a RecordingClient sees pipelines."""
+
+Call = tuple[str, tuple]  # (method, normalized args)
+Transport = TypeVar("Transport", bound="Operations")
 
 
-class Operations:
-    """The key-value API. Subclasses provide `_call_once(method, args, timeout)` and `close()`."""
+class Operations(ABC):
+    """The key-value API. A transport implements `_call(method, args, timeout)` and `close()`.
+
+    Every public method validates its call (InvalidKey, InvalidValue, TypeError, UnknownOperation) before
+    anything is sent, and raises the store's errors (KeyNotFound, ...), ServerUnavailable or OutcomeUnknown.
+    """
 
     name: str = "client"
     timeout: float = 5.0
-    history: HistoryWriter | None = None
+    retry: RetryPolicy = DEFAULT_RETRY
 
     def store(self, key: str, value: Value) -> str:
         """Set key; "saved" if it was new, "updated" if it overwrote a value."""
@@ -82,69 +100,46 @@ class Operations:
         wait = self.timeout if timeout is None else timeout
         return cast("int", self.call("rendezvous", name, parties, wait, timeout=wait + self.timeout))
 
+
     def pipeline(self, calls: Iterable[tuple], raise_on_error: bool = True) -> list[Any]:
         """Run many calls, each a tuple (method, *args), and return their results in order.
 
-        Transports that can keep several requests in flight override this; here they run one by one.
-        With raise_on_error=False a call's error is returned in its place instead of raised.
+        Every call is checked before any is sent. Transports that can keep several requests in flight do
+        (the manager's); others run them one by one. With raise_on_error=False a call's error is returned
+        in its place instead of raised; ServerUnavailable (the connection is gone) is always raised.
         """
-        results: list[Any] = []
-        for method, *args in calls:
-            try:
-                results.append(self.call(method, *args))
-            except ServerUnavailable:
-                raise  # the connection is gone: no later call can succeed either
-            except (KvmgrError, TypeError) as exc:  # the call's own error, in its place
-                results.append(exc)
-        return raise_first_error(results) if raise_on_error else results
+        return run_pipeline(calls, raise_on_error, self._run_pipeline)
 
     def call(self, method: str, *args: Any, timeout: float | None = None) -> Any:
-        """Run one operation; a safe one whose connection broke mid-call is repeated once on a new connection."""
+        """Run one operation; the retry policy says whether an attempt whose connection broke is repeated."""
         args = normalize_call(method, args)
         if timeout is not None and not (isinstance(timeout, int | float) and timeout > 0):
             raise InvalidValue(f"{method}: timeout must be a number of seconds above 0, not {timeout!r}")
-        attempt = self._call_once if self.history is None else self._recorded_attempt
-        try:
-            return attempt(method, args, timeout)
-        except OutcomeUnknown as exc:
-            if method not in SAFE_TO_REPEAT or exc.timed_out:
-                raise
-        return attempt(method, args, timeout)
+        return self.retry.run(self._call, method, args, timeout)
 
-    def _recorded_attempt(self, method: str, args: tuple, timeout: float | None) -> Any:
-        """One attempt of a call, written to the history whatever its outcome.
+    @abstractmethod
+    def _call(self, method: str, args: tuple, timeout: float | None) -> Any:
+        """One attempt of one checked call (its own timeout, or None for the client's); its result or its error."""
 
-        A call that ends without its reply (a broken connection, a timeout, or an exception such as
-        KeyboardInterrupt raised while it waited) is recorded as info: it may or may not have taken effect.
+    def _run_pipeline(self, calls: list[Call], on_answer: AnswerObserver | None = None) -> list[Any]:
+        """Each checked call's result or error, in order: here one by one, each through the retry policy.
+
+        on_answer, when given, is told of every attempt (a transport that pipelines tells it of every answer).
         """
-        start = time.monotonic_ns()
-        status: str | None = "info"  # until the call is known to have ended otherwise
-        result: Any = None
-        try:
-            result = self._call_once(method, args, timeout)
-            status = "ok"
-        except KeyNotFound:
-            status = "ok"
-            raise
-        except (InvalidKey, InvalidValue):
-            status = None  # refused before the store was touched, and not a well-formed operation to record
-            raise
-        except OutcomeUnknown:
-            raise
-        except KvmgrError:  # nothing was sent (ServerUnavailable), or the server refused the call
-            status = "fail"
-            raise
-        finally:  # whatever ends the call, even an exception raised by a signal handler meanwhile, it is recorded once
-            if status is not None:
-                known = status != "info"
-                self._record(method, args, status, result if known else None, start, time.monotonic_ns() if known else None)
-        return result
+        attempt: Attempt = self._call if on_answer is None else partial(observe, self._call, on_answer)
+        results: list[Any] = []
+        for method, args in calls:
+            try:
+                results.append(self.retry.run(attempt, method, args, None))
+            except ServerUnavailable:
+                raise  # the connection is gone: no later call can succeed either
+            except KvmgrError as exc:  # the call's own error, in its place
+                results.append(exc)
+        return results
 
-    def _call_once(self, method: str, args: tuple, timeout: float | None) -> Any:
-        raise NotImplementedError
-
+    @abstractmethod
     def close(self) -> None:
-        """Release the connection."""
+        """Release the connections (the next call reconnects)."""
 
     def __enter__(self) -> Self:
         return self
@@ -152,11 +147,20 @@ class Operations:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    def _record(self, method: str, args: tuple, status: str, result: Any, start: int, end: int | None) -> None:
-        if self.history is None or method not in RECORDED:
-            return
-        for operation in history_operations(self.name, method, args, status, result, start, end):
-            self.history.record(operation)
+
+def run_pipeline(calls: Iterable[tuple], raise_on_error: bool, run: Callable[[list[Call]], list[Any]]) -> list[Any]:
+    """Check every call, `run` those that pass, and merge: the results in order, refused calls' errors in place."""
+    checked: list[Call | Exception] = []
+    for method, *args in calls:
+        try:
+            checked.append((method, normalize_call(method, tuple(args))))
+        except (KvmgrError, TypeError) as exc:  # refused before sending: in its place, or raised below
+            checked.append(exc)
+    if raise_on_error:
+        raise_first_error(checked)
+    answers = iter(run([call for call in checked if not isinstance(call, Exception)]))
+    results = [call if isinstance(call, Exception) else next(answers) for call in checked]
+    return raise_first_error(results) if raise_on_error else results
 
 
 def raise_first_error(results: list[Any]) -> list[Any]:
@@ -167,21 +171,44 @@ def raise_first_error(results: list[Any]) -> list[Any]:
     return results
 
 
-def history_operations(client: str, method: str, args: tuple, status: str, result: Any, start: int, end: int | None) -> list[Operation]:
-    """The history entries for one call; a batch becomes one entry per key, sharing start and end."""
-    known = status == "ok"
+def attempt_status(error: BaseException) -> str | None:
+    """How an attempt that raised `error` ended: "ok", "fail", "info" (outcome unknown), or None (not an operation).
 
-    def entry(op: str, key: str, value: Any = None, expected: Any = None, outcome: Any = None) -> Operation:
-        return Operation(client, op, key, encode_value(value), encode_value(expected), outcome if known else None, status, start, end)
+    KeyNotFound is a get that completed; InvalidKey/InvalidValue were refused before the store was touched;
+    OutcomeUnknown, or anything not kvmgr's (KeyboardInterrupt from a signal handler mid-call), may or may not
+    have taken effect; any other KvmgrError (ServerUnavailable: nothing was sent, or the server refused) did not.
+    """
+    if isinstance(error, KeyNotFound):
+        return "ok"
+    if isinstance(error, InvalidKey | InvalidValue):
+        return None
+    if isinstance(error, OutcomeUnknown) or not isinstance(error, KvmgrError):
+        return "info"
+    return "fail"
 
-    if method == "get_many":
-        return [entry("get", key, outcome=encode_value((result or {}).get(key))) for key in args[0]]
-    if method == "store_many":
-        return [entry("store", key, value, outcome=(result or {}).get(key)) for key, value in args[0].items()]
-    if method == "cas":
-        return [entry("cas", args[0], args[2], args[1], result)]
-    if method == "store":
-        return [entry("store", args[0], args[1], outcome=result)]
-    if method == "get":
-        return [entry("get", args[0], outcome=encode_value(result))]
-    return [entry("delete", args[0], outcome=result)]
+
+def observe(attempt: Attempt, on_answer: AnswerObserver, method: str, args: tuple, timeout: float | None) -> Any:
+    """Make one attempt and tell on_answer how it ended, exactly once, whatever ends it."""
+    start = time.monotonic_ns()
+    status: str | None = "info"  # until the attempt is known to have ended otherwise
+    result: Any = None
+    try:
+        result = attempt(method, args, timeout)
+        status = "ok"
+    except BaseException as exc:
+        status = attempt_status(exc)
+        raise
+    finally:  # even an exception raised by a signal handler meanwhile: the attempt is told of once
+        if status is not None:
+            known = status != "info"
+            on_answer(method, args, status, result if known else None, start, time.monotonic_ns() if known else None)
+    return result
+
+
+def with_history(client: Transport, history: HistoryWriter | None, name: str | None = None) -> Transport | RecordingClient[Transport]:
+    """The client itself, or, given a history, the client wrapped so that it records every attempt there."""
+    if history is None:
+        return client
+    from kvmgr.client.recording import RecordingClient  # loaded only by clients that record
+
+    return RecordingClient(client, history, name)

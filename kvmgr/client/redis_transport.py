@@ -22,11 +22,12 @@ import re
 import time
 import uuid
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, cast, overload
 from urllib.parse import urlsplit, urlunsplit
 
-from kvmgr.client.operations import Operations
+from kvmgr.client.operations import Operations, with_history
 from kvmgr.client.pool import ConnectionPool
+from kvmgr.client.retry import DEFAULT_RETRY, RetryPolicy
 from kvmgr.config import DEFAULT_LIMITS, DEFAULT_TIMEOUT, RENDEZVOUS_TIMEOUT, SCAN_PAGE, Limits
 from kvmgr.errors import (
     AuthenticationFailed,
@@ -50,13 +51,15 @@ from kvmgr.protocol.validation import (
     check_value,
     page_of_keys,
 )
-from kvmgr.verify.history import HistoryWriter
 
 if TYPE_CHECKING:
     from types import ModuleType
 
     import redis
     from redis.commands.core import Script
+
+    from kvmgr.client.recording import RecordingClient
+    from kvmgr.verify.history import HistoryWriter
 
 STR_TAG = b"s"
 BYTES_TAG = b"b"
@@ -224,13 +227,13 @@ class RedisClient(Operations):
 
     def __init__(
         self, url: str, timeout: float = DEFAULT_TIMEOUT, name: str = "client",
-        history: HistoryWriter | None = None, limits: Limits = DEFAULT_LIMITS,
+        *, limits: Limits = DEFAULT_LIMITS, retry: RetryPolicy = DEFAULT_RETRY,
     ) -> None:
         self._redis = import_redis()
         self.address = url
         self.timeout = timeout
         self.name = name
-        self.history = history
+        self.retry = retry
         self._where = redact_url(url)
         self._check_url()
         self._limits = limits  # validated exactly as the server-side Store does
@@ -255,8 +258,8 @@ class RedisClient(Operations):
 
     # --- one call: dispatch, connection, error translation ---
 
-    def _call_once(self, method: str, args: tuple, timeout: float | None) -> Any:
-        """Validate and run one operation on a connection of its own; translate redis-py errors into kvmgr errors.
+    def _call(self, method: str, args: tuple, timeout: float | None) -> Any:
+        """Validate and run one attempt of one operation on a connection of its own; translate redis-py errors into kvmgr errors.
 
         A call with its own timeout (a rendezvous) opens a connection for itself alone and closes it after.
         A pooled connection goes back to the pool unless the call ended without its whole reply.
@@ -468,8 +471,26 @@ def glob_escape(raw: bytes) -> bytes:
     return re.sub(rb"([*?\[\]\\])", rb"\\\1", raw)
 
 
-def connect_redis(url: str, timeout: float = DEFAULT_TIMEOUT, name: str = "client", *, history: HistoryWriter | None = None) -> RedisClient:
-    """Connect to Redis at url ('redis://[[user]:password@]host:port/db') and PING it, all within `timeout`."""
-    client = RedisClient(url, timeout, name, history)
+@overload
+def connect_redis(
+    url: str, timeout: float = ..., name: str = ..., *, history: None = None, retry: RetryPolicy = ...,
+) -> RedisClient: ...
+
+
+@overload
+def connect_redis(
+    url: str, timeout: float = ..., name: str = ..., *, history: HistoryWriter, retry: RetryPolicy = ...,
+) -> RecordingClient[RedisClient]: ...
+
+
+def connect_redis(
+    url: str, timeout: float = DEFAULT_TIMEOUT, name: str = "client", *,
+    history: HistoryWriter | None = None, retry: RetryPolicy = DEFAULT_RETRY,
+) -> RedisClient | RecordingClient[RedisClient]:
+    """Connect to Redis at url ('redis://[[user]:password@]host:port/db') and PING it, all within `timeout`.
+
+    Given a history, the client comes wrapped in a RecordingClient that records every call there.
+    """
+    client = RedisClient(url, timeout, name, retry=retry)
     client._ping()
-    return client
+    return with_history(client, history)
