@@ -6,15 +6,35 @@ import argparse
 import importlib.util
 import json
 import subprocess
+import sys
+import time
+from multiprocessing import AuthenticationError, connection
 from pathlib import Path
 
+import psutil
 import pytest
 
+from kvmgr.config import parse_address
 from kvmgr.tools import bench
-from kvmgr.tools.processes import python_module
+from kvmgr.tools.bench import adapters, launch, run
+from kvmgr.tools.processes import ProcessGroup, ServerProcess, python_module, wait_until_ready
 
 POINT_SYSTEMS = {("kvmgr", "tcp"), ("kvmgr", "unix"), ("multiprocessing-dict", "tcp"), ("multiprocessing-dict", "unix"),
-                 ("connection-floor", "tcp"), ("connection-floor", "unix")}
+                 ("connection-floor", "tcp"), ("connection-floor", "unix"), ("selectors-floor", "tcp"), ("selectors-floor", "unix")}
+SERVER_SYSTEMS = {"kvmgr", "kvmgr-pipelined", "multiprocessing-dict", "connection-floor", "selectors-floor"}
+SPINNER = """
+import threading, time
+def spin():
+    while time.thread_time() < 0.15:
+        pass
+threads = [threading.Thread(target=spin) for _ in range(2)]
+for thread in threads:
+    thread.start()
+for thread in threads:
+    thread.join()
+print("spun", flush=True)
+time.sleep(60)
+"""
 
 
 @pytest.fixture(scope="module")
@@ -68,6 +88,74 @@ def test_ratios_and_tables_are_reported(tiny_run: tuple[subprocess.CompletedProc
     assert "bench: repeat 1/1" in finished.stderr
 
 
+def test_server_cpu_per_operation_is_measured_for_every_server(tiny_run: tuple[subprocess.CompletedProcess, dict]) -> None:
+    finished, report = tiny_run
+    point = [r for r in report["results"] if r["workload"] in bench.POINT_WORKLOADS]
+    assert {r["system"] for r in point} >= SERVER_SYSTEMS
+    for result in point:
+        assert result["server_cpu_us"] > 0, result
+    assert all(r["server_cpu_us"] is None for r in report["results"] if r["system"] == "python-dict")
+    for name in ("kvmgr/tcp server CPU/op x2 vs selectors-floor/tcp", "kvmgr/tcp server CPU/op x1 vs selectors-floor/tcp",
+                 "kvmgr/unix server CPU/op x2 vs selectors-floor/unix", "kvmgr/tcp server CPU/op x2 vs multiprocessing-dict/tcp",
+                 "kvmgr/tcp mix x2 vs multiprocessing-dict/tcp", "kvmgr/tcp get x1 vs selectors-floor/tcp"):
+        assert isinstance(report["ratios"][name], float), name
+    assert "server CPU µs/op" in finished.stdout
+
+
+def test_idle_row_holds_authenticated_connections_and_reports_their_cost(tiny_run: tuple[subprocess.CompletedProcess, dict]) -> None:
+    finished, report = tiny_run
+    [idle] = [r for r in report["results"] if r["workload"] == "idle"]
+    assert (idle["system"], idle["transport"], idle["clients"]) == ("kvmgr", "tcp", 1)
+    assert idle["idle_connections"] >= bench.PROFILES["tiny"].idle_connections == report["settings"]["idle_connections"]
+    assert isinstance(idle["rss_growth_bytes"], int)
+    assert idle["p50_us"] > 0 and idle["idle_free_p50_us"] > 0 and idle["server_cpu_us"] > 0
+    assert report["ratios"]["kvmgr/tcp get p50 with idle connections vs without"] > 0
+    assert isinstance(report["ratios"]["kvmgr/tcp idle connections RSS growth MiB"], float)
+    assert "50 idle connections held: RSS +" in finished.stdout
+
+
+def test_selectors_floor_serves_authenticated_clients_in_order(group: ProcessGroup) -> None:
+    _, address, authkey = launch.start_peer_server(group, "selectors-floor", "127.0.0.1:0")
+    first, second = (adapters.SelectorsFloorAdapter(address, authkey.encode()) for _ in range(2))
+    first.store("k", b"v")
+    assert (second.get("k"), first.get("missing")) == (b"v", None)
+    first.load({"a": b"1", "b": b"2"})
+    second.conn.send(("get", "a", None))
+    second.conn.send(("get", "b", None))
+    assert (second.conn.recv(), second.conn.recv()) == (b"1", b"2")
+    with pytest.raises(AuthenticationError):
+        connection.Client(parse_address(address), authkey=b"not the key")
+    assert first.get("b") == b"2"
+    first.close()
+    assert second.get("k") == b"v"
+
+
+def test_cpu_clock_counts_every_thread_of_another_process(group: ProcessGroup) -> None:
+    spinner = group.launch([sys.executable, "-c", SPINNER])
+    wait_until_ready(spinner, "spun", "the spinner")
+    read = run.cpu_clock(spinner.pid)
+    cpu = psutil.Process(spinner.pid).cpu_times()
+    assert read() >= 0.3  # both threads' 0.15 s, though they have exited
+    assert read() == pytest.approx(cpu.user + cpu.system, abs=0.03)
+
+
+def test_holders_keep_authenticated_connections_until_their_stdin_closes(
+    group: ProcessGroup, server: ServerProcess, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(launch, "HOLDER_CONNECTIONS", 2)
+    target = bench.Target("kvmgr", "tcp", "kvmgr", server.address_text, server.authkey, server.process.pid)
+    holders = launch.start_holders(group, target, 3)
+    assert len(holders) == 2
+    assert launch.established_connections(server.process) == 3
+    for holder in holders:
+        holder.stdin.close()
+    assert all(holder.wait(timeout=10) == 0 for holder in holders)
+    deadline = time.monotonic() + 10
+    while launch.established_connections(server.process) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert launch.established_connections(server.process) == 0
+
+
 def test_plot_without_matplotlib_says_how_to_install_it(tmp_path: Path) -> None:
     if importlib.util.find_spec("matplotlib") is not None:
         pytest.skip("matplotlib is installed")
@@ -96,6 +184,18 @@ def test_medians_and_ratios_of_known_samples() -> None:
     assert [(r.system, r.ops_per_s) for r in results] == [("kvmgr", 200.0), ("multiprocessing-dict", 400.0)]
     assert bench.compute_ratios(results, (1,)) == {"kvmgr/tcp get x1 vs multiprocessing-dict/tcp": 0.5}
     assert bench.percentile([1.0, 2.0, 3.0, 4.0, 5.0], 50) == 3.0
+
+
+def test_server_cpu_and_idle_ratios_of_known_samples() -> None:
+    cpus = [bench.Sample("kvmgr", "tcp", "mix", 8, 100.0, 1.0, 2.0, server_cpu_us=cpu) for cpu in (None, 40.0, 20.0)]
+    results = bench.medians([*cpus, bench.Sample("selectors-floor", "tcp", "mix", 8, 100.0, 1.0, 2.0, server_cpu_us=20.0)])
+    results.append(bench.Sample("kvmgr", "tcp", "idle", 1, 100.0, 12.0, 20.0, rss_growth_bytes=3 * 2**20, idle_connections=1000,
+                                idle_free_p50_us=10.0))
+    assert results[0].server_cpu_us == 30.0
+    ratios = bench.compute_ratios(results, (1, 8))
+    assert ratios["kvmgr/tcp server CPU/op x8 vs selectors-floor/tcp"] == 1.5
+    assert ratios["kvmgr/tcp get p50 with idle connections vs without"] == 1.2
+    assert ratios["kvmgr/tcp idle connections RSS growth MiB"] == 3.0
 
 
 def test_checker_benchmark_reports_a_linearizable_verdict(tmp_path: Path) -> None:
