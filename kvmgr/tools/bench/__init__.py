@@ -5,12 +5,14 @@ The command's full description (systems, process model, units) is the docstring 
 launch and stats; worker uses adapters, which use peers; report and stats use nothing but common.
 
 - common:   protocol constants, profiles, Target, WorkerSpec, Sample, BenchError, progress lines;
-- peers:    the stdlib SyncManager and connection-floor servers run by `python -m kvmgr.tools.bench --serve ROLE`;
+- peers:    the stdlib SyncManager, connection-floor and selectors-floor servers run by `python -m kvmgr.tools.bench --serve ROLE`;
 - adapters: the client-side adapters, one per kind of system, and the ADAPTERS table;
-- worker:   the client process run by `python -m kvmgr.tools.bench --worker SPEC` (phases, go file, memory load);
-- launch:   starting servers and client processes through a ProcessGroup and collecting their output;
+- worker:   the client process run by `python -m kvmgr.tools.bench --worker SPEC` (phases, go file, memory load), and
+            the holder of idle connections (`--hold N`);
+- launch:   starting servers, client and holder processes through a ProcessGroup and collecting their output;
 - stats:    combining clients' phases into Samples, percentiles, units, medians over repeats;
-- run:      the measurements (Bench) and the interleaved repeats;
+- run:      the measurements (Bench: phases with the server's CPU per operation, memory, idle connections, driver)
+            and the interleaved repeats;
 - report:   ratios, tables, the --json document and the --plot chart;
 - cli:      the arguments, `kvmgr bench`, `kvmgr bench --checker` and `python -m kvmgr.tools.bench`.
 """

@@ -2,7 +2,10 @@
 
 Systems: kvmgr (tcp, unix), the stdlib multiprocessing.Manager().dict() proxy (tcp, unix), Redis through
 redis-py (single commands, 100-command pipelines, MGET/MSET; only when a redis-server and redis-py are
-installed), and the bare multiprocessing.connection round trip, the floor under any BaseManager proxy.
+installed), the bare multiprocessing.connection round trip, the floor under any BaseManager proxy, and
+selectors-floor (tcp, unix), the reference server model: one thread running one selectors loop that, per
+request, unpickles (op, key, value), reads or updates a dict and pickles the reply, in the
+multiprocessing.connection framing, the connection module's HMAC handshake done blocking at accept.
 
 Every measurement runs in fresh client processes (`python -m kvmgr.tools.bench --worker SPEC`, the authkey in
 $KVMGR_AUTHKEY, the server address in $KVMGR_BENCH_ADDRESS), never in threads of this process. Clients
@@ -17,6 +20,15 @@ its 10,000-key dict with copy(), writes with update()); memory is the RSS growth
 after storing N keys of 16 bytes with 100-byte values in batches of 10,000 (rate: keys/s of the load,
 latency: one batch), against the same dict built in a bare Python process; driver is `python run_driver.py`
 end to end (rate: runs/s, latency: its wall time in µs).
+
+Server CPU µs/op: the server process's CPU time (user + system, all its threads; on Linux its CPU-time
+clock, in ns) read just before the clients start and in the gap after each workload, divided by the
+operations (keys for the batch rows) all clients did in it; connecting and preloading are not counted.
+
+Idle connections (the "idle" row): a fresh kvmgr/tcp server, a single client's gets alternately without
+and with 1,000 idle authenticated connections held open (holder processes of 250 `kvmgr.connect` clients
+that each made one call; --quick too): the rate and latency with them held, the p50 without them, the
+server's RSS growth (over its RSS before the first were opened) and the connections it had established.
 """
 
 from __future__ import annotations
