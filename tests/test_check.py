@@ -30,7 +30,9 @@ def op(
     status: str = "ok",
 ) -> Operation:
     """A shorthand for one recorded operation."""
-    return Operation(client, kind, key, value, expected, result, status, start, end)  # type: ignore[arg-type]
+    return Operation(
+        client=client, op=kind, key=key, value=value, expected=expected, result=result, status=status, start=start, end=end,  # type: ignore[arg-type]
+    )
 
 
 def store(client: str, key: str, value: str, start: int, end: int, result: str = "updated") -> Operation:

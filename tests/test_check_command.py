@@ -84,8 +84,8 @@ def test_hostile_input_is_one_line_and_exit_2(tmp_path: Path, content: bytes) ->
 
 def test_values_that_cannot_be_printed_as_they_are(tmp_path: Path) -> None:
     """Lone surrogates and control characters in keys and values: the verdict is still printed, escaped."""
-    ops = [Operation("a", "store", "\ud800", "\udfff\n", None, "saved", "ok", 1, 2),
-           Operation("b", "get", "\ud800", None, None, "\x00", "ok", 3, 4)]
+    ops = [Operation(client="a", op="store", key="\ud800", value="\udfff\n", expected=None, result="saved", status="ok", start=1, end=2),
+           Operation(client="b", op="get", key="\ud800", value=None, expected=None, result="\x00", status="ok", start=3, end=4)]
     result = kvmgr_check(str(write_history(tmp_path / "h.jsonl", ops)))
     assert result.returncode == 1 and result.stdout.startswith("NOT linearizable: key '\\ud800'"), result.stdout + result.stderr
     assert "'\\x00'" in result.stdout
@@ -105,9 +105,15 @@ def lost_writes_puzzle(writes: int) -> list[Operation]:
     The search cannot know that before it has tried the lost stores in every subset and order (the cache
     makes that 2 to the `writes` configurations, not a factorial), so it takes exponentially long.
     """
-    ops = [Operation(f"w{n}", "store", "k", f"v{n}", None, None, "info", 0, None) for n in range(writes)]
-    ops += [Operation(f"r{n}", "get", "k", None, None, f"v{n}", "ok", 1, 100) for n in range(writes)]
-    return [*ops, Operation("z", "get", "k", None, None, "ghost", "ok", 200, 201)]
+    ops = [
+        Operation(client=f"w{n}", op="store", key="k", value=f"v{n}", expected=None, result=None, status="info", start=0, end=None)
+        for n in range(writes)
+    ]
+    ops += [
+        Operation(client=f"r{n}", op="get", key="k", value=None, expected=None, result=f"v{n}", status="ok", start=1, end=100)
+        for n in range(writes)
+    ]
+    return [*ops, Operation(client="z", op="get", key="k", value=None, expected=None, result="ghost", status="ok", start=200, end=201)]
 
 
 def test_the_time_limit_answers_unknown_with_progress(tmp_path: Path) -> None:
@@ -125,7 +131,7 @@ def test_a_small_puzzle_is_decided() -> None:
     """The same puzzle, small enough to decide: not linearizable; with the last value written, it is."""
     ops = lost_writes_puzzle(6)
     assert check_operations(ops).linearizable is False
-    ghost = Operation("y", "store", "k", "ghost", None, "updated", "ok", 150, 160)
+    ghost = Operation(client="y", op="store", key="k", value="ghost", expected=None, result="updated", status="ok", start=150, end=160)
     assert check_operations([*ops, ghost]).linearizable is True
 
 

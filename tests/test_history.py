@@ -21,14 +21,14 @@ from kvmgr.verify.history import (
 )
 
 SAMPLES = [
-    Operation("alice", "store", "foo", "v1", None, "saved", "ok", 1712, 1790),
-    Operation("bob", "cas", "foo", "v2", "v1", True, "ok", 1750, 1801),
-    Operation("bob", "cas", "bar", "v3", None, False, "ok", 1802, 1900),
-    Operation("carol", "get", "foo", None, None, "v2", "ok", 1810, 1820),
-    Operation("carol", "get", "nope", None, None, None, "ok", 1830, 1840),
-    Operation("dave", "delete", "foo", None, None, True, "ok", 1850, 1860),
-    Operation("dave", "store", "foo", "v4", None, None, "info", 1870, None),
-    Operation("erin", "delete", "foo", None, None, None, "fail", 1880, 1890),
+    Operation(client="alice", op="store", key="foo", value="v1", expected=None, result="saved", status="ok", start=1712, end=1790),
+    Operation(client="bob", op="cas", key="foo", value="v2", expected="v1", result=True, status="ok", start=1750, end=1801),
+    Operation(client="bob", op="cas", key="bar", value="v3", expected=None, result=False, status="ok", start=1802, end=1900),
+    Operation(client="carol", op="get", key="foo", value=None, expected=None, result="v2", status="ok", start=1810, end=1820),
+    Operation(client="carol", op="get", key="nope", value=None, expected=None, result=None, status="ok", start=1830, end=1840),
+    Operation(client="dave", op="delete", key="foo", value=None, expected=None, result=True, status="ok", start=1850, end=1860),
+    Operation(client="dave", op="store", key="foo", value="v4", expected=None, result=None, status="info", start=1870, end=None),
+    Operation(client="erin", op="delete", key="foo", value=None, expected=None, result=None, status="fail", start=1880, end=1890),
 ]
 
 GOOD = {"client": "alice", "op": "store", "key": "foo", "value": "v1", "result": "saved", "status": "ok", "start": 1712, "end": 1790}
@@ -71,7 +71,12 @@ def test_writer_is_thread_safe(tmp_path: Path) -> None:
 
     def work(writer: HistoryWriter, client: str) -> None:
         for n in range(200):
-            writer.record(Operation(client, "store", f"key-{n}", "x" * 500, None, "updated", "ok", n, n + 1))
+            writer.record(
+                Operation(
+                    client=client, op="store", key=f"key-{n}", value="x" * 500, expected=None, result="updated", status="ok",
+                    start=n, end=n + 1,
+                )
+            )
 
     with HistoryWriter(path) as writer:
         threads = [threading.Thread(target=work, args=(writer, f"c{n}")) for n in range(8)]
@@ -86,7 +91,7 @@ def test_writer_rejects_an_invalid_operation(tmp_path: Path) -> None:
     """An impossible record is refused before it reaches the file."""
     path = tmp_path / "history.jsonl"
     with HistoryWriter(path) as writer, pytest.raises(HistoryError, match="'end'"):
-        writer.record(Operation("a", "get", "k", None, None, None, "info", 10, 20))
+        writer.record(Operation(client="a", op="get", key="k", value=None, expected=None, result=None, status="info", start=10, end=20))
     assert path.read_text() == ""
 
 
@@ -99,9 +104,15 @@ def test_values_keep_their_type_and_bytes_are_tagged(tmp_path: Path) -> None:
     with pytest.raises(TypeError):
         encode_value(12)  # type: ignore[arg-type]
     tricky = ["hex:01", '{"$bytes": "01"}', "$bytes", ""]
-    ops = [Operation("a", "store", "k", b"\x00\xffab", None, "saved", "ok", 1, 2)]
-    ops += [Operation("a", "cas", "k", value, b"\x01", False, "ok", 3, 4) for value in tricky]
-    ops += [Operation("a", "get", "k", None, None, value, "ok", 5, 6) for value in [*tricky, b""]]
+    ops = [Operation(client="a", op="store", key="k", value=b"\x00\xffab", expected=None, result="saved", status="ok", start=1, end=2)]
+    ops += [
+        Operation(client="a", op="cas", key="k", value=value, expected=b"\x01", result=False, status="ok", start=3, end=4)
+        for value in tricky
+    ]
+    ops += [
+        Operation(client="a", op="get", key="k", value=None, expected=None, result=value, status="ok", start=5, end=6)
+        for value in [*tricky, b""]
+    ]
     lines = [json.loads(operation_to_json(o)) for o in ops]
     assert lines[0]["value"] == {"$bytes": "00ff6162"}
     assert [line["value"] for line in lines[1:5]] == tricky and lines[1]["expected"] == {"$bytes": "01"}
@@ -150,7 +161,7 @@ BAD_LINES = [
     (json.dumps({**GOOD, "status": "info", "result": None}), "'end' must be null when status is info"),
     (json.dumps({**GOOD, "status": "info", "end": None}), "'result' must be null when status is info"),
     (json.dumps({**GOOD, "end": 1000}), "'end' (1000) is before 'start' (1712)"),
-    (json.dumps({**GOOD, "result": "stored"}), "'result' of store must be \"saved\" or \"updated\""),
+    (json.dumps({**GOOD, "result": "stored"}), "'result' of store must be \"saved\", \"updated\" or null (not recorded)"),
     (json.dumps({**GOOD, "op": "get", "value": None, "result": 5}), """'result' of get must be a string or {"$bytes": "<hex>"} or null"""),
     (json.dumps({**GOOD, "op": "delete", "value": None, "result": "yes"}), "'result' of delete must be true or false"),
     (json.dumps({**GOOD, "op": "cas", "expected": None, "result": None}), "'result' of cas must be true or false"),

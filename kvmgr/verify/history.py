@@ -38,9 +38,13 @@ Value = str | bytes
 Result = Value | bool | None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Operation:
-    """One client call: what was asked, what came back, and when (monotonic ns)."""
+    """One client call: what was asked, what came back, and when (monotonic ns); built with keywords only.
+
+    A completed store whose `result` is None did not record whether it saved or updated (as with systems
+    that do not report it): the checker does not constrain that answer.
+    """
 
     client: str
     op: str
@@ -194,14 +198,14 @@ def _check_times(d: dict[str, Any], where: str) -> None:
 def _result_ok(op: str, result: object) -> bool:
     """Tell whether `result` has the right type and value for a completed `op`."""
     if op == "store":
-        return result in STORE_RESULTS and isinstance(result, str)
+        return result is None or (result in STORE_RESULTS and isinstance(result, str))
     if op == "get":
         return result is None or isinstance(result, str) or _is_tag(result)
     return isinstance(result, bool)
 
 
 RESULT_RULES = {
-    "store": '"saved" or "updated"',
+    "store": '"saved", "updated" or null (not recorded)',
     "get": f"{VALUE_RULE} or null",
     "delete": "true or false",
     "cas": "true or false",
