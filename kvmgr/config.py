@@ -22,6 +22,9 @@ AUTHKEY_ENV = "KVMGR_AUTHKEY"
 HANDSHAKE_TIMEOUT = 5.0
 RENDEZVOUS_TIMEOUT = 30.0  # the longest a rendezvous waits for its parties
 MAX_PENDING_HANDSHAKES = 1024
+MAX_CONNECTIONS = 1024  # authenticated connections a server serves at once (--max-connections)
+WRITE_BUFFER_BYTES = 64 * 1024 * 1024  # the least a server buffers per connection of replies its peer has not read yet
+STALLED_READER_TIMEOUT = 10.0  # seconds a peer whose write buffer is full may take no reply before it is disconnected
 MIN_TIMEOUT = 0.001  # the shortest timeout option (a millisecond)
 MAX_TIMEOUT = 86400.0  # the longest any timeout option may be (a day): socket timeouts and timers overflow far beyond
 MAX_KEY_BYTES = 1024
@@ -47,10 +50,12 @@ Address = tuple[str, int] | str
 
 @dataclass(frozen=True)
 class Limits:
-    """What the server tolerates: key, value and request sizes (bytes, UTF-8 for str) and unauthenticated peers.
+    """What the server tolerates: key, value and request sizes (bytes, UTF-8 for str), unauthenticated peers, connections.
 
     max_request_bytes, the largest request (one call, pickled) the server reads, defaults to what the
-    value limit needs: a cas carries two values and a key.
+    value limit needs: a cas carries two values and a key. write_buffer_bytes, the replies a connection may have
+    waiting before the server stops reading its requests, defaults to at least the largest request (a reply of
+    any size still goes out whole).
     """
 
     max_key_bytes: int = MAX_KEY_BYTES
@@ -58,6 +63,9 @@ class Limits:
     handshake_timeout: float = HANDSHAKE_TIMEOUT
     max_pending_handshakes: int = MAX_PENDING_HANDSHAKES
     max_request_bytes: int = 0  # 0: derived from the other limits
+    max_connections: int = MAX_CONNECTIONS
+    write_buffer_bytes: int = 0  # 0: derived from max_request_bytes
+    stalled_reader_timeout: float = STALLED_READER_TIMEOUT
 
     def __post_init__(self) -> None:
         needed = 2 * self.max_value_bytes + self.max_key_bytes + REQUEST_OVERHEAD_BYTES
@@ -68,6 +76,8 @@ class Limits:
                 f"--max-request-bytes {self.max_request_bytes} is too small for --max-value-bytes {self.max_value_bytes}: "
                 f"a cas carries two values and a key, so it needs at least {needed}"
             )
+        if self.write_buffer_bytes == 0:
+            object.__setattr__(self, "write_buffer_bytes", max(WRITE_BUFFER_BYTES, self.max_request_bytes))
 
 
 DEFAULT_LIMITS = Limits()

@@ -18,6 +18,7 @@ import pytest
 from kvmgr.errors import KeyNotFound, KvmgrError
 from kvmgr.server import durable
 from kvmgr.server import store as store_module
+from kvmgr.server.deferred import settle
 from kvmgr.server.durable import FSYNC_MODES, SQLiteJournal
 from kvmgr.server.journal import Undo
 from kvmgr.server.store import Store
@@ -190,7 +191,7 @@ def test_a_store_closed_while_a_commit_fails_rolls_back_without_deadlock(
     assert store._data == {"k": COMMITTED}
 
 
-def test_the_journal_alone_keeps_what_each_write_replaced_and_fails_every_uncommitted_wait(
+def test_the_journal_alone_keeps_what_each_write_replaced_and_fails_every_uncommitted_commit(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     journal = SQLiteJournal(tmp_path, "batch")
@@ -205,12 +206,12 @@ def test_the_journal_alone_keeps_what_each_write_replaced_and_fails_every_uncomm
         second = journal.append({"k": "2", "new": "n"}, {"k": "1"})  # queued behind the failing group
         third = journal.append({"gone": None}, {"gone": "g", "other": "o"})
         database.release.set()
-        for wait in (first, second, third):
+        for commit in (first, second, third):
             with pytest.raises(KvmgrError, match=f"^{re.escape(f'durable storage failed: {INJECTED}: the write was not made')}$"):
-                wait()
+                settle(commit)
         until(lambda: bool(handed_back), "the failure handler's undo records")  # the waiters may wake before it returns
         assert handed_back == [[("k", "0"), ("k", "1"), ("new", None), ("gone", "g")]]
-        journal.append({"after": "a"}, {})()  # the cause is gone: the next commit goes through
+        settle(journal.append({"after": "a"}, {}))  # the cause is gone: the next commit goes through
     finally:
         journal.close()
     again = SQLiteJournal(tmp_path)

@@ -12,7 +12,7 @@ from kvmgr.config import Limits
 from kvmgr.errors import InvalidKey, InvalidValue, KeyNotFound, KvmgrError
 from kvmgr.protocol import wire
 from kvmgr.protocol.validation import Value
-from kvmgr.server.journal import Changes, Journal, RollBack, Undo, Wait, already_durable
+from kvmgr.server.journal import Changes, Commit, Journal, RollBack, Undo
 from kvmgr.server.store import QUIT_MESSAGE, Store
 
 
@@ -133,11 +133,11 @@ class RecordingJournal:
     def on_failure(self, handler: RollBack) -> None:
         self.roll_back = handler
 
-    def append(self, changes: Changes, before: Mapping[str, Value]) -> Wait:
+    def append(self, changes: Changes, before: Mapping[str, Value]) -> Commit:
         if self.refusing:
             raise KvmgrError("the journal refused the write")
         self.writes.append((dict(changes), [(key, before.get(key)) for key in changes]))
-        return already_durable
+        return None
 
     def fail_uncommitted(self, failure: BaseException) -> list[Undo]:
         undo = [record for _, records in self.writes for record in records]

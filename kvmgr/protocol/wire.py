@@ -35,9 +35,15 @@ UNPICKLING_ERRORS = (
 )
 """What malformed pickle bytes raise; anything else (an exception a signal handler raised meanwhile) passes through."""
 
-_BUILTIN_EXCEPTIONS = {  # Exception subclasses only: a reply can never make a client raise SystemExit or KeyboardInterrupt
-    name: cls for name, cls in vars(builtins).items() if isinstance(cls, type) and issubclass(cls, Exception)
+REPLY_ERRORS: dict[tuple[str, str], type[Exception]] = {
+    **{("kvmgr.errors", name): cls for name, cls in errors.ERROR_CLASSES.items()},
+    **{  # Exception subclasses only: a reply can never make a client raise SystemExit or KeyboardInterrupt
+        ("builtins", name): cls for name, cls in vars(builtins).items() if isinstance(cls, type) and issubclass(cls, Exception)
+    },
 }
+"""The error whitelist, one for both sides: the exceptions a reply may carry, by (module, name). A client unpickles
+these and nothing else (`load_reply`); a server sends a kvmgr error on it as it is, anything else as one line
+(`sendable_error`)."""
 
 
 class _PlainUnpickler(pickle.Unpickler):
@@ -51,11 +57,29 @@ class _ReplyUnpickler(pickle.Unpickler):
     """Unpickles a server's reply: plain data plus kvmgr and built-in exceptions."""
 
     def find_class(self, module: str, name: str) -> Any:
-        if module == "kvmgr.errors" and name in errors.ERROR_CLASSES:
-            return errors.ERROR_CLASSES[name]
-        if module == "builtins" and name in _BUILTIN_EXCEPTIONS:
-            return _BUILTIN_EXCEPTIONS[name]
-        raise errors.ProtocolError(f"refused to unpickle {module}.{name} in a reply")
+        cls = REPLY_ERRORS.get((module, name))
+        if cls is None:
+            raise errors.ProtocolError(f"refused to unpickle {module}.{name} in a reply")
+        return cls
+
+
+def sendable_error(exc: Exception) -> errors.KvmgrError:
+    """The error a reply carries for exc: exc itself when it is a kvmgr error of the whitelist, else a KvmgrError of one line
+    naming it (the arguments of any other exception may hold anything)."""
+    cls = type(exc)
+    if isinstance(exc, errors.KvmgrError) and REPLY_ERRORS.get((cls.__module__, cls.__name__)) is cls:
+        return exc
+    lines = str(exc).strip().splitlines()
+    return errors.KvmgrError(f"the server could not run the call: {cls.__name__}: {lines[0] if lines else ''}".rstrip(": "))
+
+
+def reply_frame(kind: str, result: object) -> bytes:
+    """A framed reply ("#RETURN", result) or ("#ERROR", exception), ready to write; a result that cannot be encoded
+    becomes an error reply."""
+    try:
+        return frame(dump((kind, result)))
+    except Exception as exc:
+        return frame(dump((ERROR, errors.KvmgrError(f"cannot send the result: {exc}"))))
 
 
 def load_request(data: bytes) -> tuple[str, str, tuple, dict]:
@@ -170,16 +194,16 @@ class FramedSocket:
             buffer += chunk
 
 
-def message_bounds(buffer: bytes | bytearray, max_size: int) -> tuple[int, int] | None:
-    """Where the first message in buffer starts and ends, once its header is complete (None before)."""
-    if len(buffer) < 4:
+def message_bounds(buffer: bytes | bytearray, max_size: int, offset: int = 0) -> tuple[int, int] | None:
+    """Where the first message in buffer (from offset on) starts and ends, once its header is complete (None before)."""
+    if len(buffer) - offset < 4:
         return None
-    size = HEADER.unpack_from(buffer)[0]
-    start = 4
+    size = HEADER.unpack_from(buffer, offset)[0]
+    start = offset + 4
     if size == -1:
-        if len(buffer) < _LONG_HEADER.size:
+        if len(buffer) - offset < _LONG_HEADER.size:
             return None
-        size, start = _LONG_HEADER.unpack_from(buffer)[1], _LONG_HEADER.size
+        size, start = _LONG_HEADER.unpack_from(buffer, offset)[1], offset + _LONG_HEADER.size
     if size < 0 or size > max_size:
         raise errors.ProtocolError(f"bad message length {size} (at most {max_size} bytes are accepted)")
     return start, start + size

@@ -1,11 +1,12 @@
 """Durable mode: the store's data in SQLite (WAL) inside a data directory, written before writes are acknowledged.
 
 `SQLiteJournal` is a kvmgr.server.journal.Journal. Every change goes through one path: `append(changes, before)` under
-the store's lock (so the journal's order is the store's order), then the wait it returns, outside the lock;
-a write is acknowledged when that wait returns.
+the store's lock (so the journal's order is the store's order); a write is acknowledged once the commit it
+returns is decided (a kvmgr.server.deferred.Deferred, or None when the write is already committed).
 - fsync "always": each write is committed and fsynced inside `append`.
 - fsync "batch": a committer thread commits everything appended since its last commit in one
-  transaction (group commit); the wait returns once the commit holding that write is durable.
+  transaction (group commit); the write's Deferred is resolved from that thread once the commit holding it is
+  durable, so the server's loop never waits for an fsync.
 - fsync "off": each write is committed inside `append`; the operating system decides when it reaches disk.
 
 A commit that fails (a full disk, an I/O error) fails every write not yet committed and is logged once.
@@ -24,14 +25,14 @@ import os
 import sqlite3
 import threading
 from collections.abc import Iterable, Mapping
-from functools import partial
 from pathlib import Path
 from typing import TextIO
 
 from kvmgr.config import COMMIT_TIMEOUT
-from kvmgr.errors import ConfigError, KvmgrError, OutcomeUnknown
+from kvmgr.errors import ConfigError, KvmgrError
 from kvmgr.protocol.validation import Value
-from kvmgr.server.journal import Changes, RollBack, Undo, Wait, already_durable
+from kvmgr.server.deferred import Deferred
+from kvmgr.server.journal import Changes, Commit, RollBack, Undo
 
 FSYNC_MODES = ("always", "batch", "off")
 DATABASE_NAME = "kvmgr.sqlite3"
@@ -41,16 +42,15 @@ log = logging.getLogger("kvmgr.server.durable")
 
 
 class CommitGroup:
-    """Writes committed in one transaction: their changes, their undo records, and the outcome once decided."""
+    """Writes committed in one transaction: their changes, their undo records, and the outcome, resolved once decided."""
 
-    __slots__ = ("changes", "done", "failure", "undo", "writes")
+    __slots__ = ("changes", "outcome", "undo", "writes")
 
     def __init__(self) -> None:
         self.changes: list[tuple[str, Value | None]] = []
         self.undo: list[Undo] = []
         self.writes = 0
-        self.done = False
-        self.failure: BaseException | None = None
+        self.outcome = Deferred()
 
 
 class SQLiteJournal:
@@ -72,7 +72,6 @@ class SQLiteJournal:
             raise ConfigError(f"cannot use {self.path}: {exc}") from None
         self._mutex = threading.Lock()
         self._work = threading.Condition(self._mutex)  # the committer waits here for writes
-        self._decided = threading.Condition(self._mutex)  # writers wait here for their group's outcome
         self._open = CommitGroup()  # collecting writes
         self._committing: CommitGroup | None = None
         self._closing = False
@@ -119,8 +118,8 @@ class SQLiteJournal:
             problem = f"the value of key {shown} is of type {value_type}, not text or blob"
         raise ConfigError(f"cannot use {self.path}: {problem}; kvmgr did not write it (was the database changed by another tool?)")
 
-    def append(self, changes: Changes, before: Mapping[str, Value]) -> Wait:
-        """Take a write (under the store's lock, before the store applies it); returns the wait that returns once it is committed.
+    def append(self, changes: Changes, before: Mapping[str, Value]) -> Commit:
+        """Take a write (under the store's lock, before the store applies it); returns its commit (None once committed).
 
         In "always" and "off" the write is committed here, and a failure raises KvmgrError before the
         store changes. In "batch" the journal keeps, from `before` (the store's data), the values the write
@@ -132,22 +131,14 @@ class SQLiteJournal:
             except Exception as exc:
                 _report(exc, 1)
                 raise _failed(exc) from None
-            return already_durable
+            return None
         with self._mutex:
             group = self._open
             group.changes.extend(changes.items())
             group.undo.extend((key, before.get(key)) for key in changes)
             group.writes += 1
             self._work.notify()
-        return partial(self._wait_for, group)
-
-    def _wait_for(self, group: CommitGroup) -> None:
-        """Return once the group is committed; KvmgrError if its commit failed (the write was not made)."""
-        with self._mutex:
-            if not self._decided.wait_for(lambda: group.done, COMMIT_TIMEOUT):
-                raise OutcomeUnknown(f"durable storage did not commit within {COMMIT_TIMEOUT:g}s: the write may or may not be made")
-        if group.failure is not None:
-            raise _failed(group.failure)
+        return group.outcome
 
     def fail_uncommitted(self, failure: BaseException) -> list[Undo]:
         """Fail every write not yet committed (the committing group and the one queued behind it).
@@ -161,9 +152,10 @@ class SQLiteJournal:
             undo: list[Undo] = []
             for group in groups:
                 undo.extend(group.undo)
-                group.failure, group.done, group.changes, group.undo = failure, True, [], []
-            self._decided.notify_all()
+                group.changes, group.undo = [], []
         _report(failure, sum(group.writes for group in groups))
+        for group in groups:
+            group.outcome.fail(_failed(failure))
         return undo
 
     def close(self) -> None:
@@ -191,9 +183,9 @@ class SQLiteJournal:
                 self._on_failure(exc)
                 continue
             with self._mutex:
-                group.done, group.changes, group.undo = True, [], []
+                group.changes, group.undo = [], []
                 self._committing = None
-                self._decided.notify_all()
+            group.outcome.resolve(None)
 
     def _commit(self, changes: Iterable[tuple[str, Value | None]]) -> None:
         """Write changes in one transaction; on any failure roll it back, so the next transaction starts clean."""

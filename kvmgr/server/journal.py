@@ -1,7 +1,7 @@
 """The seam between a Store and where its changes are kept: the Journal protocol and the in-memory default.
 
 A Store hands every change to its journal under its lock (`append`, so the journal sees the store's order),
-applies it, and acknowledges it once the wait that `append` returned has returned, outside the lock.
+applies it, and acknowledges it once the commit that `append` returned is decided (None: at once).
 `MemoryJournal` keeps nothing (the embedded default); `kvmgr.server.durable.SQLiteJournal` keeps the data in SQLite.
 """
 
@@ -11,15 +11,13 @@ from collections.abc import Callable, Mapping
 from typing import Final, Protocol
 
 from kvmgr.protocol.validation import Value
+from kvmgr.server.deferred import Deferred
 
 Changes = Mapping[str, Value | None]  # None deletes the key
 Undo = tuple[str, Value | None]  # (key, the value it had before a write, None if absent): the change that takes the write back
-Wait = Callable[[], None]  # what append returns: call it outside the store's lock; it returns once the write is durable
+Commit = Deferred | None  # what append returns: a Deferred resolved once the write is durable (failed if its commit
+#                           failed), or None when it already is (committed inside `append`, or kept in memory only)
 RollBack = Callable[[BaseException], object]  # called after a deferred commit failed; what it returns is ignored
-
-
-def already_durable() -> None:
-    """The wait of a write that needs none (committed inside `append`, or kept in memory only): returns at once."""
 
 
 class Journal(Protocol):
@@ -36,11 +34,11 @@ class Journal(Protocol):
     def on_failure(self, handler: RollBack) -> None:
         """Call handler(failure) when a deferred commit fails."""
 
-    def append(self, changes: Changes, before: Mapping[str, Value]) -> Wait:
+    def append(self, changes: Changes, before: Mapping[str, Value]) -> Commit:
         """Take a write, before the store applies it to `before` (its data); KvmgrError refuses it and the store stays as it was."""
 
     def fail_uncommitted(self, failure: BaseException) -> list[Undo]:
-        """Fail every write not yet committed (its wait raises KvmgrError); return their undo records, oldest first."""
+        """Fail every write not yet committed (its commit fails with KvmgrError); return their undo records, oldest first."""
 
     def close(self) -> None:
         """Commit what is pending and release the storage."""
@@ -58,9 +56,9 @@ class MemoryJournal:
     def on_failure(self, handler: RollBack) -> None:
         """Nothing can fail: the handler is never needed."""
 
-    def append(self, changes: Changes, before: Mapping[str, Value]) -> Wait:
+    def append(self, changes: Changes, before: Mapping[str, Value]) -> Commit:
         """Accept the write; nothing to wait for."""
-        return already_durable
+        return None
 
     def fail_uncommitted(self, failure: BaseException) -> list[Undo]:
         """Nothing is ever uncommitted."""

@@ -17,6 +17,7 @@ from kvmgr import __version__
 from kvmgr.config import (
     DEFAULT_ADDRESS,
     HANDSHAKE_TIMEOUT,
+    MAX_CONNECTIONS,
     MAX_KEY_BYTES,
     MAX_VALUE_BYTES,
     Limits,
@@ -37,7 +38,10 @@ def command_serve(args: argparse.Namespace) -> int:
     from kvmgr.server.journal import IN_MEMORY
     from kvmgr.server.manager import serve
 
-    limits = Limits(args.max_key_bytes, args.max_value_bytes, args.handshake_timeout, max_request_bytes=args.max_request_bytes or 0)
+    limits = Limits(
+        args.max_key_bytes, args.max_value_bytes, args.handshake_timeout, max_request_bytes=args.max_request_bytes or 0,
+        max_connections=args.max_connections,
+    )
     address = parse_address(args.address)
     authkey = configured_authkey(args.authkey_file)
     if authkey is None:
@@ -75,6 +79,10 @@ def add_serve(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--handshake-timeout", type=positive_float, default=HANDSHAKE_TIMEOUT,
         help="seconds an unauthenticated peer may take to authenticate (default %(default)s)",
+    )
+    parser.add_argument(
+        "--max-connections", type=positive_int, default=MAX_CONNECTIONS,
+        help="authenticated connections served at once; one more is refused with a clear error (default %(default)s)",
     )
     parser.add_argument("--data-dir", type=Path, help="keep the data in SQLite inside this directory (default: in memory only)")
     parser.add_argument(
