@@ -26,7 +26,7 @@ from kvmgr.config import (
     is_loopback,
     parse_address,
 )
-from kvmgr.errors import EXIT_NEGATIVE, EXIT_OK, ConfigError, KvmgrError, ServerUnavailable, exit_status
+from kvmgr.errors import ConfigError, KvmgrError, ServerUnavailable, exit_status
 from kvmgr.server.durable import FSYNC_MODES
 from kvmgr.tools.arguments import positive_float, positive_int
 from kvmgr.tools.processes import interrupt_on_terminate
@@ -93,36 +93,10 @@ def add_serve(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(handler=command_serve)
 
 
-def command_check(args: argparse.Namespace) -> int:
-    """Check a history file for linearizability; progress on stderr while it takes long."""
-    from kvmgr.errors import EXIT_UNKNOWN
-    from kvmgr.verify.check import CheckProgress, check_file, describe
-
-    def show(progress: CheckProgress) -> None:
-        print(progress.line(), file=sys.stderr, flush=True)
-
-    result = check_file(args.history, args.initial, args.timeout, show)
-    print(describe(result))
-    return {True: EXIT_OK, False: EXIT_NEGATIVE, None: EXIT_UNKNOWN}[result.linearizable]
-
-
 def add_check(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "check", help="is a recorded history linearizable?",
-        description="Check a JSON-lines history of store/get/delete/cas operations for linearizability, key by key.",
-        epilog="Exit status: 0 linearizable, 1 not (the first offending key and its operations are printed), 2 malformed input, "
-        "3 unknown (the time limit came first).",
-    )
-    parser.add_argument("history", type=Path, help="the history file (JSON lines)")
-    parser.add_argument(
-        "--initial", choices=("empty", "unknown"), default="unknown",
-        help="what every key held before the history: nothing (empty), or anything at all (unknown, the default: "
-        "right for a store that already held data)",
-    )
-    parser.add_argument(
-        "--timeout", type=positive_float, metavar="SECONDS", help="give up after this long and answer unknown (default: no limit)",
-    )
-    parser.set_defaults(handler=command_check)
+    from kvmgr.tools.check_command import add_parser
+
+    add_parser(subparsers)
 
 
 def add_stress(subparsers: argparse._SubParsersAction) -> None:
