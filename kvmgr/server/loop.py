@@ -159,7 +159,7 @@ class EventLoop:
                 if mask & READ:
                     self._on_readable(conn)
                 if mask & WRITE and not conn.closed:
-                    self._on_writable(conn)
+                    self._send(conn)
             elif conn is _LISTENER:
                 self._accept()
             else:
@@ -301,14 +301,14 @@ class EventLoop:
             size = len(chunk)
             if size >= 4 and wire.HEADER.unpack_from(chunk)[0] == size - 4:  # the usual case: one whole request
                 self._answer(conn, chunk[4:])
-                self._flush(conn)
+                self._send(conn)
                 return
         elif phase == CLOSING:
             return  # nothing more is read from a connection being closed
         conn.inbuf += chunk
         self._take_messages(conn)
         if not conn.closed:
-            self._flush(conn)
+            self._send(conn)
 
     def _lost(self, conn: Connection, reason: str) -> None:
         """The peer went away (or its socket failed)."""
@@ -372,7 +372,7 @@ class EventLoop:
             conn = ready.popleft()
             if not conn.closed:
                 self._release(conn)
-                self._flush(conn)
+                self._send(conn)
 
     def _release(self, conn: Connection) -> None:
         """Move the replies at the head of conn's pending queue that are decided to its write buffer."""
@@ -405,7 +405,8 @@ class EventLoop:
 
     # --- writing ---
 
-    def _on_writable(self, conn: Connection) -> None:
+    def _send(self, conn: Connection) -> None:
+        """Write what conn has queued; once a full buffer has room again, answer the requests buffered meanwhile."""
         self._flush(conn)
         while conn.paused and not conn.closed and conn.out_size < self.limits.write_buffer_bytes:
             conn.paused = False  # the peer took enough: answer the requests buffered meanwhile, and read again
@@ -430,8 +431,8 @@ class EventLoop:
             else:
                 conn.out = [memoryview(data)[written:]]
                 conn.out_size = len(data) - written
-                if written and conn.paused:
-                    conn.progress_at = time.monotonic()
+            if written and conn.paused:
+                conn.progress_at = time.monotonic()
         if conn.phase == CLOSING and not conn.out:
             self._close(conn)
         else:

@@ -11,6 +11,7 @@ import signal
 import socket
 import stat
 import sys
+from multiprocessing import ProcessError
 from multiprocessing.managers import BaseManager
 from typing import cast
 
@@ -138,6 +139,12 @@ class StoreManager(BaseManager):
     """A BaseManager with `get_store` registered whose server is kvmgr's: StoreManager(address, authkey).get_server().serve_forever()."""
 
     _Server = _ManagedServer
+
+    def get_server(self) -> StoreServer:  # type: ignore[override]  # typeshed: the stdlib's Server
+        """The server, not started yet: call its serve_forever() (BaseManager.get_server builds the stdlib's, whatever _Server is)."""
+        if self._state.value != 0:  # type: ignore[attr-defined]  # State.INITIAL, neither in typeshed
+            raise ProcessError("the manager was started already: it has a server")
+        return _ManagedServer(self._registry, self._address, self._authkey, self._serializer)  # type: ignore[attr-defined]
 
 
 StoreManager.register(wire.TYPEID)
