@@ -115,7 +115,10 @@ class Operations(ABC):
         args = normalize_call(method, args)
         if timeout is not None and not (isinstance(timeout, int | float) and timeout > 0):
             raise InvalidValue(f"{method}: timeout must be a number of seconds above 0, not {timeout!r}")
-        return self.retry.run(self._call, method, args, timeout)
+        try:  # retry.run(self._call, ...), its first attempt written out: this is every call's path
+            return self._call(method, args, timeout)
+        except OutcomeUnknown as exc:
+            return self.retry.repeat(self._call, method, args, timeout, exc)
 
     @abstractmethod
     def _call(self, method: str, args: tuple, timeout: float | None) -> Any:

@@ -41,14 +41,21 @@ class RetryPolicy:
 
     def run(self, attempt: Attempt, method: str, args: tuple, timeout: float | None) -> Any:
         """The result of the first attempt that succeeds; the error of the last one when the policy allows no more."""
-        made = 0
-        while True:
+        try:
+            return attempt(method, args, timeout)
+        except OutcomeUnknown as exc:
+            return self.repeat(attempt, method, args, timeout, exc)
+
+    def repeat(self, attempt: Attempt, method: str, args: tuple, timeout: float | None, error: OutcomeUnknown) -> Any:
+        """After a first attempt that raised `error`: the result of the first repeat that succeeds, else the last error."""
+        made = 1
+        while self.may_repeat(method, error, made):
             made += 1
             try:
                 return attempt(method, args, timeout)
             except OutcomeUnknown as exc:
-                if not self.may_repeat(method, exc, made):
-                    raise
+                error = exc
+        raise error
 
 
 DEFAULT_RETRY = RetryPolicy.from_table()
