@@ -7,7 +7,9 @@ from collections.abc import Callable
 
 import pytest
 
+from kvmgr.client.manager import Client
 from kvmgr.client.operations import Operations
+from kvmgr.client.recording import RecordingClient
 from kvmgr.client.redis_transport import RedisClient
 from kvmgr.protocol import wire
 from kvmgr.protocol.operations import OPERATIONS, OpSpec
@@ -27,6 +29,19 @@ def test_every_backend_implements_the_operation_with_its_parameters(spec: OpSpec
     name = f"_do_{spec.name}" if backend is RedisClient else spec.name
     assert hasattr(backend, name), f"{backend.__name__} lacks {name}"
     assert parameters(getattr(backend, name), skip) == (list(spec.params), spec.optional)
+
+
+def test_the_abstract_client_leaves_transports_one_attempt_and_close() -> None:
+    assert inspect.isabstract(Operations)
+    assert Operations.__abstractmethods__ == {"_call", "close"}
+    assert inspect.signature(Operations.__enter__).return_annotation == "Self"
+
+
+@pytest.mark.parametrize("client", [Client, RedisClient, RecordingClient])
+def test_every_client_is_a_complete_operations_with_the_table_methods_defined_once(client: type) -> None:
+    assert issubclass(client, Operations) and not inspect.isabstract(client)
+    redefined = [spec.name for spec in OPERATIONS if getattr(client, spec.name) is not getattr(Operations, spec.name)]
+    assert not redefined, f"{client.__name__} redefines typed public methods: {redefined}"
 
 
 def test_the_wire_exposes_exactly_the_table() -> None:

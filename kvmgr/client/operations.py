@@ -100,7 +100,6 @@ class Operations(ABC):
         wait = self.timeout if timeout is None else timeout
         return cast("int", self.call("rendezvous", name, parties, wait, timeout=wait + self.timeout))
 
-
     def pipeline(self, calls: Iterable[tuple], raise_on_error: bool = True) -> list[Any]:
         """Run many calls, each a tuple (method, *args), and return their results in order.
 
@@ -145,9 +144,11 @@ class Operations(ABC):
         """Release the connections (the next call reconnects)."""
 
     def __enter__(self) -> Self:
+        """This client, closed when the with-block ends."""
         return self
 
     def __exit__(self, *exc_info: object) -> None:
+        """Close the client."""
         self.close()
 
 
