@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -189,3 +190,24 @@ def test_the_checker_bench_reports_each_case_with_its_peak_memory() -> None:
     for case in report["cases"]:  # type: ignore[attr-defined]
         assert case["linearizable"] is True and case["peak_mb"] >= case["history_peak_mb"] > 0
     assert report["operations"] == 2000
+
+
+def test_several_files_are_each_reported_and_the_worst_status_wins(tmp_path: Path) -> None:
+    """One block per file, prefixed by its name; exit 1 if any is illegal, else 3 if any is unknown; --json: a list."""
+    store = Operation(client="a", op="store", key="k", value="v", expected=None, result="saved", status="ok", start=1, end=2)
+    good = write_history(tmp_path / "good.jsonl", [store])
+    bad = write_history(tmp_path / "bad.jsonl", [store, dataclasses.replace(store, start=3, end=4)])
+    hard = write_history(tmp_path / "hard.jsonl", lost_writes_puzzle(24))
+    result = kvmgr_check("--initial", "empty", "--timeout", "0.3", str(good), str(hard))
+    assert result.returncode == 3, result.stdout + result.stderr
+    lines = result.stdout.splitlines()
+    assert lines == [f"{good}: linearizable: 1 operations on 1 keys", lines[1]] and lines[1].startswith(f"{hard}: unknown: ")
+    result = kvmgr_check("--initial", "empty", "--timeout", "0.3", "--json", str(hard), str(bad), str(good))
+    assert result.returncode == 1, result.stdout + result.stderr
+    report = json.loads(result.stdout)
+    assert [(entry["file"], entry["outcome"], entry["key"]) for entry in report] == [
+        (str(hard), "unknown", "k"), (str(bad), "illegal", "k"), (str(good), "ok", None),
+    ]
+    missing = kvmgr_check(str(good), str(tmp_path / "missing.jsonl"))
+    assert missing.returncode == 2 and missing.stdout == f"{good}: linearizable: 1 operations on 1 keys\n"
+    assert missing.stderr == f"kvmgr check: error: {tmp_path / 'missing.jsonl'}: no such history file\n"

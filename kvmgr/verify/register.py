@@ -21,7 +21,6 @@ operation left can observe). Every rule is checked against a brute-force oracle 
 from __future__ import annotations
 
 import bisect
-import dataclasses
 import itertools
 import math
 from collections import defaultdict
@@ -224,7 +223,10 @@ def _abstract(done: list[Operation], pending: list[Operation]) -> tuple[list[Ope
     def model(op: Operation) -> Operation:
         if op.op not in ("store", "cas") or op.value in read:
             return op
-        return dataclasses.replace(op, value=token)
+        return Operation(  # not dataclasses.replace: this runs for most writes, and replace is several times slower
+            client=op.client, op=op.op, key=op.key, value=token, expected=op.expected, result=op.result, status=op.status,
+            start=op.start, end=op.end,
+        )
 
     return [model(op) for op in done], [model(op) for op in pending], token
 
