@@ -121,7 +121,8 @@ def write_outputs(args: argparse.Namespace, results: list[Sample], ratios: dict[
 def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of `kvmgr bench`."""
     parser.add_argument(
-        "--quick", action="store_true", help="under a minute: 0.25 s per workload, 200,000 keys for memory, one repeat unless --repeats"
+        "--quick", action="store_true",
+        help="a minute or two: 0.25 s per workload, 200,000 keys for memory, still 1,000 idle connections, one repeat unless --repeats",
     )
     parser.add_argument("--repeats", type=positive_int, help="interleaved repeats; the median is reported (default 3, --quick 1)")
     parser.add_argument("--json", metavar="FILE", help="write the machine, the results and the ratios as JSON")
