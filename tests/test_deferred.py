@@ -140,3 +140,29 @@ def test_shutdown_fails_a_pending_rendezvous_with_a_clear_error_and_exits_zero_w
     assert time.monotonic() - stopped < 2.0
     assert isinstance(waiting.error, ServerUnavailable)
     assert str(waiting.error) == "the server is shutting down: the call was not completed"
+
+
+def test_durable_batch_writes_are_answered_as_soon_as_committed_never_at_the_loops_idle_timeout(tmp_path: Path) -> None:
+    """Four writers, each waiting for its commit: every reply comes within a fraction of the loop's 1 s idle timeout."""
+    from kvmgr.config import fresh_authkey
+    from kvmgr.server.durable import SQLiteJournal
+
+    server = StoreServer(("127.0.0.1", 0), fresh_authkey().encode(), journal=SQLiteJournal(tmp_path, "batch"))
+    thread = Call(server.serve_until_stopped)
+    slowest: list[float] = []
+
+    def write(name: str) -> None:
+        with kvmgr.connect(format_address(server.address), authkey=bytes(server.authkey), timeout=TIMEOUT) as client:
+            for number in range(150):
+                started = time.monotonic()
+                client.store(f"{name}-{number}", "v")
+                slowest.append(time.monotonic() - started)
+
+    try:
+        writers = [Call(write, f"w{n}") for n in range(4)]
+        for writer in writers:
+            assert writer.join().error is None, writer.error
+    finally:
+        server.close()
+        thread.join()
+    assert len(slowest) == 600 and max(slowest) < 0.5, f"a write waited {max(slowest):.2f}s for its reply"

@@ -174,10 +174,10 @@ class EventLoop:
             self._wake_w.send(b"\0")
 
     def _drain_wake(self) -> None:
-        self._woken = False
         with contextlib.suppress(OSError):
             while self._wake_r.recv(4096):
                 pass
+        self._woken = False  # after draining: a wake sent meanwhile stays readable, none is lost
 
     # --- accepting and handshakes ---
 
