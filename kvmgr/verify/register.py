@@ -23,6 +23,7 @@ from __future__ import annotations
 import bisect
 import itertools
 import math
+from array import array
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -437,7 +438,7 @@ class RegisterPruning:
         self.ends = _tightened_ends(self.done, self.pending) if tighten else _ends(done)
         self.reads = [op.op == "get" or op.result is False for op in done]
         effects: dict[tuple[object, ...], int] = {}
-        self.effect = [effects.setdefault((op.op, op.expected, op.value, op.result), len(effects)) for op in self.done]
+        self.effect = array("q", (effects.setdefault((op.op, op.expected, op.value, op.result), len(effects)) for op in self.done))
         info = _InfoIndex(self.done, self.pending, self.unread)
         self.twins, self.info_candidates = info.twins, info.candidates
         self.obligations = _Obligations(self.done, self.pending)

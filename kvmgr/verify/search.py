@@ -216,28 +216,22 @@ def placed(k: int, w: int, i: int) -> tuple[int, int]:
 
 
 @dataclass(slots=True)
-class Configuration(Generic[S]):
-    """Where the search stands: the state, the completed operations placed (k, w), the info operations placed,
-    and `before` (CLEAN, or the state before the info operation just placed)."""
+class Frame(Generic[S]):
+    """One move on the search's stack, never changed once made: from the configuration (state, k, w, info, before),
+    operation `op` was placed (an index into the part's pending operations when `optional`, else into its completed
+    ones); `forced`: no alternative was left to try there. (k, w): the completed operations placed (see placed);
+    info: the bits of the info operations placed; before: CLEAN, or the state before the info operation just placed."""
 
+    parent: Frame[S] | None
+    deadline: int
+    op: int
+    optional: bool
+    forced: bool
     state: S
     k: int
     w: int
     info: int
     before: S | Clean
-
-
-@dataclass(slots=True)
-class Frame(Generic[S]):
-    """One move on the search's stack: from `at`, operation `op` was placed (an index into the part's pending
-    operations when `optional`, else into its completed ones); `forced`: no alternative was left to try."""
-
-    parent: Frame[S] | None
-    at: Configuration[S]
-    deadline: int
-    op: int
-    optional: bool
-    forced: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -305,7 +299,7 @@ class Search(Generic[S, O]):
                 if i >= 0:
                     k2, w2 = placed(k, w, i)
                     if seen.visit(k2, w2, state, info, CLEAN):
-                        frame = Frame(frame, Configuration(state, k, w, info, before), deadline, i, False, True)
+                        frame = Frame(frame, deadline, i, False, True, state, k, w, info, before)
                         ev.lift(i)
                         before, k, w, depth, fresh = CLEAN, k2, w2, depth + 1, True
                         if depth > self.best_depth:
@@ -321,9 +315,9 @@ class Search(Generic[S, O]):
                     if not pruning.strands(state, new_state, k2, w2, info) and seen.visit(k2, w2, new_state, info, CLEAN):
                         break
             else:
-                j, new_state = self._next_info(first_pending, deadline, Configuration(state, k, w, info, before))
+                j, new_state = self._next_info(first_pending, deadline, state, k, w, info, before)
                 if j >= 0:
-                    frame = Frame(frame, Configuration(state, k, w, info, before), deadline, j, True, False)
+                    frame = Frame(frame, deadline, j, True, False, state, k, w, info, before)
                     before = state if pruning.normal_form else CLEAN
                     state, info, fresh = new_state, info | self.masks[j], True
                     continue
@@ -331,8 +325,7 @@ class Search(Generic[S, O]):
                 while forced:
                     if frame is None:
                         return False
-                    at = frame.at
-                    state, k, w, info, before, deadline = at.state, at.k, at.w, at.info, at.before, frame.deadline
+                    state, k, w, info, before, deadline = frame.state, frame.k, frame.w, frame.info, frame.before, frame.deadline
                     i, optional, forced = frame.op, frame.optional, frame.forced
                     frame = frame.parent
                     if not optional:
@@ -344,7 +337,7 @@ class Search(Generic[S, O]):
                     candidates, deadline, _ = self._candidates()
                     position, first_pending = candidates.index(i) + 1, 0
                 continue
-            frame = Frame(frame, Configuration(state, k, w, info, before), deadline, i, False, False)
+            frame = Frame(frame, deadline, i, False, False, state, k, w, info, before)
             ev.lift(i)
             state, before, k, w, depth, fresh = new_state, CLEAN, k2, w2, depth + 1, True
             if depth > self.best_depth:
@@ -379,19 +372,19 @@ class Search(Generic[S, O]):
                     return i
         return -1
 
-    def _next_info(self, first: int, deadline: int, at: Configuration[S]) -> tuple[int, S]:
-        """Find the next info operation (from index `first`) worth placing at `at`; (-1, its state) if none."""
-        masks, twins, pruning, state = self.masks, self.pruning.twins, self.pruning, at.state
-        for j in pruning.info_candidates(deadline, state, at.k, at.info, at.before):
+    def _next_info(self, first: int, deadline: int, state: S, k: int, w: int, info: int, before: S | Clean) -> tuple[int, S]:
+        """Find the next info operation (from index `first`) worth placing; (-1, state) if none."""
+        masks, twins, pruning = self.masks, self.pruning.twins, self.pruning
+        after = state if pruning.normal_form else CLEAN
+        for j in pruning.info_candidates(deadline, state, k, info, before):
             twin = twins[j]
-            if j < first or at.info & twin != twin:
+            if j < first or info & twin != twin:
                 continue
             _, new_state = self.step(state, self.pending[j])
-            after = state if pruning.normal_form else CLEAN
             if (
                 new_state != state
-                and not pruning.strands(state, new_state, at.k, at.w, at.info | masks[j])
-                and self.seen.visit(at.k, at.w, new_state, at.info | masks[j], after)
+                and not pruning.strands(state, new_state, k, w, info | masks[j])
+                and self.seen.visit(k, w, new_state, info | masks[j], after)
             ):
                 return j, new_state
         return -1, state
@@ -407,7 +400,7 @@ class Search(Generic[S, O]):
         frame, after, k, w = self.best_frame, self.best_state, self.best_k, self.best_w
         while frame is not None:
             order.append((self.part.pending[frame.op] if frame.optional else self.part.done[frame.op], after))
-            after = frame.at.state
+            after = frame.state
             frame = frame.parent
         order.reverse()
         left = [i for i in range(k, len(self.done)) if not w >> (i - k) & 1]
