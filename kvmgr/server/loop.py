@@ -18,7 +18,7 @@ import heapq
 import itertools
 import logging
 import os
-import selectors
+import select
 import socket
 import threading
 import time
@@ -34,12 +34,12 @@ from kvmgr.server.deferred import Deferred
 
 log = logging.getLogger("kvmgr.server.manager")
 
-READ, WRITE = selectors.EVENT_READ, selectors.EVENT_WRITE
+READ, WRITE = select.EPOLLIN, select.EPOLLOUT
+BROKEN = select.EPOLLERR | select.EPOLLHUP  # reported as readable: the read says what happened
 MAX_READ = 16 << 20  # the most one read asks for while a large request comes in
 ACCEPT_PAUSE = 0.05  # seconds the loop stops accepting after accept() failed (out of file descriptors)
 SHUTTING_DOWN = "the server is shutting down: the call was not completed"
 CHALLENGED, WELCOMED, ANSWERED, AUTHENTICATED, SERVING, CLOSING = range(6)  # a connection's phases, in order
-_LISTENER, _WAKE = "listener", "wake"
 
 Timer = list  # [when, sequence number, callback or None once cancelled]
 
@@ -85,7 +85,7 @@ class EventLoop:
         self.limits = limits
         self.stop_event = threading.Event()
         self.finished = threading.Event()
-        self.selector = selectors.DefaultSelector()
+        self.selector = select.epoll()  # of fds: the listener, the wake socket and self.connections
         self.connections: dict[int, Connection] = {}
         self.handshakes = 0  # connections that have not made their first request yet
         self.open = 0  # authenticated connections serving calls
@@ -124,8 +124,8 @@ class EventLoop:
                 return
             self._state = "running"
         self._thread_id = threading.get_ident()
-        self.selector.register(self.listener, READ, _LISTENER)
-        self.selector.register(self._wake_r, READ, _WAKE)
+        self.selector.register(self.listener.fileno(), READ)
+        self.selector.register(self._wake_r.fileno(), READ)
         try:
             while not self.stop_event.is_set():
                 self._turn()
@@ -153,17 +153,18 @@ class EventLoop:
         """One round: wait for sockets (or the next timer), handle them, release settled replies, run due timers."""
         timers = self._timers
         timeout = max(0.0, min(timers[0][0] - time.monotonic(), 1.0)) if timers else 1.0
-        for key, mask in self.selector.select(timeout):
-            conn = key.data
-            if type(conn) is Connection:
-                if mask & READ:
+        connections = self.connections
+        for fd, mask in self.selector.poll(timeout):
+            conn = connections.get(fd)
+            if conn is not None:
+                if mask & (READ | BROKEN):
                     self._on_readable(conn)
                 if mask & WRITE and not conn.closed:
                     self._send(conn)
-            elif conn is _LISTENER:
-                self._accept()
-            else:
+            elif fd == self._wake_r.fileno():
                 self._drain_wake()
+            elif fd == self.listener.fileno():
+                self._accept()
         if self._ready:
             self._run_ready()
         if timers and timers[0][0] <= time.monotonic():
@@ -190,8 +191,8 @@ class EventLoop:
                 return
             except OSError as exc:
                 log.warning("accept failed: %s", exc.strerror or exc)
-                self.selector.unregister(self.listener)
-                self.call_later(ACCEPT_PAUSE, partial(self.selector.register, self.listener, READ, _LISTENER))
+                self.selector.unregister(self.listener.fileno())
+                self.call_later(ACCEPT_PAUSE, partial(self.selector.register, self.listener.fileno(), READ))
                 return
             name = format_address(peer) if peer else "unix-peer"
             if self.handshakes >= self.limits.max_pending_handshakes:
@@ -209,7 +210,7 @@ class EventLoop:
         self.handshakes += 1
         conn.timer = self.call_later(self.limits.handshake_timeout, partial(self._handshake_expired, conn))
         conn.events = READ
-        self.selector.register(sock, READ, conn)
+        self.selector.register(conn.fd, READ)
         conn.nonce = handshake.new_challenge()
         self.queue(conn, wire.frame(handshake.CHALLENGE + conn.nonce))
         self._flush(conn)
@@ -300,7 +301,8 @@ class EventLoop:
         if phase == SERVING and not conn.inbuf:
             size = len(chunk)
             if size >= 4 and wire.HEADER.unpack_from(chunk)[0] == size - 4:  # the usual case: one whole request
-                self._answer(conn, chunk[4:])
+                if not conn.out and not conn.pending and self._reply_at_once(conn, chunk[4:]):
+                    return
                 self._send(conn)
                 return
         elif phase == CLOSING:
@@ -338,6 +340,26 @@ class EventLoop:
                 self._handshake_step(conn, message)
         if offset and not conn.closed:
             del buffer[:offset]
+
+    def _reply_at_once(self, conn: Connection, payload: bytes) -> bool:
+        """The hot path, for a lone request on an idle connection: dispatch it and write its reply; True if all went out."""
+        reply = self.dispatch(payload)
+        if isinstance(reply, Deferred):
+            self._defer(conn, reply)
+            return False
+        try:
+            written = os.write(conn.fd, reply)
+        except BlockingIOError:
+            written = 0
+        except OSError:
+            self._close(conn)
+            return True
+        if written == len(reply):
+            return True
+        self.queue(conn, reply[written:])
+        if conn.out_size >= self.limits.write_buffer_bytes:
+            self._pause(conn)
+        return False
 
     def _answer(self, conn: Connection, payload: bytes) -> None:
         """Dispatch one call and queue its reply in request order."""
@@ -444,11 +466,11 @@ class EventLoop:
         if wanted == conn.events or conn.closed:
             return
         if not wanted:
-            self.selector.unregister(conn.sock)
+            self.selector.unregister(conn.fd)
         elif not conn.events:
-            self.selector.register(conn.sock, wanted, conn)
+            self.selector.register(conn.fd, wanted)
         else:
-            self.selector.modify(conn.sock, wanted, conn)
+            self.selector.modify(conn.fd, wanted)
         conn.events = wanted
 
     def _pause(self, conn: Connection) -> None:
@@ -476,7 +498,7 @@ class EventLoop:
             return
         conn.closed = True
         if conn.events:
-            self.selector.unregister(conn.sock)
+            self.selector.unregister(conn.fd)
         conn.events = 0
         del self.connections[conn.fd]
         conn.sock.close()
@@ -494,8 +516,8 @@ class EventLoop:
 
     def _shut_down(self) -> None:
         """Stop accepting, let the subclass commit, fail deferred calls, write what is queued (bounded), close everything."""
-        with contextlib.suppress(KeyError, ValueError):
-            self.selector.unregister(self.listener)
+        with contextlib.suppress(OSError, ValueError):
+            self.selector.unregister(self.listener.fileno())
         self.listener.close()
         for conn in list(self.connections.values()):
             if conn.phase < SERVING:
@@ -522,12 +544,12 @@ class EventLoop:
         """Write the replies still queued, for at most DRAIN_TIMEOUT."""
         deadline = time.monotonic() + DRAIN_TIMEOUT
         while self.connections and time.monotonic() < deadline:
-            with contextlib.suppress(ValueError):  # the selector may hold no socket any more
-                for key, mask in self.selector.select(deadline - time.monotonic()):
-                    if type(key.data) is Connection and mask & WRITE:
-                        self._flush(key.data)
-                    elif key.data is _WAKE:
-                        self._drain_wake()
+            for fd, mask in self.selector.poll(max(0.0, deadline - time.monotonic())):
+                conn = self.connections.get(fd)
+                if conn is not None and mask & (WRITE | BROKEN):
+                    self._flush(conn)
+                elif fd == self._wake_r.fileno():
+                    self._drain_wake()
 
     # --- timers ---
 
