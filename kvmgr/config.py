@@ -35,9 +35,9 @@ REQUEST_OVERHEAD_BYTES = 64 * 1024  # room in a request for the pickle's framing
 # The server, the journal, the clients and the wire:
 DRAIN_TIMEOUT = 1.0  # seconds a stopping server lets calls in flight finish
 LISTEN_BACKLOG = 512  # connections the kernel queues before the server accepts them
-REPLY_BATCH_BYTES = 256 * 1024  # replies to pipelined requests are written together up to this size
 COMMIT_TIMEOUT = 30.0  # seconds a writer waits for its commit before it is told durable storage failed
 PIPELINE_WINDOW = 128  # requests in flight at most on one connection
+RETRY_ATTEMPTS = 2  # attempts a call safe to repeat gets in all, after broken connections (the first included)
 PIPELINE_BYTES = 64 * 1024  # ... and bytes of requests in flight at most (one larger request goes alone)
 SEND_PIECE = 256 * 1024  # a larger request is written in pieces of this size, each bounded by the time left
 MAX_IDLE_CONNECTIONS = 8  # connections a client keeps open for reuse; more threads at once open more, then close them

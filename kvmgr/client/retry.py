@@ -6,6 +6,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from kvmgr.config import RETRY_ATTEMPTS
 from kvmgr.errors import OutcomeUnknown
 from kvmgr.protocol.operations import OPERATIONS, OpSpec
 
@@ -21,14 +22,14 @@ class RetryPolicy:
     """
 
     safe_to_repeat: frozenset[str]
-    attempts: int = 2
+    attempts: int = RETRY_ATTEMPTS
 
     def __post_init__(self) -> None:
         if isinstance(self.attempts, bool) or not isinstance(self.attempts, int) or self.attempts < 1:
             raise ValueError(f"attempts must be a whole number >= 1, not {self.attempts!r}")
 
     @classmethod
-    def from_table(cls, operations: Iterable[OpSpec] = OPERATIONS, attempts: int = 2) -> RetryPolicy:
+    def from_table(cls, operations: Iterable[OpSpec] = OPERATIONS, attempts: int = RETRY_ATTEMPTS) -> RetryPolicy:
         """The policy the operation table declares: repeat the operations marked safe_to_repeat."""
         return cls(safe_to_repeat=frozenset(spec.name for spec in operations if spec.safe_to_repeat), attempts=attempts)
 
