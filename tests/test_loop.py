@@ -138,3 +138,28 @@ def test_a_stopped_server_refuses_new_connections_and_says_so(thread_server: Sto
         thread_server.close()
         with pytest.raises(ServerUnavailable):
             client.get("k")
+
+
+def test_the_loop_serves_on_poll_where_there_is_no_epoll(monkeypatch: pytest.MonkeyPatch) -> None:
+    """macOS and the BSDs have no epoll: the same loop runs on select.poll (calls, pipelines, a deferred rendezvous)."""
+    from kvmgr.server import loop
+
+    monkeypatch.delattr(loop.select, "epoll")
+    server = StoreServer(("127.0.0.1", 0), fresh_authkey().encode())
+    assert isinstance(server.selector, loop.Poll)
+    thread = running(server)
+    try:
+        address = format_address(address_of(server))
+        with kvmgr.connect(address, authkey=bytes(server.authkey), timeout=TIMEOUT) as client:
+            assert client.store("k", "v") == "saved"
+            assert client.pipeline([("get", "k"), ("store", "k", "w"), ("get", "k")]) == ["v", "updated", "w"]
+            other = threading.Thread(target=client.rendezvous, args=("r", 2, TIMEOUT))
+            other.start()
+            assert client.rendezvous("r", 2, TIMEOUT) in (0, 1)
+            other.join(TIMEOUT)
+            with pytest.raises(KeyNotFound):
+                client.get("absent")
+    finally:
+        server.close()
+        thread.join(TIMEOUT)
+    assert not thread.is_alive()

@@ -34,14 +34,34 @@ from kvmgr.server.deferred import Deferred
 
 log = logging.getLogger("kvmgr.server.manager")
 
-READ, WRITE = select.EPOLLIN, select.EPOLLOUT
-BROKEN = select.EPOLLERR | select.EPOLLHUP  # reported as readable: the read says what happened
+READ, WRITE = select.POLLIN, select.POLLOUT  # the same bits as EPOLLIN and EPOLLOUT
+BROKEN = select.POLLERR | select.POLLHUP  # reported as readable: the read says what happened
 MAX_READ = 16 << 20  # the most one read asks for while a large request comes in
 ACCEPT_PAUSE = 0.05  # seconds the loop stops accepting after accept() failed (out of file descriptors)
 SHUTTING_DOWN = "the server is shutting down: the call was not completed"
 CHALLENGED, WELCOMED, ANSWERED, AUTHENTICATED, SERVING, CLOSING = range(6)  # a connection's phases, in order
 
 Timer = list  # [when, sequence number, callback or None once cancelled]
+
+
+class Poll:
+    """select.poll with epoll's interface (timeouts in seconds), for systems without epoll (macOS, the BSDs)."""
+
+    def __init__(self) -> None:
+        self._poll = select.poll()
+        self.register, self.modify, self.unregister = self._poll.register, self._poll.modify, self._poll.unregister
+
+    def poll(self, timeout: float) -> list[tuple[int, int]]:
+        """The ready descriptors and their events, waiting at most `timeout` seconds."""
+        return self._poll.poll(timeout * 1000)
+
+    def close(self) -> None:
+        """Nothing to release: a poll object holds no descriptor."""
+
+
+def new_poller() -> select.epoll | Poll:
+    """epoll where the system has it (Linux: the cheapest wake-up), else poll."""
+    return select.epoll() if hasattr(select, "epoll") else Poll()
 
 
 class Slot:
@@ -85,7 +105,7 @@ class EventLoop:
         self.limits = limits
         self.stop_event = threading.Event()
         self.finished = threading.Event()
-        self.selector = select.epoll()  # of fds: the listener, the wake socket and self.connections
+        self.selector = new_poller()  # of fds: the listener, the wake socket and self.connections
         self.connections: dict[int, Connection] = {}
         self.handshakes = 0  # connections that have not made their first request yet
         self.open = 0  # authenticated connections serving calls
