@@ -163,3 +163,23 @@ def test_the_loop_serves_on_poll_where_there_is_no_epoll(monkeypatch: pytest.Mon
         server.close()
         thread.join(TIMEOUT)
     assert not thread.is_alive()
+
+
+def test_a_request_arriving_alone_behind_a_deferred_reply_is_answered_in_order(thread_server: StoreServer) -> None:
+    """A lone request read while an earlier call of its connection still waits is queued behind it, never dropped."""
+    authkey = bytes(thread_server.authkey)
+    waiting = open_connection(address_of(thread_server), authkey, TIMEOUT)
+    try:
+        waiting.send_bytes(wire.dump((None, wire.OPEN_STORE, (), {})))
+        _, ident = wire.load_reply(waiting.recv_bytes())
+        thread_server.store.store("k", "v")
+        waiting.send_bytes(wire.dump((ident, "rendezvous", ("r", 2, TIMEOUT), {})))
+        until(lambda: thread_server.store.open_rounds() == 1, "the first party waiting")
+        waiting.send_bytes(wire.dump((ident, "get", ("k",), {})))  # read by the loop on its own, behind the rendezvous
+        with kvmgr.connect(format_address(address_of(thread_server)), authkey=authkey, timeout=TIMEOUT) as other:
+            assert other.rendezvous("r", 2, TIMEOUT) == 1
+        assert wire.load_reply(waiting.recv_bytes()) == (wire.RETURN, 0)
+        assert waiting.poll(TIMEOUT), "the get behind the rendezvous was never answered"
+        assert wire.load_reply(waiting.recv_bytes()) == (wire.RETURN, "v")
+    finally:
+        waiting.close()

@@ -318,12 +318,11 @@ class EventLoop:
             self._lost(conn, "closed the connection during the handshake")
             return
         phase = conn.phase
-        if phase == SERVING and not conn.inbuf:
+        if phase == SERVING and not conn.inbuf and not conn.out and not conn.pending and not conn.paused:
             size = len(chunk)
             if size >= 4 and wire.HEADER.unpack_from(chunk)[0] == size - 4:  # the usual case: one whole request
-                if not conn.out and not conn.pending and self._reply_at_once(conn, chunk[4:]):
-                    return
-                self._send(conn)
+                if not self._reply_at_once(conn, chunk[4:]):
+                    self._send(conn)
                 return
         elif phase == CLOSING:
             return  # nothing more is read from a connection being closed
