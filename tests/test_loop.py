@@ -183,3 +183,12 @@ def test_a_request_arriving_alone_behind_a_deferred_reply_is_answered_in_order(t
         assert wire.load_reply(waiting.recv_bytes()) == (wire.RETURN, "v")
     finally:
         waiting.close()
+
+
+def test_the_timers_of_settled_calls_do_not_pile_up_until_their_deadlines(thread_server: StoreServer) -> None:
+    """Every deferred call arms a timer; once settled it is cancelled, and the heap is swept long before its deadline."""
+    address = format_address(address_of(thread_server))
+    with kvmgr.connect(address, authkey=bytes(thread_server.authkey), timeout=TIMEOUT) as client:
+        for _ in range(40):  # 40 x 64 rounds of two parties on one connection: 2,560 deferred calls, each settled at once
+            assert client.pipeline([("rendezvous", "pair", 2, 30.0)] * 128) == [0, 1] * 64
+    assert len(thread_server._timers) <= 1100, f"{len(thread_server._timers)} timers kept for 2,560 settled calls"

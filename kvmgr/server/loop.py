@@ -582,6 +582,10 @@ class EventLoop:
         if timer is not None and timer[2] is not None:
             timer[2] = None
             self._dead_timers += 1
+            if self._dead_timers > 1024 and self._dead_timers * 2 > len(self._timers):  # mostly settled calls' timers
+                self._timers[:] = [live for live in self._timers if live[2] is not None]  # in place: _run_timers holds it
+                heapq.heapify(self._timers)
+                self._dead_timers = 0
 
     def _run_timers(self) -> None:
         timers, now = self._timers, time.monotonic()
@@ -592,7 +596,3 @@ class EventLoop:
                 self._dead_timers -= 1
             else:
                 callback()
-        if self._dead_timers > 1024 and self._dead_timers * 2 > len(timers):  # mostly settled calls' timers: sweep
-            self._timers = [timer for timer in timers if timer[2] is not None]
-            heapq.heapify(self._timers)
-            self._dead_timers = 0
