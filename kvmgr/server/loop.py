@@ -366,12 +366,8 @@ class EventLoop:
         if isinstance(reply, Deferred):
             self._defer(conn, reply)
             return False
-        try:
-            written = os.write(conn.fd, reply)
-        except BlockingIOError:
-            written = 0
-        except OSError:
-            self._close(conn)
+        written = self._write(conn, reply)
+        if written is None:
             return True
         if written == len(reply):
             return True
@@ -459,12 +455,8 @@ class EventLoop:
         out = conn.out
         if out:
             data = out[0] if len(out) == 1 else b"".join(out)
-            try:
-                written = os.write(conn.fd, data)
-            except BlockingIOError:
-                written = 0
-            except OSError:
-                self._close(conn)
+            written = self._write(conn, data)
+            if written is None:
                 return
             if written == len(data):
                 out.clear()
@@ -478,6 +470,16 @@ class EventLoop:
             self._close(conn)
         else:
             self._watch(conn)
+
+    def _write(self, conn: Connection, data: bytes | memoryview) -> int | None:
+        """Write what the socket takes of data now: the bytes written, or None if the socket failed (conn is closed)."""
+        try:
+            return os.write(conn.fd, data)
+        except BlockingIOError:
+            return 0
+        except OSError:
+            self._close(conn)
+            return None
 
     def _watch(self, conn: Connection) -> None:
         """Have the selector report what conn waits for: requests (unless paused or closing), room to write."""
