@@ -32,6 +32,7 @@ class CuttingRelay:
         self.port = self.listener.getsockname()[1]
         self.cuts = 0
         self.cut_made = 0
+        self.refuse_after_cut = False  # once a cut is made, stop listening: a repeat cannot even connect
         self.lock = threading.Lock()
         self.stopped = threading.Event()
         self.threads = [threading.Thread(target=self._accept, daemon=True)]
@@ -48,6 +49,8 @@ class CuttingRelay:
                 downstream, _ = self.listener.accept()
             except TimeoutError:
                 continue
+            except OSError:
+                return  # the listener was closed: refusing from now on
             upstream = socket.create_connection(self.target, timeout=5)
             thread = threading.Thread(target=self._relay, args=(downstream, upstream), daemon=True)
             self.threads.append(thread)
@@ -66,6 +69,8 @@ class CuttingRelay:
                         marked = marked or (MARK.encode() in data and self._take_cut())
                         upstream.sendall(data)
                     elif marked:
+                        if self.refuse_after_cut:
+                            self.listener.close()
                         return  # the reply is dropped; closing both ends tells the client the connection broke
                     else:
                         downstream.sendall(data)
@@ -177,6 +182,18 @@ def test_with_no_retries_the_same_cut_reaches_the_caller(relayed: tuple[CuttingR
             client.store(MARK, "v")
         assert not caught.value.timed_out
         assert client.get(MARK) == "v"  # it did take effect: only its answer was lost
+
+
+def test_a_repeat_that_cannot_even_connect_leaves_the_outcome_unknown(relayed: tuple[CuttingRelay, Callable[..., Any]]) -> None:
+    """The first attempt reached the server; its repeat finds nobody listening. "Not made" (ServerUnavailable) would be a lie."""
+    relay, connect = relayed
+    with warmed(connect()) as client:
+        relay.refuse_after_cut = True
+        relay.cut()
+        with pytest.raises(OutcomeUnknown, match="may or may not have taken effect") as caught:
+            client.store(MARK, "v")
+        assert isinstance(caught.value.__cause__, kvmgr.ServerUnavailable), "the repeat did not run, or did connect"
+        assert relay.cut_made == 1
 
 
 def test_a_policy_with_more_attempts_survives_more_cuts(relayed: tuple[CuttingRelay, Callable[..., Any]]) -> None:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from kvmgr.config import RETRY_ATTEMPTS
-from kvmgr.errors import OutcomeUnknown
+from kvmgr.errors import AuthenticationFailed, OutcomeUnknown, ServerUnavailable
 from kvmgr.protocol.operations import OPERATIONS, OpSpec
 
 Attempt = Callable[[str, tuple, "float | None"], Any]
@@ -48,7 +48,11 @@ class RetryPolicy:
             return self.repeat(attempt, method, args, timeout, exc)
 
     def repeat(self, attempt: Attempt, method: str, args: tuple, timeout: float | None, error: OutcomeUnknown) -> Any:
-        """After a first attempt that raised `error`: the result of the first repeat that succeeds, else the last error."""
+        """After a first attempt that raised `error`: the result of the first repeat that succeeds, else the last error.
+
+        A repeat that could not be sent (the server unreachable) leaves the outcome unknown: the OutcomeUnknown
+        stands, never a "not made" ServerUnavailable, since an earlier attempt may have taken effect.
+        """
         made = 1
         while self.may_repeat(method, error, made):
             made += 1
@@ -56,6 +60,8 @@ class RetryPolicy:
                 return attempt(method, args, timeout)
             except OutcomeUnknown as exc:
                 error = exc
+            except (ServerUnavailable, AuthenticationFailed) as exc:  # the repeat was not even sent: still unknown
+                raise error from exc
         raise error
 
 
