@@ -8,17 +8,21 @@ import logging
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from multiprocessing.managers import BaseManager
 from typing import Any
 
 import pytest
 
 import kvmgr
+from kvmgr.client import DEFAULT_RETRY, NO_RETRY, RetryPolicy
 from kvmgr.client.manager import open_connection
 from kvmgr.config import Limits, format_address, fresh_authkey
-from kvmgr.errors import KeyNotFound, ServerUnavailable
+from kvmgr.errors import KeyNotFound, OutcomeUnknown, ServerUnavailable
 from kvmgr.protocol import wire
+from kvmgr.protocol.validation import Value
+from kvmgr.server.deferred import Deferred
+from kvmgr.server.journal import Changes, Commit, MemoryJournal
 from kvmgr.server.manager import StoreManager, StoreServer
 from tests.commit_failure import until
 
@@ -192,3 +196,38 @@ def test_the_timers_of_settled_calls_do_not_pile_up_until_their_deadlines(thread
         for _ in range(40):  # 40 x 64 rounds of two parties on one connection: 2,560 deferred calls, each settled at once
             assert client.pipeline([("rendezvous", "pair", 2, 30.0)] * 128) == [0, 1] * 64
     assert len(thread_server._timers) <= 1100, f"{len(thread_server._timers)} timers kept for 2,560 settled calls"
+
+
+class StuckJournal(MemoryJournal):
+    """A journal whose commits never finish (a hung disk): every write waits on a commit that is never decided."""
+
+    def append(self, changes: Changes, before: Mapping[str, Value]) -> Commit:
+        return Deferred()
+
+
+@pytest.mark.parametrize("retry", [NO_RETRY, DEFAULT_RETRY], ids=["no retry", "default retry"])
+def test_a_write_whose_commit_is_undecided_at_shutdown_is_an_unknown_outcome_not_a_refusal(retry: RetryPolicy) -> None:
+    """The write was applied and may yet be durable: the client hears OutcomeUnknown, never 'not made' (ServerUnavailable),
+    also when the retry policy repeats the store and the repeat finds the server gone."""
+    server = StoreServer(("127.0.0.1", 0), fresh_authkey().encode(), journal=StuckJournal())
+    thread = running(server)
+    address = format_address(address_of(server))
+    outcome: list[BaseException] = []
+
+    def write() -> None:
+        with kvmgr.connect(address, authkey=bytes(server.authkey), timeout=TIMEOUT, retry=retry) as client:
+            try:
+                client.store("k", "v")
+            except Exception as exc:
+                outcome.append(exc)
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    until(lambda: server.store.size() == 1, "the write being applied while its commit hangs")
+    server.close()
+    writer.join(TIMEOUT)
+    thread.join(TIMEOUT)
+    assert not writer.is_alive() and not thread.is_alive()
+    assert len(outcome) == 1 and isinstance(outcome[0], OutcomeUnknown), outcome
+    if retry is NO_RETRY:
+        assert "stopped before the write's commit was confirmed" in str(outcome[0])

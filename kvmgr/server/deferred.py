@@ -18,11 +18,12 @@ Callback = Callable[["Deferred"], object]
 class Deferred:
     """The outcome of a call that answers later: a value or an error, decided once."""
 
-    __slots__ = ("_callbacks", "_cancel_hooks", "_lock", "done", "error", "timeout", "timeout_error", "value")
+    __slots__ = ("_callbacks", "_cancel_hooks", "_lock", "done", "error", "stop_error", "timeout", "timeout_error", "value")
 
     def __init__(self, timeout: float | None = None, timeout_error: Exception | None = None) -> None:
         self.timeout = timeout  # seconds the call may wait (None: no limit)
         self.timeout_error = timeout_error
+        self.stop_error: Exception | None = None  # what the call gets if the server stops first (None: the loop's own)
         self.done = False
         self.value: Any = None
         self.error: Exception | None = None

@@ -537,7 +537,7 @@ class EventLoop:
 
     def _shut_down(self) -> None:
         """Stop accepting, let the subclass commit, fail deferred calls, write what is queued (bounded), close everything."""
-        with contextlib.suppress(OSError, ValueError):
+        with contextlib.suppress(OSError, ValueError, KeyError):  # KeyError: poll, with the listener paused after accept failed
             self.selector.unregister(self.listener.fileno())
         self.listener.close()
         for conn in list(self.connections.values()):
@@ -550,7 +550,7 @@ class EventLoop:
         for conn in list(self.connections.values()):
             for item in list(conn.pending):
                 if isinstance(item, Slot):
-                    item.deferred.cancel(shutting_down)
+                    item.deferred.cancel(item.deferred.stop_error or shutting_down)
             self._release(conn)
             self._flush(conn)
         self._drain()

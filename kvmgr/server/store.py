@@ -255,5 +255,7 @@ def _once_committed(commit: Commit, answer: T) -> T | Deferred:
     """answer itself once the write is durable; else a Deferred of it, resolved when its commit is."""
     if commit is None:
         return answer
-    return commit.then(lambda _: answer, COMMIT_TIMEOUT, OutcomeUnknown(
+    answered = commit.then(lambda _: answer, COMMIT_TIMEOUT, OutcomeUnknown(
         f"durable storage did not commit within {COMMIT_TIMEOUT:g}s: the write may or may not be made"))
+    answered.stop_error = OutcomeUnknown("the server stopped before the write's commit was confirmed: it may or may not be made")
+    return answered
