@@ -34,6 +34,8 @@ REQUEST_OVERHEAD_BYTES = 64 * 1024  # room in a request for the pickle's framing
 
 # The server, the journal, the clients and the wire:
 DRAIN_TIMEOUT = 1.0  # seconds a stopping server lets calls in flight finish
+ACCEPT_PAUSE = 0.05  # seconds the server stops accepting after accept() failed (out of file descriptors)
+MAX_READ = 16 << 20  # the most one read of the server asks for while a large request comes in
 LISTEN_BACKLOG = 512  # connections the kernel queues before the server accepts them
 COMMIT_TIMEOUT = 30.0  # seconds a writer waits for its commit before it is told durable storage failed
 PIPELINE_WINDOW = 128  # requests in flight at most on one connection

@@ -26,7 +26,7 @@ from collections import deque
 from collections.abc import Callable
 from functools import partial
 
-from kvmgr.config import DRAIN_TIMEOUT, READ_SIZE, Limits, format_address
+from kvmgr.config import ACCEPT_PAUSE, DRAIN_TIMEOUT, MAX_READ, READ_SIZE, Limits, format_address
 from kvmgr.errors import KvmgrError, ProtocolError, ServerUnavailable
 from kvmgr.protocol import wire
 from kvmgr.server import handshake
@@ -36,8 +36,6 @@ log = logging.getLogger("kvmgr.server.manager")
 
 READ, WRITE = select.POLLIN, select.POLLOUT  # the same bits as EPOLLIN and EPOLLOUT
 BROKEN = select.POLLERR | select.POLLHUP  # reported as readable: the read says what happened
-MAX_READ = 16 << 20  # the most one read asks for while a large request comes in
-ACCEPT_PAUSE = 0.05  # seconds the loop stops accepting after accept() failed (out of file descriptors)
 SHUTTING_DOWN = "the server is shutting down: the call was not completed"
 CHALLENGED, WELCOMED, ANSWERED, AUTHENTICATED, SERVING, CLOSING = range(6)  # a connection's phases, in order
 
