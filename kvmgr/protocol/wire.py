@@ -28,6 +28,8 @@ PROTOCOL_VERSION = 1  # open_store(PROTOCOL_VERSION) answers with the server's s
 HEADER = struct.Struct("!i")
 _LONG_HEADER = struct.Struct("!iQ")  # multiprocessing.connection's form for messages over 2 GiB: -1, then the size
 _LONG = 0x7FFFFFFF
+_PICKLE_PROTOCOL = pickle.HIGHEST_PROTOCOL
+_pack_header = HEADER.pack
 
 UNPICKLING_ERRORS = (
     pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, LookupError, OverflowError, RecursionError,
@@ -49,12 +51,16 @@ these and nothing else (`load_reply`); a server sends a kvmgr error on it as it 
 class _PlainUnpickler(pickle.Unpickler):
     """Unpickles built-in data only (str, bytes, numbers, None, tuples, lists, dicts, sets): never a class."""
 
+    __slots__ = ()  # no instance __dict__: one is made per request
+
     def find_class(self, module: str, name: str) -> Any:
         raise errors.ProtocolError(f"refused to unpickle {module}.{name}: only plain built-in data is accepted")
 
 
 class _ReplyUnpickler(pickle.Unpickler):
     """Unpickles a server's reply: plain data plus kvmgr and built-in exceptions."""
+
+    __slots__ = ()
 
     def find_class(self, module: str, name: str) -> Any:
         cls = REPLY_ERRORS.get((module, name))
@@ -77,9 +83,10 @@ def reply_frame(kind: str, result: object) -> bytes:
     """A framed reply ("#RETURN", result) or ("#ERROR", exception), ready to write; a result that cannot be encoded
     becomes an error reply."""
     try:
-        return frame(dump((kind, result)))
+        payload = pickle.dumps((kind, result), _PICKLE_PROTOCOL)
     except Exception as exc:
-        return frame(dump((ERROR, errors.KvmgrError(f"cannot send the result: {exc}"))))
+        payload = dump((ERROR, errors.KvmgrError(f"cannot send the result: {exc}")))
+    return frame(payload)
 
 
 def load_request(data: bytes) -> tuple[str, str, tuple, dict]:
@@ -93,6 +100,8 @@ def load_request(data: bytes) -> tuple[str, str, tuple, dict]:
     if not (isinstance(request, tuple) and len(request) == 4):
         raise errors.ProtocolError("a request must be a tuple (ident, method, args, kwargs)")
     ident, method, args, kwargs = request
+    if type(method) is str and type(args) is tuple and type(kwargs) is dict:  # the usual request: nothing to convert
+        return request
     if not isinstance(method, str) or not isinstance(args, tuple | list) or not isinstance(kwargs, dict | None):
         raise errors.ProtocolError("a request must be a tuple (ident, method, args, kwargs)")
     return ident, method, tuple(args), kwargs or {}
@@ -111,7 +120,7 @@ def load_reply(data: bytes) -> tuple[str, Any]:
 
 def dump(message: object) -> bytes:
     """Encode a request or reply."""
-    return pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+    return pickle.dumps(message, _PICKLE_PROTOCOL)
 
 
 def set_socket_timeout(conn: connection.Connection | int, seconds: float) -> None:
@@ -211,6 +220,7 @@ def message_bounds(buffer: bytes | bytearray, max_size: int, offset: int = 0) ->
 
 def frame(payload: bytes) -> bytes:
     """A message with its length header, ready for FramedSocket.send_raw."""
-    if len(payload) > _LONG:
-        return _LONG_HEADER.pack(-1, len(payload)) + payload
-    return HEADER.pack(len(payload)) + payload
+    size = len(payload)
+    if size > _LONG:
+        return _LONG_HEADER.pack(-1, size) + payload
+    return _pack_header(size) + payload

@@ -106,7 +106,7 @@ class StoreServer(ManagerCalls, EventLoop):
             function = self._handlers.get(method)
             if function is None or ident != self.store_ident:
                 raise self._not_exposed(ident, method)
-            result = function(*args, **kwargs)
+            result = function(*args, **kwargs) if kwargs else function(*args)
         except Exception as exc:
             return self.error_frame(exc)
         if type(result) is Deferred:
