@@ -27,6 +27,7 @@ def readme_block(marker: str) -> str:
 
 def port_is_free(port: int) -> bool:
     with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server binds: TIME_WAIT is no obstacle
         try:
             probe.bind(("127.0.0.1", port))
         except OSError:
