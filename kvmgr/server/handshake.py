@@ -33,7 +33,7 @@ def new_challenge() -> bytes:
 def accepts(authkey: bytes, challenge: bytes, response: bytes) -> bool:
     """True if response proves the peer knows authkey."""
     if _verify_challenge is None:
-        return hmac.compare_digest(response, hmac.new(authkey, challenge, "md5").digest())
+        return hmac.compare_digest(response, _legacy_digest(authkey, challenge))
     try:
         _verify_challenge(authkey, challenge, response)
     except AuthenticationError:
@@ -47,8 +47,13 @@ def response_to(authkey: bytes, message: bytes) -> bytes | None:
         return None
     challenge = message[len(CHALLENGE):]
     if _create_response is None:
-        return hmac.new(authkey, challenge, "md5").digest()
+        return _legacy_digest(authkey, challenge)
     try:
         return _create_response(authkey, challenge)
     except (AuthenticationError, ValueError):
         return None
+
+
+def _legacy_digest(authkey: bytes, challenge: bytes) -> bytes:
+    """Python 3.11's answer to a challenge: HMAC-MD5 of its random part."""
+    return hmac.new(authkey, challenge, "md5").digest()

@@ -36,7 +36,6 @@ from kvmgr.server.deferred import Deferred, settle
 from kvmgr.server.journal import IN_MEMORY, Changes, Commit, Journal
 
 QUIT_MESSAGE = "Server Quitting..!"
-DEFERRED = ("store", "delete", "cas", "store_many", "rendezvous")  # the operations with a start_ method
 T = TypeVar("T")
 
 
@@ -68,9 +67,7 @@ class Store:
 
     def handlers(self) -> dict[str, Callable[..., Any]]:
         """What the server calls for each operation: it returns the answer, or a Deferred of it, and never blocks."""
-        handlers = {name: getattr(self, name) for name in NAMES}
-        handlers.update({name: getattr(self, f"start_{name}") for name in DEFERRED})
-        return handlers
+        return {name: getattr(self, f"start_{name}", None) or getattr(self, name) for name in NAMES}
 
     def store(self, key: str, value: Value) -> str:
         """Set key to value; return "saved" if the key was new, "updated" if it overwrote a value."""
