@@ -26,6 +26,10 @@ class InvalidValue(KvmgrError, TypeError):
     """A value is not str or bytes, or is larger than the server allows."""
 
 
+class WrongType(KvmgrError, TypeError):
+    """An operation met a value of the wrong type at the key (incr on a str, say); nothing changed."""
+
+
 class UnknownOperation(KvmgrError, AttributeError):
     """A call named an operation the store does not have."""
 

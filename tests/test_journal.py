@@ -16,11 +16,12 @@ from typing import Any
 import pytest
 
 from kvmgr.errors import KeyNotFound, KvmgrError
+from kvmgr.protocol.values import Value
 from kvmgr.server import durable
 from kvmgr.server import store as store_module
 from kvmgr.server.deferred import settle
 from kvmgr.server.durable import FSYNC_MODES, SQLiteJournal
-from kvmgr.server.journal import Undo
+from kvmgr.server.journal import Before, Undo
 from kvmgr.server.store import Store
 from tests.commit_failure import COMMITTED, Call, Same, fail_a_commit_in_flight, until
 
@@ -191,6 +192,11 @@ def test_a_store_closed_while_a_commit_fails_rolls_back_without_deadlock(
     assert store._data == {"k": COMMITTED}
 
 
+def entries(data: dict[str, Value]) -> Before:
+    """The journal's view of a store holding data, none of it expiring."""
+    return lambda key: None if key not in data else (data[key], None)
+
+
 def test_the_journal_alone_keeps_what_each_write_replaced_and_fails_every_uncommitted_commit(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -201,19 +207,19 @@ def test_the_journal_alone_keeps_what_each_write_replaced_and_fails_every_uncomm
         handed_back: list[list[Undo]] = []
         journal.on_failure(lambda failure: handed_back.append(journal.fail_uncommitted(failure)))
         database.armed = True
-        first = journal.append({"k": "1"}, {"k": "0"})
+        first = journal.append({"k": ("1", None)}, entries({"k": "0"}))
         until(database.reached.is_set, "the first group's commit")
-        second = journal.append({"k": "2", "new": "n"}, {"k": "1"})  # queued behind the failing group
-        third = journal.append({"gone": None}, {"gone": "g", "other": "o"})
+        second = journal.append({"k": ("2", None), "new": ("n", None)}, entries({"k": "1"}))  # queued behind the failing group
+        third = journal.append({"gone": None}, entries({"gone": "g", "other": "o"}))
         database.release.set()
         for commit in (first, second, third):
             with pytest.raises(KvmgrError, match=f"^{re.escape(f'durable storage failed: {INJECTED}: the write was not made')}$"):
                 settle(commit)
         until(lambda: bool(handed_back), "the failure handler's undo records")  # the waiters may wake before it returns
-        assert handed_back == [[("k", "0"), ("k", "1"), ("new", None), ("gone", "g")]]
-        settle(journal.append({"after": "a"}, {}))  # the cause is gone: the next commit goes through
+        assert handed_back == [[("k", ("0", None)), ("k", ("1", None)), ("new", None), ("gone", ("g", None))]]
+        settle(journal.append({"after": ("a", None)}, entries({})))  # the cause is gone: the next commit goes through
     finally:
         journal.close()
     again = SQLiteJournal(tmp_path)
-    assert again.load() == {"after": "a"}
+    assert again.load() == {"after": ("a", None)}
     again.close()

@@ -28,7 +28,15 @@ def parameters(function: Callable, skip: int) -> tuple[list[str], int]:
 def test_every_backend_implements_the_operation_with_its_parameters(spec: OpSpec, backend: type, skip: int) -> None:
     name = f"_do_{spec.name}" if backend is RedisClient else spec.name
     assert hasattr(backend, name), f"{backend.__name__} lacks {name}"
-    assert parameters(getattr(backend, name), skip) == (list(spec.params), spec.optional)
+    extra = spec.client_params if backend is Operations else ()  # handled by the client, never sent
+    assert parameters(getattr(backend, name), skip) == ([*spec.params, *extra], spec.optional + len(extra))
+
+
+@pytest.mark.parametrize("spec", [spec for spec in OPERATIONS if spec.optional], ids=lambda spec: spec.name)
+def test_the_client_and_the_store_default_optional_parameters_as_the_table_says(spec: OpSpec) -> None:
+    for function in (getattr(Operations, spec.name), getattr(Store, spec.name)):
+        params = list(inspect.signature(function).parameters.values())[1:len(spec.params) + 1]
+        assert tuple(param.default for param in params[spec.least_args:]) == spec.optional_defaults
 
 
 def test_the_abstract_client_leaves_transports_one_attempt_and_close() -> None:
@@ -51,7 +59,8 @@ def test_the_wire_exposes_exactly_the_table() -> None:
 def markdown_row(spec: OpSpec) -> str:
     """The README row of one operation."""
     required, optional = spec.params[: spec.least_args], spec.params[spec.least_args:]
-    signature = ", ".join([*required, *(f"{name}=None" for name in optional)])
+    defaults = [f"{name}={default!r}" for name, default in zip(optional, spec.optional_defaults, strict=True)]
+    signature = ", ".join([*required, *defaults, *(f"{name}=..." for name in spec.client_params)])
     cells = [f"`{spec.name}({signature})`", spec.summary, "yes" if spec.mutates else "no", "yes" if spec.safe_to_repeat else "no",
              spec.recorded_as or "—"]
     return "| " + " | ".join(cells) + " |"

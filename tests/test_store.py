@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 
 import pytest
 
@@ -12,7 +12,7 @@ from kvmgr.config import Limits
 from kvmgr.errors import InvalidKey, InvalidValue, KeyNotFound, KvmgrError
 from kvmgr.protocol import wire
 from kvmgr.protocol.validation import Value
-from kvmgr.server.journal import Changes, Commit, Journal, RollBack, Undo
+from kvmgr.server.journal import Before, Changes, Commit, Entry, Journal, RollBack, Undo
 from kvmgr.server.store import QUIT_MESSAGE, Store
 
 
@@ -60,10 +60,13 @@ def test_subclasses_are_kept_as_plain_str_and_bytes_so_a_reply_can_carry_them(st
     pytest.param(lambda s: s.get("\udcff"), InvalidKey, id="get lone surrogate"),
     pytest.param(lambda s: s.store("k", memoryview(b"v")), InvalidValue, id="memoryview"),
     pytest.param(lambda s: s.store("k", bytearray(b"v")), InvalidValue, id="bytearray"),
-    pytest.param(lambda s: s.store("k", True), InvalidValue, id="bool value"),
+    pytest.param(lambda s: s.store("k", None), InvalidValue, id="None value"),
+    pytest.param(lambda s: s.store("k", {1, 2}), InvalidValue, id="set value"),
+    pytest.param(lambda s: s.store("k", float("nan")), InvalidValue, id="nan value"),
+    pytest.param(lambda s: s.store("k", {1: "v"}), InvalidValue, id="dict with an int key"),
     pytest.param(lambda s: s.store("", "v"), InvalidKey, id="empty key"),
     pytest.param(lambda s: s.store(b"k", "v"), InvalidKey, id="bytes key"),
-    pytest.param(lambda s: s.cas("k", 1, "v"), InvalidValue, id="cas int expected"),
+    pytest.param(lambda s: s.cas("k", object(), "v"), InvalidValue, id="cas object expected"),
     pytest.param(lambda s: s.store_many([("k", "v")]), InvalidValue, id="store_many pairs"),
     pytest.param(lambda s: s.store_many({"k": "v", "bad\udcff": "v"}), InvalidKey, id="store_many bad key"),
     pytest.param(lambda s: s.get_many("k"), InvalidKey, id="get_many str"),
@@ -122,21 +125,21 @@ class RecordingJournal:
 
     def __init__(self, start: dict[str, Value]) -> None:
         self.start = start
-        self.writes: list[tuple[dict[str, Value | None], list[Undo]]] = []
+        self.writes: list[tuple[dict[str, Entry | None], list[Undo]]] = []
         self.refusing = False
         self.closed = 0
         self.roll_back: RollBack = lambda failure: None
 
-    def load(self) -> dict[str, Value]:
-        return dict(self.start)
+    def load(self) -> dict[str, Entry]:
+        return {key: (value, None) for key, value in self.start.items()}
 
     def on_failure(self, handler: RollBack) -> None:
         self.roll_back = handler
 
-    def append(self, changes: Changes, before: Mapping[str, Value]) -> Commit:
+    def append(self, changes: Changes, before: Before) -> Commit:
         if self.refusing:
             raise KvmgrError("the journal refused the write")
-        self.writes.append((dict(changes), [(key, before.get(key)) for key in changes]))
+        self.writes.append((dict(changes), [(key, before(key)) for key in changes]))
         return None
 
     def fail_uncommitted(self, failure: BaseException) -> list[Undo]:
@@ -163,10 +166,10 @@ def test_the_store_starts_from_its_journal_and_hands_it_every_change_in_order_wi
     assert store.delete("a") and not store.delete("a")
     assert store.store_many({}) == {}
     assert journal.writes == [
-        ({"a": "1"}, [("a", "0")]),
-        ({"b": b"2", "a": "3"}, [("b", None), ("a", "1")]),
-        ({"b": "4"}, [("b", b"2")]),
-        ({"a": None}, [("a", "3")]),
+        ({"a": ("1", None)}, [("a", ("0", None))]),
+        ({"b": (b"2", None), "a": ("3", None)}, [("b", None), ("a", ("1", None))]),
+        ({"b": ("4", None)}, [("b", (b"2", None))]),
+        ({"a": None}, [("a", ("3", None))]),
     ]
     store.close()
     store.close()

@@ -16,9 +16,11 @@ from typing import TYPE_CHECKING, Any, Self, TypeVar, cast
 
 from kvmgr.client.retry import DEFAULT_RETRY, Attempt, RetryPolicy
 from kvmgr.errors import InvalidKey, InvalidValue, KeyNotFound, KvmgrError, OutcomeUnknown, ServerUnavailable
-from kvmgr.protocol.validation import Value, normalize_call
+from kvmgr.protocol.validation import normalize_call
+from kvmgr.protocol.values import Number, Value
 
 if TYPE_CHECKING:
+    from kvmgr.client.mapping import StoreMapping
     from kvmgr.client.recording import RecordingClient
     from kvmgr.verify.history import HistoryWriter
 
@@ -27,6 +29,7 @@ AnswerObserver = Callable[[str, tuple, str, Any, int, "int | None"], None]
 (outcome unknown: result and end None), times from time.monotonic_ns(). How a RecordingClient sees pipelines."""
 
 Call = tuple[str, tuple]  # (method, normalized args)
+NO_DEFAULT: Any = object()  # pop without a default: KeyNotFound when the key is absent
 Transport = TypeVar("Transport", bound="Operations")
 
 
@@ -41,9 +44,11 @@ class Operations(ABC):
     timeout: float = 5.0
     retry: RetryPolicy = DEFAULT_RETRY
 
-    def store(self, key: str, value: Value) -> str:
-        """Set key; "saved" if it was new, "updated" if it overwrote a value."""
-        return cast("str", self.call("store", key, value))
+    def store(self, key: str, value: Value, ttl: float | None = None) -> str:
+        """Set key (expiring after ttl seconds, if given); "saved" if it was new, "updated" if it overwrote a value."""
+        if ttl is None:
+            return cast("str", self.call("store", key, value))
+        return cast("str", self.call("store", key, value, ttl))
 
     def get(self, key: str) -> Value:
         """The value of key; raises KeyNotFound if absent."""
@@ -90,6 +95,50 @@ class Operations(ABC):
     def store_many(self, mapping: Mapping[str, Value]) -> dict[str, str]:
         """Store every pair in one atomic step; key -> "saved"/"updated"."""
         return cast("dict[str, str]", self.call("store_many", mapping))
+
+    def incr(self, key: str, by: Number = 1) -> Number:
+        """Add by to the number at key (an absent key counts as 0) in one atomic step; the new number.
+
+        Raises WrongType (nothing changes) if key holds anything but an int or float (a bool is not a number).
+        """
+        return cast("Number", self.call("incr", key, by))
+
+    def decr(self, key: str, by: Number = 1) -> Number:
+        """Subtract by from the number at key (absent: 0) in one atomic step; the new number (WrongType as incr)."""
+        return cast("Number", self.call("decr", key, by))
+
+    def add(self, key: str, value: Value, ttl: float | None = None) -> bool:
+        """Store value only if key is absent (expiring after ttl seconds, if given); True if it stored."""
+        if ttl is None:
+            return cast("bool", self.call("add", key, value))
+        return cast("bool", self.call("add", key, value, ttl))
+
+    def pop(self, key: str, default: Any = NO_DEFAULT) -> Any:
+        """Remove key and return its value in one atomic step; if absent, default, or KeyNotFound when none is given."""
+        try:
+            return self.call("pop", key)
+        except KeyNotFound:
+            if default is NO_DEFAULT:
+                raise
+            return default
+
+    def expire(self, key: str, ttl: float) -> bool:
+        """Make key expire ttl seconds from now; False if it is absent."""
+        return cast("bool", self.call("expire", key, ttl))
+
+    def ttl(self, key: str) -> float | None:
+        """Seconds until key expires, None if it never does; KeyNotFound if it is absent."""
+        return cast("float | None", self.call("ttl", key))
+
+    def persist(self, key: str) -> bool:
+        """Remove key's expiry; True if it had one (False if it had none or is absent)."""
+        return cast("bool", self.call("persist", key))
+
+    def as_mapping(self) -> StoreMapping:
+        """This store as a collections.abc.MutableMapping, for code written for Manager().dict()."""
+        from kvmgr.client.mapping import StoreMapping
+
+        return StoreMapping(self)
 
     def quit(self) -> str:
         """Ask the server to shut down gracefully; returns its confirmation."""

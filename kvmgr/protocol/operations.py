@@ -22,6 +22,8 @@ class OpSpec:
     safe_to_repeat: bool = False  # repeated once on a new connection when the connection broke mid-call
     recorded_as: str | None = None  # the per-key history operation it is recorded as (None: not recorded)
     in_scenarios: bool = True  # a scenario step (and alice/bob --op) may name it
+    defaults: tuple[object, ...] = ()  # what the optional params mean when left out, in order (None for each if not given)
+    client_params: tuple[str, ...] = ()  # optional parameters the client handles itself, never sent (pop's default)
     summary: str = ""
 
     @property
@@ -35,14 +37,19 @@ class OpSpec:
         return "value" in self.params
 
     @property
+    def optional_defaults(self) -> tuple[object, ...]:
+        """The default of each optional parameter, in order."""
+        return self.defaults or (None,) * self.optional
+
+    @property
     def least_args(self) -> int:
         """How many positional arguments a call must give."""
         return len(self.params) - self.optional
 
 
 OPERATIONS: tuple[OpSpec, ...] = (
-    OpSpec(name="store", params=("key", "value"), mutates=True, safe_to_repeat=True, recorded_as="store",
-           summary='set key; "saved" if it was new, "updated" if it overwrote a value'),
+    OpSpec(name="store", params=("key", "value", "ttl"), optional=1, mutates=True, safe_to_repeat=True, recorded_as="store",
+           summary='set key (expiring after ttl seconds, if given); "saved" if it was new, "updated" if it overwrote a value'),
     OpSpec(name="get", params=("key",), safe_to_repeat=True, recorded_as="get",
            summary="the value of key; KeyNotFound if absent"),
     OpSpec(name="delete", params=("key",), mutates=True, recorded_as="delete", summary="remove key; True if it existed"),
@@ -56,6 +63,20 @@ OPERATIONS: tuple[OpSpec, ...] = (
            summary="the values of the keys that are present, read in one atomic step"),
     OpSpec(name="store_many", params=("mapping",), mutates=True, safe_to_repeat=True, recorded_as="store",
            summary='store every pair in one atomic step; key -> "saved"/"updated"'),
+    OpSpec(name="incr", params=("key", "by"), optional=1, defaults=(1,), mutates=True, recorded_as="incr",
+           summary="add by to the number at key (absent: 0) in one step; the new number; WrongType if not a number"),
+    OpSpec(name="decr", params=("key", "by"), optional=1, defaults=(1,), mutates=True, recorded_as="decr",
+           summary="subtract by from the number at key (absent: 0) in one step; the new number"),
+    OpSpec(name="add", params=("key", "value", "ttl"), optional=1, mutates=True, recorded_as="add",
+           summary="store only if key is absent; True if it stored"),
+    OpSpec(name="pop", params=("key",), client_params=("default",), mutates=True, recorded_as="pop",
+           summary="remove key and return its value in one step; default (or KeyNotFound) if absent"),
+    OpSpec(name="expire", params=("key", "ttl"), mutates=True, safe_to_repeat=True, recorded_as="expire",
+           summary="make key expire ttl seconds from now; False if absent"),
+    OpSpec(name="ttl", params=("key",), safe_to_repeat=True,
+           summary="seconds until key expires, None if it never does; KeyNotFound if absent"),
+    OpSpec(name="persist", params=("key",), mutates=True, recorded_as="persist",
+           summary="remove key's expiry; True if it had one"),
     OpSpec(name="quit", summary="ask the server to shut down gracefully (kvmgr's own server only)"),
     OpSpec(name="rendezvous", params=("name", "parties", "timeout"), optional=1, in_scenarios=False,
            summary="block until `parties` callers have arrived under name, then release them together"),
@@ -67,4 +88,6 @@ SCENARIO_OPERATIONS: tuple[str, ...] = tuple(spec.name for spec in OPERATIONS if
 SAFE_TO_REPEAT: frozenset[str] = frozenset(spec.name for spec in OPERATIONS if spec.safe_to_repeat)
 RECORDED: frozenset[str] = frozenset(spec.name for spec in OPERATIONS if spec.recorded_as)
 HISTORY_OPERATIONS: tuple[str, ...] = tuple(dict.fromkeys(spec.recorded_as for spec in OPERATIONS if spec.recorded_as))
-"""The per-key operations a history holds (store, get, delete, cas): batches are recorded key by key."""
+"""The per-key operations a history holds (store, get, delete, cas, incr, ...): batches are recorded key by key."""
+EXPIRY_OPERATIONS: frozenset[str] = frozenset({"expire", "persist"})
+"""History operations about expiry alone: outside the register model (a key they touch is not checked)."""

@@ -1,11 +1,12 @@
 """Validation of keys, values and arguments: the rules every backend (the Store, the Redis client) enforces alike.
 
 A valid key is a non-empty str that UTF-8 can encode (no lone surrogates), at most max_key_bytes long in
-UTF-8. A valid value is bytes, or a str that UTF-8 can encode, at most max_value_bytes long. A subclass of
-str or bytes (an enum.StrEnum member, say) is converted to the plain type; anything else (bytearray,
-memoryview, numbers, bools, None) is refused with InvalidKey or InvalidValue. Every check returns its
-argument in that plain form. `normalize_call` applies the same rules to a whole call before a client
-sends it, so the transports only ever carry plain str, bytes and numbers.
+UTF-8. A valid value is plain data as kvmgr.protocol.values defines it (str, bytes, int, finite float, bool,
+and lists, tuples and dicts of these), every str in it UTF-8-encodable, its encoded size at most
+max_value_bytes. A subclass of an allowed type (an enum.StrEnum member, say) is converted to the plain type;
+anything else (None, bytearray, memoryview, sets, objects) is refused with InvalidKey or InvalidValue, naming
+the type. Every check returns its argument in that plain form. `normalize_call` applies the same rules to a
+whole call before a client sends it, so the transports only ever carry plain data.
 """
 
 from __future__ import annotations
@@ -19,8 +20,8 @@ from collections.abc import Callable, Iterable, Mapping
 from kvmgr.config import DEFAULT_LIMITS, Limits
 from kvmgr.errors import InvalidKey, InvalidValue, UnknownOperation
 from kvmgr.protocol.operations import OPERATIONS, OpSpec
+from kvmgr.protocol.values import Number, Value, ValueRuleError, encoded_size, is_number, plain
 
-Value = str | bytes
 ANY_SIZE = sys.maxsize  # the client checks no sizes: they are the server's limits, which it does not know
 NOT_BYTES_LIKE = bytearray | memoryview  # buffers that look like bytes but are not values: copy them with bytes()
 
@@ -31,8 +32,18 @@ def check_key(key: object, limits: Limits = DEFAULT_LIMITS) -> str:
 
 
 def check_value(value: object, limits: Limits = DEFAULT_LIMITS) -> Value:
-    """The value as a plain str or bytes; InvalidValue unless it is bytes, or a str UTF-8 can encode, within max_value_bytes."""
+    """The value in plain form; InvalidValue unless it is plain data (kvmgr.protocol.values), its encoded size within max_value_bytes."""
     return _value(value, limits.max_value_bytes)
+
+
+def check_ttl(ttl: object) -> float | None:
+    """A time to live in seconds: None (no expiry) or a finite number above 0, at most MAX_TTL; InvalidValue otherwise."""
+    return _ttl(ttl)
+
+
+def check_delta(by: object) -> Number:
+    """incr/decr's amount: an int or a finite float (not a bool); InvalidValue otherwise."""
+    return _delta(by)
 
 
 def check_expected(expected: object, limits: Limits = DEFAULT_LIMITS) -> Value | None:
@@ -109,16 +120,41 @@ def _value(value: object, limit: int, what: str = "value") -> Value:
     elif kind is str:
         assert isinstance(value, str)
         size = len(value) if value.isascii() else len(_utf8(value, InvalidValue, what))  # one copy, then dropped
-    elif isinstance(value, str):
-        return _value(str.__str__(value), limit, what)
-    elif isinstance(value, bytes):
-        return _value(bytes.__bytes__(value), limit, what)
     else:
-        hint = " (copy it with bytes())" if isinstance(value, NOT_BYTES_LIKE) else ""
-        raise InvalidValue(f"{what} must be str or bytes, not {_describe(value)}{hint}")
+        try:
+            value = plain(value)
+            size = encoded_size(value)
+        except ValueRuleError as exc:
+            raise InvalidValue(f"{what}: {exc}") from None
+        except UnicodeEncodeError as exc:
+            raise InvalidValue(f"{what} holds a str UTF-8 cannot encode (a lone surrogate at position {exc.start})") from None
+        except ValueError as exc:  # an int of more digits than Python converts to text
+            raise InvalidValue(f"{what} cannot be encoded: {exc}") from None
     if size > limit:
         raise InvalidValue(f"{what} is larger than {limit} bytes")
     return value
+
+
+MAX_TTL = 100 * 365 * 86400.0
+"""The longest time to live, in seconds (a hundred years): a longer one is surely a mistake (a timestamp, say)."""
+
+
+def _ttl(ttl: object) -> float | None:
+    if ttl is None:
+        return None
+    if not is_number(ttl) or not 0 < ttl <= MAX_TTL:  # type: ignore[operator]
+        raise InvalidValue(f"ttl must be a number of seconds above 0 and at most {MAX_TTL:.0f}, not {ttl!r:.40}")
+    return float(ttl)  # type: ignore[arg-type]
+
+
+def _delta(by: object) -> Number:
+    if type(by) is int:
+        return by
+    if type(by) is float and math.isfinite(by):
+        return by
+    if isinstance(by, int | float) and not isinstance(by, bool):
+        return _delta(plain(by))
+    raise InvalidValue(f"incr/decr: by must be an int or a finite float, not {by!r:.40}")
 
 
 def _expected(expected: object, limit: int) -> Value | None:
@@ -215,6 +251,8 @@ PARAMETER_CHECKS: dict[str, Callable[[object], object]] = {
     "name": _rendezvous_name,
     "parties": _parties,
     "timeout": lambda timeout: _seconds(timeout),
+    "ttl": _ttl,
+    "by": _delta,
 }
 
 

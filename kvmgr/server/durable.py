@@ -24,15 +24,16 @@ import logging
 import os
 import sqlite3
 import threading
-from collections.abc import Iterable, Mapping
+import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import TextIO
 
 from kvmgr.config import COMMIT_TIMEOUT
 from kvmgr.errors import ConfigError, KvmgrError
-from kvmgr.protocol.validation import Value
+from kvmgr.protocol.values import Value, ValueRuleError, decode, encode
 from kvmgr.server.deferred import Deferred
-from kvmgr.server.journal import Changes, Commit, RollBack, Undo
+from kvmgr.server.journal import Before, Changes, Commit, Entry, RollBack, Undo
 
 FSYNC_MODES = ("always", "batch", "off")
 DATABASE_NAME = "kvmgr.sqlite3"
@@ -47,7 +48,7 @@ class CommitGroup:
     __slots__ = ("changes", "outcome", "undo", "writes")
 
     def __init__(self) -> None:
-        self.changes: list[tuple[str, Value | None]] = []
+        self.changes: list[tuple[str, Entry | None]] = []
         self.undo: list[Undo] = []
         self.writes = 0
         self.outcome = Deferred()
@@ -67,6 +68,7 @@ class SQLiteJournal:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute(f"PRAGMA synchronous={'OFF' if fsync == 'off' else 'FULL'}")
             self._db.execute("CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value NOT NULL) WITHOUT ROWID")
+            _add_missing_columns(self._db)
         except sqlite3.Error as exc:
             self._lock_file.close()
             raise ConfigError(f"cannot use {self.path}: {exc}") from None
@@ -89,14 +91,16 @@ class SQLiteJournal:
         """
         self._on_failure = handler
 
-    def load(self) -> dict[str, Value]:
-        """Everything stored, as the dict the server starts from (str stays str, bytes stays bytes).
+    def load(self) -> dict[str, Entry]:
+        """Every entry stored and not expired, as the server starts from it (each value as the type it was stored as).
 
         ConfigError, naming the file, if a row is not one kvmgr writes (another tool wrote a non-text key, say).
         """
         try:
             self._check_rows()
-            return dict(self._db.execute("SELECT key, value FROM kv"))
+            self._commit([(key, None) for (key,) in self._db.execute("SELECT key FROM kv WHERE expires <= ?", (time.time(),))])
+            return {key: (_stored_value(key, value, encoded), expires) for key, value, encoded, expires in
+                    self._db.execute("SELECT key, value, encoded, expires FROM kv")}
         except sqlite3.Error as exc:
             raise ConfigError(f"cannot read the data in {self.path}: {exc}") from None
 
@@ -118,7 +122,7 @@ class SQLiteJournal:
             problem = f"the value of key {shown} is of type {value_type}, not text or blob"
         raise ConfigError(f"cannot use {self.path}: {problem}; kvmgr did not write it (was the database changed by another tool?)")
 
-    def append(self, changes: Changes, before: Mapping[str, Value]) -> Commit:
+    def append(self, changes: Changes, before: Before) -> Commit:
         """Take a write (under the store's lock, before the store applies it); returns its commit (None once committed).
 
         In "always" and "off" the write is committed here, and a failure raises KvmgrError before the
@@ -135,7 +139,7 @@ class SQLiteJournal:
         with self._mutex:
             group = self._open
             group.changes.extend(changes.items())
-            group.undo.extend((key, before.get(key)) for key in changes)
+            group.undo.extend((key, before(key)) for key in changes)
             group.writes += 1
             self._work.notify()
         return group.outcome
@@ -187,7 +191,7 @@ class SQLiteJournal:
                 self._committing = None
             group.outcome.resolve(None)
 
-    def _commit(self, changes: Iterable[tuple[str, Value | None]]) -> None:
+    def _commit(self, changes: Iterable[tuple[str, Entry | None]]) -> None:
         """Write changes in one transaction; on any failure roll it back, so the next transaction starts clean."""
         final = dict(changes)  # only each key's last change matters
         db = self._db
@@ -196,13 +200,41 @@ class SQLiteJournal:
                 db.execute("ROLLBACK")
             db.execute("BEGIN")
             db.executemany("DELETE FROM kv WHERE key = ?", [(key,) for key, value in final.items() if value is None])
-            db.executemany("INSERT OR REPLACE INTO kv (key, value) VALUES (?, ?)", [kv for kv in final.items() if kv[1] is not None])
+            db.executemany("INSERT OR REPLACE INTO kv (key, value, encoded, expires) VALUES (?, ?, ?, ?)",
+                           [_row(key, entry) for key, entry in final.items() if entry is not None])
             db.execute("COMMIT")
         except BaseException:
             if db.in_transaction:
                 with contextlib.suppress(sqlite3.Error):
                     db.execute("ROLLBACK")
             raise
+
+
+def _add_missing_columns(db: sqlite3.Connection) -> None:
+    """Bring a database written before values were more than str and bytes, and before expiry, up to date."""
+    columns = {row[1] for row in db.execute("PRAGMA table_info(kv)")}
+    if "encoded" not in columns:
+        db.execute("ALTER TABLE kv ADD COLUMN encoded INTEGER NOT NULL DEFAULT 0")
+    if "expires" not in columns:
+        db.execute("ALTER TABLE kv ADD COLUMN expires REAL")
+
+
+def _row(key: str, entry: Entry) -> tuple[str, Value, int, float | None]:
+    """A row: a str or bytes value as SQLite text or blob, anything else in its byte form (values.encode) flagged encoded."""
+    value, expires = entry
+    if type(value) is str or type(value) is bytes:
+        return key, value, 0, expires
+    return key, encode(value), 1, expires
+
+
+def _stored_value(key: str, value: Value, encoded: int) -> Value:
+    """A row's value as it was stored; ConfigError if an encoded one does not decode."""
+    if not encoded:
+        return value
+    try:
+        return decode(value)  # type: ignore[arg-type]
+    except ValueRuleError as exc:
+        raise ConfigError(f"the value of key {key!r} cannot be read ({exc}): was the database changed by another tool?") from None
 
 
 def _describe(failure: BaseException) -> str:

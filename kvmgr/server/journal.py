@@ -10,11 +10,13 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Final, Protocol
 
-from kvmgr.protocol.validation import Value
+from kvmgr.protocol.values import Value
 from kvmgr.server.deferred import Deferred
 
-Changes = Mapping[str, Value | None]  # None deletes the key
-Undo = tuple[str, Value | None]  # (key, the value it had before a write, None if absent): the change that takes the write back
+Entry = tuple[Value, float | None]  # a key's value and when it expires (time.time() seconds), None: never
+Changes = Mapping[str, Entry | None]  # None deletes the key
+Before = Callable[[str], Entry | None]  # a key's entry before a write (None: absent)
+Undo = tuple[str, Entry | None]  # (key, its entry before a write, None if absent): the change that takes the write back
 Commit = Deferred | None  # what append returns: a Deferred resolved once the write is durable (failed if its commit
 #                           failed), or None when it already is (committed inside `append`, or kept in memory only)
 RollBack = Callable[[BaseException], object]  # called after a deferred commit failed; what it returns is ignored
@@ -28,14 +30,14 @@ class Journal(Protocol):
     takes the store's lock, calls `fail_uncommitted` and applies the undo records it returns, newest first.
     """
 
-    def load(self) -> dict[str, Value]:
-        """The data the store starts from."""
+    def load(self) -> dict[str, Entry]:
+        """The entries the store starts from (none that has expired)."""
 
     def on_failure(self, handler: RollBack) -> None:
         """Call handler(failure) when a deferred commit fails."""
 
-    def append(self, changes: Changes, before: Mapping[str, Value]) -> Commit:
-        """Take a write, before the store applies it to `before` (its data); KvmgrError refuses it and the store stays as it was."""
+    def append(self, changes: Changes, before: Before) -> Commit:
+        """Take a write before the store applies it (`before(key)`: the entry now); KvmgrError refuses it, the store stays as it was."""
 
     def fail_uncommitted(self, failure: BaseException) -> list[Undo]:
         """Fail every write not yet committed (its commit fails with KvmgrError); return their undo records, oldest first."""
@@ -49,14 +51,14 @@ class MemoryJournal:
 
     __slots__ = ()
 
-    def load(self) -> dict[str, Value]:
+    def load(self) -> dict[str, Entry]:
         """An empty store."""
         return {}
 
     def on_failure(self, handler: RollBack) -> None:
         """Nothing can fail: the handler is never needed."""
 
-    def append(self, changes: Changes, before: Mapping[str, Value]) -> Commit:
+    def append(self, changes: Changes, before: Before) -> Commit:
         """Accept the write; nothing to wait for."""
         return None
 

@@ -15,7 +15,7 @@ from multiprocessing import ProcessError
 from multiprocessing.managers import BaseManager
 from typing import cast
 
-from kvmgr.config import DEFAULT_LIMITS, LISTEN_BACKLOG, Address, Limits, address_family, format_address
+from kvmgr.config import DEFAULT_LIMITS, LISTEN_BACKLOG, SWEEP_INTERVAL, Address, Limits, address_family, format_address
 from kvmgr.errors import ConfigError, KvmgrError, ProtocolError, UnknownOperation
 from kvmgr.protocol import wire
 from kvmgr.server.compat import ManagerCalls
@@ -25,6 +25,7 @@ from kvmgr.server.loop import Connection, EventLoop
 from kvmgr.server.store import Store
 
 log = logging.getLogger("kvmgr.server.manager")
+IDLE_SWEEP_INTERVAL = 1.0  # with no key expiring: the loop wakes this often anyway
 
 
 def open_listener(address: Address) -> socket.socket:
@@ -78,7 +79,13 @@ class StoreServer(ManagerCalls, EventLoop):
     def serve_until_stopped(self) -> None:
         """Serve until quit, shutdown, stop() or close(), then stop gracefully."""
         raise_open_files_limit(self.limits.max_connections + self.limits.max_pending_handshakes)
+        self.call_later(SWEEP_INTERVAL, self._sweep_expired)
         self.run()
+
+    def _sweep_expired(self) -> None:
+        """Reclaim some expired keys, then come back: soon while keys have an expiry, else at the loop's idle pace."""
+        self.store.sweep()
+        self.call_later(SWEEP_INTERVAL if self.store.expiring() else IDLE_SWEEP_INTERVAL, self._sweep_expired)
 
     serve_forever = serve_until_stopped  # the name multiprocessing.managers.Server gives it
 

@@ -8,35 +8,65 @@ should the commit fail, the journal calls `_roll_back`, which undoes it.
 Calls that answer later (a write waiting for its group commit, a rendezvous waiting for its parties) have two
 faces: `start_<operation>` returns the answer or a kvmgr.server.deferred.Deferred of it, and never blocks (the
 server's loop calls these, see `handlers`); the operation itself (`store`, `rendezvous`, ...) waits for the answer,
-for callers in this process.
+for callers in this process (`waits_for_answer` makes one face from the other).
+
+Expiry. A key given a ttl has a deadline on the wall clock (time.time(), as Redis keeps it, so that durable mode
+can honour it after a restart). An expired key is gone at once for every operation: each operation on a key
+first drops it if its deadline has passed (`_drop_if_expired`), and `size`/`keys` first reclaim every key due.
+The rest is reclaimed by `sweep`, which the server's loop runs every SWEEP_INTERVAL and which does at most
+SWEEP_BUDGET keys each time, so a million keys expiring together never stall other clients. Reclaiming an
+expired key is not journaled: the journal forgets expired rows when it loads.
 """
 
 from __future__ import annotations
 
+import functools
+import heapq
+import math
 import threading
+import time
 from collections.abc import Callable, Iterable, Mapping
 from functools import partial
-from typing import Any, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
-from kvmgr.config import COMMIT_TIMEOUT, DEFAULT_LIMITS, RENDEZVOUS_TIMEOUT, Limits
-from kvmgr.errors import InvalidValue, KeyNotFound, KvmgrError, OutcomeUnknown
+from kvmgr.config import COMMIT_TIMEOUT, DEFAULT_LIMITS, RENDEZVOUS_TIMEOUT, SWEEP_BUDGET, Limits
+from kvmgr.errors import InvalidValue, KeyNotFound, KvmgrError, OutcomeUnknown, WrongType
 from kvmgr.protocol.operations import NAMES
 from kvmgr.protocol.validation import (
-    Value,
+    check_delta,
     check_expected,
     check_key,
     check_key_list,
     check_keys_page,
     check_mapping,
     check_rendezvous,
+    check_ttl,
     check_value,
     page_of_keys,
 )
+from kvmgr.protocol.values import Number, Value, encoded_size, is_number, same_value
 from kvmgr.server.deferred import Deferred, settle
-from kvmgr.server.journal import IN_MEMORY, Changes, Commit, Journal
+from kvmgr.server.journal import IN_MEMORY, Changes, Commit, Entry, Journal
 
 QUIT_MESSAGE = "Server Quitting..!"
 T = TypeVar("T")
+P = ParamSpec("P")
+
+
+def waits_for_answer(start: Callable[P, Any]) -> Callable[P, Any]:
+    """The operation for callers in this process, made from its start_ face: it waits for a Deferred answer."""
+
+    @functools.wraps(start)
+    def operation(*args: P.args, **kwargs: P.kwargs) -> Any:
+        return settle(start(*args, **kwargs))
+
+    operation.__name__ = start.__name__.removeprefix("start_")
+    return operation
+
+
+def deadline_after(ttl: float | None) -> float | None:
+    """The wall-clock deadline of a ttl, rounded up to a whole millisecond (as Redis keeps it); None for None."""
+    return None if ttl is None else time.time() + math.ceil(ttl * 1000) / 1000
 
 
 class Round:
@@ -57,7 +87,11 @@ class Store:
     ) -> None:
         self._journal = journal
         self._closed = False
-        self._data: dict[str, Value] = journal.load()
+        loaded = journal.load()
+        self._data: dict[str, Value] = {key: value for key, (value, _) in loaded.items()}
+        self._expiry: dict[str, float] = {key: expires for key, (_, expires) in loaded.items() if expires is not None}
+        self._deadlines: list[tuple[float, str]] = [(expires, key) for key, expires in self._expiry.items()]  # a heap
+        heapq.heapify(self._deadlines)
         self._lock = threading.Lock()
         journal.on_failure(self._roll_back)
         self._limits = limits
@@ -69,38 +103,30 @@ class Store:
         """What the server calls for each operation: it returns the answer, or a Deferred of it, and never blocks."""
         return {name: getattr(self, f"start_{name}", None) or getattr(self, name) for name in NAMES}
 
-    def store(self, key: str, value: Value) -> str:
-        """Set key to value; return "saved" if the key was new, "updated" if it overwrote a value."""
-        answer: str = settle(self.start_store(key, value))
-        return answer
-
-    def start_store(self, key: str, value: Value) -> str | Deferred:
-        """store, answered once durable."""
-        key, value = check_key(key, self._limits), check_value(value, self._limits)
+    def start_store(self, key: str, value: Value, ttl: float | None = None) -> str | Deferred:
+        """Set key (expiring after ttl seconds, if given); "saved" if the key was new, "updated" if it overwrote a value."""
+        key, value, ttl = check_key(key, self._limits), check_value(value, self._limits), check_ttl(ttl)
         with self._lock:
-            existed = key in self._data
-            commit = self._write({key: value})
+            existed = self._present(key)
+            commit = self._write({key: (value, deadline_after(ttl))})
         return _once_committed(commit, "updated" if existed else "saved")
 
     def get(self, key: str) -> Value:
         """Return the value of key; raise KeyNotFound if it is absent."""
         key = check_key(key, self._limits)
         with self._lock:
+            if self._expiry:
+                self._drop_if_expired(key)
             try:
                 return self._data[key]
             except KeyError:
                 raise KeyNotFound(key) from None
 
-    def delete(self, key: str) -> bool:
-        """Remove key; return True if it existed."""
-        answer: bool = settle(self.start_delete(key))
-        return answer
-
     def start_delete(self, key: str) -> bool | Deferred:
-        """delete, answered once durable."""
+        """Remove key; True if it existed."""
         key = check_key(key, self._limits)
         with self._lock:
-            if key not in self._data:
+            if not self._present(key):
                 return False
             commit = self._write({key: None})
         return _once_committed(commit, True)
@@ -109,57 +135,188 @@ class Store:
         """True if key is in the store."""
         key = check_key(key, self._limits)
         with self._lock:
-            return key in self._data
+            return self._present(key)
 
     def keys(self, prefix: str | None = None, limit: int | None = None, after: str | None = None) -> list[str]:
         """The keys in sorted order: those starting with prefix and after `after`, at most `limit` of them."""
         prefix, limit, after = check_keys_page(prefix, limit, after)
         with self._lock:
+            self._reclaim_due(len(self._deadlines))
             keys = list(self._data)
         return page_of_keys(keys, prefix, limit, after)
 
     def size(self) -> int:
         """How many keys the store holds."""
         with self._lock:
+            self._reclaim_due(len(self._deadlines))
             return len(self._data)
 
-    def cas(self, key: str, expected: Value | None, value: Value) -> bool:
-        """Set key to value only if it currently holds expected (None: only if absent); True if it swapped."""
-        answer: bool = settle(self.start_cas(key, expected, value))
-        return answer
-
     def start_cas(self, key: str, expected: Value | None, value: Value) -> bool | Deferred:
-        """cas, answered once durable."""
+        """Set key to value only if it currently holds expected (None: only if absent); True if it swapped.
+
+        Values compare strictly (kvmgr.protocol.values.same_value): 1, 1.0 and True are different values.
+        """
         key, value = check_key(key, self._limits), check_value(value, self._limits)
         expected = check_expected(expected, self._limits)
         with self._lock:
-            if self._data.get(key) != expected:
+            current = self._data.get(key) if self._present(key) else None
+            if not ((current is None and expected is None) or same_value(current, expected)):
                 return False
-            commit = self._write({key: value})
+            commit = self._write({key: (value, None)})
         return _once_committed(commit, True)
 
     def get_many(self, keys: Iterable[str]) -> dict[str, Value]:
         """The values of those keys that are present, in one atomic step."""
         keys = check_key_list(keys, self._limits)
         with self._lock:
+            if self._expiry:
+                for key in keys:
+                    self._drop_if_expired(key)
             data = self._data
             return {key: data[key] for key in keys if key in data}
 
-    def store_many(self, mapping: Mapping[str, Value]) -> dict[str, str]:
-        """Store every pair in one atomic step; return key -> "saved"/"updated"."""
-        answer: dict[str, str] = settle(self.start_store_many(mapping))
-        return answer
-
     def start_store_many(self, mapping: Mapping[str, Value]) -> dict[str, str] | Deferred:
-        """store_many, answered once durable."""
+        """Store every pair in one atomic step; return key -> "saved"/"updated"."""
         mapping = check_mapping(mapping, self._limits)
         if not mapping:
             return {}  # nothing to write, nothing to wait for
         with self._lock:
-            data = self._data
-            outcome = {key: "updated" if key in data else "saved" for key in mapping}
-            commit = self._write(mapping)
+            outcome = {key: "updated" if self._present(key) else "saved" for key in mapping}
+            commit = self._write({key: (value, None) for key, value in mapping.items()})
         return _once_committed(commit, outcome)
+
+    def start_incr(self, key: str, by: Number = 1) -> Number | Deferred:
+        """Add by to the number at key (absent: 0) in one step, keeping its expiry; the new number.
+
+        WrongType if key holds anything but an int or float (a bool is not a number); InvalidValue if the
+        result is not finite or larger than the value limit. Either way nothing changes.
+        """
+        key, by = check_key(key, self._limits), check_delta(by)
+        with self._lock:
+            current = self._data.get(key, 0) if self._present(key) else 0
+            if not is_number(current):
+                raise WrongType(f"key {key!r} holds a {type(current).__name__}, not a number: incr/decr need an int or a float")
+            new = current + by  # type: ignore[operator]
+            self._check_number(new)
+            commit = self._write({key: (new, self._expiry.get(key))})
+        return _once_committed(commit, new)
+
+    def start_decr(self, key: str, by: Number = 1) -> Number | Deferred:
+        """Subtract by from the number at key (absent: 0) in one step; the new number (errors as incr)."""
+        return self.start_incr(key, -check_delta(by))
+
+    def start_add(self, key: str, value: Value, ttl: float | None = None) -> bool | Deferred:
+        """Store value only if key is absent (expiring after ttl seconds, if given); True if it stored."""
+        key, value, ttl = check_key(key, self._limits), check_value(value, self._limits), check_ttl(ttl)
+        with self._lock:
+            if self._present(key):
+                return False
+            commit = self._write({key: (value, deadline_after(ttl))})
+        return _once_committed(commit, True)
+
+    def start_pop(self, key: str) -> Value | Deferred:
+        """Remove key and return its value in one step; KeyNotFound if it is absent."""
+        key = check_key(key, self._limits)
+        with self._lock:
+            if not self._present(key):
+                raise KeyNotFound(key)
+            value = self._data[key]
+            commit = self._write({key: None})
+        return _once_committed(commit, value)
+
+    def start_expire(self, key: str, ttl: float) -> bool | Deferred:
+        """Make key expire ttl seconds from now; False if it is absent."""
+        key, seconds = check_key(key, self._limits), check_ttl(ttl)
+        if seconds is None:
+            raise InvalidValue("expire: ttl must be a number of seconds above 0, not None")
+        with self._lock:
+            if not self._present(key):
+                return False
+            commit = self._write({key: (self._data[key], deadline_after(seconds))})
+        return _once_committed(commit, True)
+
+    def ttl(self, key: str) -> float | None:
+        """Seconds until key expires, None if it never does; KeyNotFound if it is absent."""
+        key = check_key(key, self._limits)
+        with self._lock:
+            if not self._present(key):
+                raise KeyNotFound(key)
+            deadline = self._expiry.get(key)
+        return None if deadline is None else max(0.0, round(deadline - time.time(), 3))
+
+    def start_persist(self, key: str) -> bool | Deferred:
+        """Remove key's expiry; True if it had one."""
+        key = check_key(key, self._limits)
+        with self._lock:
+            if not self._present(key) or key not in self._expiry:
+                return False
+            commit = self._write({key: (self._data[key], None)})
+        return _once_committed(commit, True)
+
+    store = waits_for_answer(start_store)
+    delete = waits_for_answer(start_delete)
+    cas = waits_for_answer(start_cas)
+    store_many = waits_for_answer(start_store_many)
+    incr = waits_for_answer(start_incr)
+    decr = waits_for_answer(start_decr)
+    add = waits_for_answer(start_add)
+    pop = waits_for_answer(start_pop)
+    expire = waits_for_answer(start_expire)
+    persist = waits_for_answer(start_persist)
+
+    def _check_number(self, number: Number) -> None:
+        """InvalidValue unless an incr's result is a finite float or an int within the value limit."""
+        if type(number) is float and not math.isfinite(number):
+            raise InvalidValue(f"incr/decr: the result {number!r} is not a finite number; nothing changed")
+        if type(number) is int and number.bit_length() > 64:
+            try:
+                size = encoded_size(number)
+            except ValueError as exc:
+                raise InvalidValue(f"incr/decr: the result cannot be stored: {exc}") from None
+            if size > self._limits.max_value_bytes:
+                raise InvalidValue(f"incr/decr: the result is larger than {self._limits.max_value_bytes} bytes")
+
+    def _present(self, key: str) -> bool:
+        """True if key is in the store and has not expired (call under the lock)."""
+        if self._expiry:
+            self._drop_if_expired(key)
+        return key in self._data
+
+    def _drop_if_expired(self, key: str) -> None:
+        """Forget key if its deadline has passed (call under the lock)."""
+        deadline = self._expiry.get(key)
+        if deadline is not None and deadline <= time.time():
+            del self._data[key], self._expiry[key]
+
+    def sweep(self, budget: int = SWEEP_BUDGET) -> int:
+        """Reclaim at most `budget` expired keys; how many were reclaimed (the server's loop calls this)."""
+        if not self._deadlines:
+            return 0
+        with self._lock:
+            return self._reclaim_due(budget)
+
+    def _reclaim_due(self, budget: int) -> int:
+        """Forget up to `budget` keys whose deadline has passed (call under the lock); how many."""
+        deadlines, expiry, now, reclaimed = self._deadlines, self._expiry, time.time(), 0
+        while deadlines and deadlines[0][0] <= now and budget > 0:
+            deadline, key = heapq.heappop(deadlines)
+            budget -= 1
+            if expiry.get(key) == deadline:  # else the key's expiry changed since: a stale heap entry
+                del self._data[key], expiry[key]
+                reclaimed += 1
+        if len(deadlines) > 2 * len(expiry) + 1024:  # mostly stale entries (expiries changed or removed): rebuild
+            deadlines[:] = [(expires, key) for key, expires in expiry.items()]
+            heapq.heapify(deadlines)
+        return reclaimed
+
+    def expiring(self) -> int:
+        """How many keys have an expiry (some may have expired and not yet been reclaimed)."""
+        return len(self._expiry)
+
+    def _entry(self, key: str) -> Entry | None:
+        """key's value and deadline, None if absent (the journal's view of the store before a write)."""
+        value = self._data.get(key)
+        return None if value is None else (value, self._expiry.get(key))
 
     def _write(self, changes: Changes) -> Commit:
         """The one path every change takes (call under the lock): journal it, then apply it. None deletes.
@@ -169,24 +326,34 @@ class Store:
         """
         if self._closed:
             raise KvmgrError("the server is shutting down: the write was not made")
-        data = self._data
-        commit = self._journal.append(changes, data)
-        for key, value in changes.items():
-            if value is None:
-                del data[key]
-            else:
-                data[key] = value
+        commit = self._journal.append(changes, self._entry)
+        self._apply(changes)
         return commit
+
+    def _apply(self, changes: Changes) -> None:
+        """Set each key's entry (None: remove the key)."""
+        data, expiry = self._data, self._expiry
+        for key, entry in changes.items():
+            if entry is None:
+                del data[key]
+                expiry.pop(key, None)
+                continue
+            data[key], deadline = entry
+            if deadline is not None:
+                expiry[key] = deadline
+                heapq.heappush(self._deadlines, (deadline, key))
+            elif expiry:
+                expiry.pop(key, None)
 
     def _roll_back(self, failure: BaseException) -> None:
         """After a failed group commit, undo every write not committed, newest first (the journal's committer calls this)."""
         with self._lock:
-            data = self._data
             for key, previous in reversed(self._journal.fail_uncommitted(failure)):
                 if previous is None:
-                    data.pop(key, None)
+                    self._data.pop(key, None)
+                    self._expiry.pop(key, None)
                 else:
-                    data[key] = previous
+                    self._apply({key: previous})
 
     def close(self) -> None:
         """Refuse further writes, commit what is pending and close the journal."""
