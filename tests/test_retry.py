@@ -127,7 +127,7 @@ def warmed(client: kvmgr.client.Operations) -> kvmgr.client.Operations:
 def test_the_default_policy_repeats_what_the_table_marks_safe() -> None:
     assert RetryPolicy.from_table() == DEFAULT_RETRY
     assert DEFAULT_RETRY.safe_to_repeat == {spec.name for spec in OPERATIONS if spec.safe_to_repeat}
-    assert DEFAULT_RETRY.safe_to_repeat == {"store", "get", "exists", "keys", "size", "get_many", "store_many"}
+    assert DEFAULT_RETRY.safe_to_repeat == {"store", "get", "exists", "keys", "size", "get_many", "store_many", "expire", "ttl"}
     assert DEFAULT_RETRY.attempts == 2
 
 

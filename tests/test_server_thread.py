@@ -87,7 +87,8 @@ def test_the_stdlib_base_manager_client(thread_server: StoreServer) -> None:
     with pytest.raises(KeyNotFound):
         store.get("nope")
     with pytest.raises(InvalidValue):
-        store.store("foo", 1)
+        store.store("foo", {1, 2})  # a set is not a value
+    assert store.store("n", 1) == "saved" and store.incr("n", 2) == 3  # plain data and the new operations, for a stdlib proxy too
     del store  # decref of the last proxy: the server keeps the one Store all the same
     again = manager.get_store()
     assert again.get("foo") == "bar"

@@ -275,7 +275,7 @@ def _idle_connections(server: ServerProcess) -> None:
 
 def _authenticated_abuse(server: ServerProcess) -> None:
     with kvmgr.connect(server.address_text, authkey=server.authkey.encode(), timeout=2.0) as client:
-        for method, args in (("_check_key", ("k",)), ("store", (1, "v")), ("store", ("k", ["list"])),
+        for method, args in (("_check_key", ("k",)), ("store", (1, "v")), ("store", ("k", {"a set"})),
                              ("store", ("k", "x" * 2_000_000)), ("store", ("k" * 5000, "v")), ("__init__", ())):
             try:
                 client.call(method, *args)
