@@ -30,6 +30,22 @@ class WrongType(KvmgrError, TypeError):
     """An operation met a value of the wrong type at the key (incr on a str, say); nothing changed."""
 
 
+class LockTimeout(KvmgrError, TimeoutError):
+    """A lock was not acquired within the timeout."""
+
+
+class LockLost(KvmgrError):
+    """The lock is not held with this token any more (its lease ended, or its connection closed): nothing was freed."""
+
+
+class WaitTimeout(KvmgrError, TimeoutError):
+    """wait(): the key did not change within the timeout."""
+
+
+class QueueEmpty(KvmgrError, TimeoutError):
+    """A queue get found no item within the timeout."""
+
+
 class UnknownOperation(KvmgrError, AttributeError):
     """A call named an operation the store does not have."""
 

@@ -130,13 +130,13 @@ class RecordingJournal:
         self.closed = 0
         self.roll_back: RollBack = lambda failure: None
 
-    def load(self) -> dict[str, Entry]:
-        return {key: (value, None) for key, value in self.start.items()}
+    def load(self) -> tuple[dict[str, Entry], int]:
+        return {key: (value, None, 0) for key, value in self.start.items()}, 0
 
     def on_failure(self, handler: RollBack) -> None:
         self.roll_back = handler
 
-    def append(self, changes: Changes, before: Before) -> Commit:
+    def append(self, changes: Changes, before: Before, revision: int) -> Commit:
         if self.refusing:
             raise KvmgrError("the journal refused the write")
         self.writes.append((dict(changes), [(key, before(key)) for key in changes]))
@@ -165,11 +165,11 @@ def test_the_store_starts_from_its_journal_and_hands_it_every_change_in_order_wi
     assert not store.cas("b", "wrong", "x") and store.cas("b", b"2", "4")
     assert store.delete("a") and not store.delete("a")
     assert store.store_many({}) == {}
-    assert journal.writes == [
-        ({"a": ("1", None)}, [("a", ("0", None))]),
-        ({"b": (b"2", None), "a": ("3", None)}, [("b", None), ("a", ("1", None))]),
-        ({"b": ("4", None)}, [("b", (b"2", None))]),
-        ({"a": None}, [("a", ("3", None))]),
+    assert journal.writes == [  # each write is the next revision: every key it changes gets that version
+        ({"a": ("1", None, 1)}, [("a", ("0", None, 0))]),
+        ({"b": (b"2", None, 2), "a": ("3", None, 2)}, [("b", None), ("a", ("1", None, 1))]),
+        ({"b": ("4", None, 3)}, [("b", (b"2", None, 2))]),
+        ({"a": None}, [("a", ("3", None, 2))]),
     ]
     store.close()
     store.close()

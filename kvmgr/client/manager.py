@@ -13,7 +13,7 @@ from typing import Any
 
 from kvmgr.client.operations import AnswerObserver, Call, Operations, attempt_status, run_pipeline
 from kvmgr.client.pool import ConnectionPool
-from kvmgr.client.retry import DEFAULT_RETRY, RetryPolicy
+from kvmgr.client.retry import DEFAULT_RETRY, NO_RETRY, RetryPolicy
 from kvmgr.config import (
     DEFAULT_TIMEOUT,
     MAX_REQUEST_BYTES,
@@ -250,6 +250,10 @@ class Client(Operations):
             raise
         self._pool.release(lease)
         return results
+
+    def session(self) -> Client:
+        """A client of the same store with connections of its own, never repeating a call."""
+        return Client(self.address, self._authkey, self.timeout, self.name, retry=NO_RETRY)
 
     def close(self) -> None:
         """Close the connections (the next call reconnects)."""

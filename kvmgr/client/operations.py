@@ -15,11 +15,13 @@ from functools import partial
 from typing import TYPE_CHECKING, Any, Self, TypeVar, cast
 
 from kvmgr.client.retry import DEFAULT_RETRY, Attempt, RetryPolicy
+from kvmgr.config import BLOCKING_CEILING, DEFAULT_LEASE
 from kvmgr.errors import InvalidKey, InvalidValue, KeyNotFound, KvmgrError, OutcomeUnknown, ServerUnavailable
 from kvmgr.protocol.validation import normalize_call
 from kvmgr.protocol.values import Number, Value
 
 if TYPE_CHECKING:
+    from kvmgr.client.coordination import Lock, Queue
     from kvmgr.client.mapping import StoreMapping
     from kvmgr.client.recording import RecordingClient
     from kvmgr.verify.history import HistoryWriter
@@ -139,6 +141,68 @@ class Operations(ABC):
         from kvmgr.client.mapping import StoreMapping
 
         return StoreMapping(self)
+
+    def get_versioned(self, key: str) -> tuple[Value | None, int]:
+        """(value, or None if absent; version): the version is the store revision of the key's last change (0: never written)."""
+        value, version = self.call("get_versioned", key)
+        return value, version
+
+    def wait(self, key: str, after: int, timeout: float | None = None) -> tuple[Value | None, int]:
+        """Block until key's version is above `after`, then (value or None, version); WaitTimeout after timeout seconds.
+
+        None waits up to the server's ceiling. Runs on a connection of its own: other calls never wait behind it.
+        """
+        value, version = self._blocking("wait", (key, after), timeout)
+        return value, version
+
+    def lock_acquire(self, name: str, lease: float, timeout: float | None = None) -> int:
+        """The low-level acquire (use lock()): block until held for lease seconds; the fencing token. LockTimeout."""
+        return cast("int", self._blocking("lock_acquire", (name, lease), timeout))
+
+    def lock_release(self, name: str, token: int) -> bool:
+        """The low-level release (use lock()): free the lock held with token; LockLost if it is not."""
+        return cast("bool", self.call("lock_release", name, token))
+
+    def lock_extend(self, name: str, token: int, lease: float) -> bool:
+        """The low-level extend (use lock()): hold for lease seconds from now; LockLost if not held with token."""
+        return cast("bool", self.call("lock_extend", name, token, lease))
+
+    def lock_locked(self, name: str) -> bool:
+        """True if someone holds the lock."""
+        return cast("bool", self.call("lock_locked", name))
+
+    def queue_put(self, name: str, value: Value) -> int:
+        """Append value to the queue; its length after the put (use queue())."""
+        return cast("int", self.call("queue_put", name, value))
+
+    def queue_get(self, name: str, timeout: float | None = None) -> Value:
+        """Block until the queue has an item and take the first; QueueEmpty after timeout (use queue())."""
+        return cast("Value", self._blocking("queue_get", (name,), timeout))
+
+    def queue_size(self, name: str) -> int:
+        """How many items wait in the queue."""
+        return cast("int", self.call("queue_size", name))
+
+    def lock(self, name: str, lease: float = DEFAULT_LEASE) -> Lock:
+        """A lock with a lease and fencing tokens (kvmgr.client.coordination.Lock): acquire(), release(), a with-block."""
+        from kvmgr.client.coordination import Lock
+
+        return Lock(self, name, lease)
+
+    def queue(self, name: str) -> Queue:
+        """A FIFO work queue (kvmgr.client.coordination.Queue): put(), get(timeout), qsize()."""
+        from kvmgr.client.coordination import Queue
+
+        return Queue(self, name)
+
+    def session(self) -> Operations:
+        """A client of the same store with connections of its own (a held lock keeps one for itself)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot open a session")
+
+    def _blocking(self, method: str, args: tuple, timeout: float | None) -> Any:
+        """A call that may wait up to `timeout` (None: the server's ceiling): its read deadline is that plus the client's timeout."""
+        wait = BLOCKING_CEILING if timeout is None else timeout
+        return self.call(method, *args, *(() if timeout is None else (timeout,)), timeout=wait + self.timeout)
 
     def quit(self) -> str:
         """Ask the server to shut down gracefully; returns its confirmation."""

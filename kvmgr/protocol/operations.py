@@ -24,6 +24,7 @@ class OpSpec:
     in_scenarios: bool = True  # a scenario step (and alice/bob --op) may name it
     defaults: tuple[object, ...] = ()  # what the optional params mean when left out, in order (None for each if not given)
     client_params: tuple[str, ...] = ()  # optional parameters the client handles itself, never sent (pop's default)
+    blocks: bool = False  # may wait for others (up to its timeout): the client sends it on a connection of its own
     summary: str = ""
 
     @property
@@ -80,6 +81,24 @@ OPERATIONS: tuple[OpSpec, ...] = (
     OpSpec(name="quit", summary="ask the server to shut down gracefully (kvmgr's own server only)"),
     OpSpec(name="rendezvous", params=("name", "parties", "timeout"), optional=1, in_scenarios=False,
            summary="block until `parties` callers have arrived under name, then release them together"),
+    OpSpec(name="lock_acquire", params=("name", "lease", "timeout"), optional=1, in_scenarios=False, blocks=True,
+           summary="block until the lock is held (for lease seconds); its fencing token; LockTimeout"),
+    OpSpec(name="lock_release", params=("name", "token"), in_scenarios=False,
+           summary="free the lock held with token; LockLost if it is not held with it"),
+    OpSpec(name="lock_extend", params=("name", "token", "lease"), in_scenarios=False,
+           summary="hold the lock for lease seconds from now; LockLost if it is not held with token"),
+    OpSpec(name="lock_locked", params=("name",), safe_to_repeat=True, in_scenarios=False,
+           summary="True if someone holds the lock"),
+    OpSpec(name="get_versioned", params=("key",), safe_to_repeat=True, in_scenarios=False,
+           summary="(value or None, version): the key's value and the revision of its last change"),
+    OpSpec(name="wait", params=("key", "after", "timeout"), optional=1, in_scenarios=False, blocks=True,
+           summary="block until the key's version is above after; (value or None, version); WaitTimeout"),
+    OpSpec(name="queue_put", params=("name", "value"), mutates=True, in_scenarios=False,
+           summary="append value to the queue; its length after the put"),
+    OpSpec(name="queue_get", params=("name", "timeout"), optional=1, in_scenarios=False, blocks=True,
+           summary="block until the queue has an item and take the first; QueueEmpty"),
+    OpSpec(name="queue_size", params=("name",), safe_to_repeat=True, in_scenarios=False,
+           summary="how many items the queue holds"),
 )
 
 BY_NAME: dict[str, OpSpec] = {spec.name: spec for spec in OPERATIONS}

@@ -67,6 +67,7 @@ def check_rendezvous(name: object, parties: object, timeout: object = None) -> t
     return _rendezvous_name(name), _parties(parties), _seconds(timeout)
 
 
+
 def check_keys_page(prefix: object, limit: object, after: object) -> tuple[str | None, int | None, str | None]:
     """keys()'s arguments in plain form; InvalidValue unless prefix and after are str or None and limit a whole
     number above 0 or None."""
@@ -152,8 +153,8 @@ def _delta(by: object) -> Number:
         return by
     if type(by) is float and math.isfinite(by):
         return by
-    if isinstance(by, int | float) and not isinstance(by, bool):
-        return _delta(plain(by))
+    if isinstance(by, int | float) and not isinstance(by, bool) and type(by) not in (int, float):  # a subclass
+        return _delta(int.__index__(by) if isinstance(by, int) else float.__float__(by))
     raise InvalidValue(f"incr/decr: by must be an int or a finite float, not {by!r:.40}")
 
 
@@ -238,6 +239,32 @@ def _parties(parties: object) -> int:
     return operator.index(parties)
 
 
+def check_name(name: object, what: str = "name") -> str:
+    """A lock's or queue's name in plain form; InvalidValue unless it is a non-empty str UTF-8 can encode."""
+    if not isinstance(name, str) or not name:
+        raise InvalidValue(f"{what} must be a non-empty str, not {_describe(name)}")
+    return _text(name, InvalidValue, what)
+
+
+def check_lease(lease: object) -> float:
+    """A lock's lease: seconds above 0, at most a day; InvalidValue otherwise."""
+    if not is_number(lease) or not 0 < lease <= 86400:  # type: ignore[operator]
+        raise InvalidValue(f"a lease must be a number of seconds above 0 and at most 86400, not {lease!r:.40}")
+    return float(lease)  # type: ignore[arg-type]
+
+
+def check_counter(number: object, what: str) -> int:
+    """A fencing token or a version: a whole number >= 0 (not a bool); InvalidValue otherwise."""
+    if type(number) is not int or number < 0:
+        raise InvalidValue(f"{what} must be a whole number >= 0, not {_shown(number)}")
+    return number
+
+
+def check_wait(timeout: object) -> float | None:
+    """A blocking call's own timeout: None (the server's ceiling) or seconds >= 0."""
+    return _seconds(timeout)
+
+
 # What a client sends: each parameter of the operation table in plain form. No sizes are checked here.
 PARAMETER_CHECKS: dict[str, Callable[[object], object]] = {
     "key": lambda key: _key(key, ANY_SIZE),
@@ -248,17 +275,26 @@ PARAMETER_CHECKS: dict[str, Callable[[object], object]] = {
     "prefix": lambda prefix: _optional_text(prefix, "prefix"),
     "after": lambda after: _optional_text(after, "after"),
     "limit": lambda limit: _page_limit(limit),
-    "name": _rendezvous_name,
+    "name": lambda name: check_name(name),
     "parties": _parties,
     "timeout": lambda timeout: _seconds(timeout),
     "ttl": _ttl,
     "by": _delta,
+    "lease": check_lease,
+    "token": lambda token: check_counter(token, "a fencing token"),
 }
+
+
+OPERATION_CHECKS: dict[tuple[str, str], Callable[[object], object]] = {
+    ("rendezvous", "name"): _rendezvous_name,
+    ("wait", "after"): lambda after: check_counter(after, "after (a version)"),  # keys' `after` is a key
+}
+"""Where one operation checks a parameter its own way (its own message)."""
 
 
 def _normalizer(spec: OpSpec) -> Callable[..., tuple]:
     """The function that puts a call's arguments in plain form, parameter by parameter (one argument: no loop)."""
-    checks = [PARAMETER_CHECKS[name] for name in spec.params]
+    checks = [OPERATION_CHECKS.get((spec.name, name)) or PARAMETER_CHECKS[name] for name in spec.params]
     if len(checks) == 1:
         check = checks[0]
         return lambda argument: (check(argument),)

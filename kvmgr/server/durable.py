@@ -45,12 +45,13 @@ log = logging.getLogger("kvmgr.server.durable")
 class CommitGroup:
     """Writes committed in one transaction: their changes, their undo records, and the outcome, resolved once decided."""
 
-    __slots__ = ("changes", "outcome", "undo", "writes")
+    __slots__ = ("changes", "outcome", "revision", "undo", "writes")
 
     def __init__(self) -> None:
         self.changes: list[tuple[str, Entry | None]] = []
         self.undo: list[Undo] = []
         self.writes = 0
+        self.revision = 0
         self.outcome = Deferred()
 
 
@@ -91,18 +92,27 @@ class SQLiteJournal:
         """
         self._on_failure = handler
 
-    def load(self) -> dict[str, Entry]:
-        """Every entry stored and not expired, as the server starts from it (each value as the type it was stored as).
+    def load(self) -> tuple[dict[str, Entry], int]:
+        """Every entry stored and not expired (each value as the type it was stored as), and the store's revision.
 
         ConfigError, naming the file, if a row is not one kvmgr writes (another tool wrote a non-text key, say).
         """
         try:
             self._check_rows()
-            self._commit([(key, None) for (key,) in self._db.execute("SELECT key FROM kv WHERE expires <= ?", (time.time(),))])
-            return {key: (_stored_value(key, value, encoded), expires) for key, value, encoded, expires in
-                    self._db.execute("SELECT key, value, encoded, expires FROM kv")}
+            revision = self._revision()
+            expired = [(key, None) for (key,) in self._db.execute("SELECT key FROM kv WHERE expires <= ?", (time.time(),))]
+            self._commit(expired, revision)
+            entries = {key: (_stored_value(key, value, encoded), expires, version) for key, value, encoded, expires, version in
+                       self._db.execute("SELECT key, value, encoded, expires, version FROM kv")}
         except sqlite3.Error as exc:
             raise ConfigError(f"cannot read the data in {self.path}: {exc}") from None
+        return entries, revision
+
+    def _revision(self) -> int:
+        """The last revision committed: the one kept in meta, or the newest version in kv, whichever is larger."""
+        kept = self._db.execute("SELECT value FROM meta WHERE name = 'revision'").fetchone()
+        newest = self._db.execute("SELECT max(version) FROM kv").fetchone()[0]
+        return max(int(kept[0]) if kept else 0, int(newest or 0))
 
     def _check_rows(self) -> None:
         """ConfigError for the first row whose key is not non-empty text or whose value is neither text nor a blob."""
@@ -122,7 +132,7 @@ class SQLiteJournal:
             problem = f"the value of key {shown} is of type {value_type}, not text or blob"
         raise ConfigError(f"cannot use {self.path}: {problem}; kvmgr did not write it (was the database changed by another tool?)")
 
-    def append(self, changes: Changes, before: Before) -> Commit:
+    def append(self, changes: Changes, before: Before, revision: int) -> Commit:
         """Take a write (under the store's lock, before the store applies it); returns its commit (None once committed).
 
         In "always" and "off" the write is committed here, and a failure raises KvmgrError before the
@@ -131,7 +141,7 @@ class SQLiteJournal:
         """
         if self._committer is None:
             try:
-                self._commit(changes.items())
+                self._commit(changes.items(), revision)
             except Exception as exc:
                 _report(exc, 1)
                 raise _failed(exc) from None
@@ -140,6 +150,7 @@ class SQLiteJournal:
             group = self._open
             group.changes.extend(changes.items())
             group.undo.extend((key, before(key)) for key in changes)
+            group.revision = max(group.revision, revision)
             group.writes += 1
             self._work.notify()
         return group.outcome
@@ -182,7 +193,7 @@ class SQLiteJournal:
                 group = self._committing = self._open
                 self._open = CommitGroup()
             try:
-                self._commit(group.changes)
+                self._commit(group.changes, group.revision)
             except Exception as exc:  # whatever the cause, the writers must hear of it and the store go back
                 self._on_failure(exc)
                 continue
@@ -191,8 +202,8 @@ class SQLiteJournal:
                 self._committing = None
             group.outcome.resolve(None)
 
-    def _commit(self, changes: Iterable[tuple[str, Entry | None]]) -> None:
-        """Write changes in one transaction; on any failure roll it back, so the next transaction starts clean."""
+    def _commit(self, changes: Iterable[tuple[str, Entry | None]], revision: int) -> None:
+        """Write changes and the revision in one transaction; on any failure roll it back, so the next one starts clean."""
         final = dict(changes)  # only each key's last change matters
         db = self._db
         try:
@@ -200,8 +211,9 @@ class SQLiteJournal:
                 db.execute("ROLLBACK")
             db.execute("BEGIN")
             db.executemany("DELETE FROM kv WHERE key = ?", [(key,) for key, value in final.items() if value is None])
-            db.executemany("INSERT OR REPLACE INTO kv (key, value, encoded, expires) VALUES (?, ?, ?, ?)",
+            db.executemany("INSERT OR REPLACE INTO kv (key, value, encoded, expires, version) VALUES (?, ?, ?, ?, ?)",
                            [_row(key, entry) for key, entry in final.items() if entry is not None])
+            db.execute("INSERT OR REPLACE INTO meta (name, value) VALUES ('revision', ?)", (revision,))
             db.execute("COMMIT")
         except BaseException:
             if db.in_transaction:
@@ -217,14 +229,17 @@ def _add_missing_columns(db: sqlite3.Connection) -> None:
         db.execute("ALTER TABLE kv ADD COLUMN encoded INTEGER NOT NULL DEFAULT 0")
     if "expires" not in columns:
         db.execute("ALTER TABLE kv ADD COLUMN expires REAL")
+    if "version" not in columns:
+        db.execute("ALTER TABLE kv ADD COLUMN version INTEGER NOT NULL DEFAULT 0")
+    db.execute("CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value NOT NULL) WITHOUT ROWID")
 
 
-def _row(key: str, entry: Entry) -> tuple[str, Value, int, float | None]:
+def _row(key: str, entry: Entry) -> tuple[str, Value, int, float | None, int]:
     """A row: a str or bytes value as SQLite text or blob, anything else in its byte form (values.encode) flagged encoded."""
-    value, expires = entry
+    value, expires, version = entry
     if type(value) is str or type(value) is bytes:
-        return key, value, 0, expires
-    return key, encode(value), 1, expires
+        return key, value, 0, expires, version
+    return key, encode(value), 1, expires, version
 
 
 def _stored_value(key: str, value: Value, encoded: int) -> Value:

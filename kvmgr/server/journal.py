@@ -13,7 +13,7 @@ from typing import Final, Protocol
 from kvmgr.protocol.values import Value
 from kvmgr.server.deferred import Deferred
 
-Entry = tuple[Value, float | None]  # a key's value and when it expires (time.time() seconds), None: never
+Entry = tuple[Value, float | None, int]  # a key's value, when it expires (time.time() seconds; None: never), its version
 Changes = Mapping[str, Entry | None]  # None deletes the key
 Before = Callable[[str], Entry | None]  # a key's entry before a write (None: absent)
 Undo = tuple[str, Entry | None]  # (key, its entry before a write, None if absent): the change that takes the write back
@@ -30,14 +30,15 @@ class Journal(Protocol):
     takes the store's lock, calls `fail_uncommitted` and applies the undo records it returns, newest first.
     """
 
-    def load(self) -> dict[str, Entry]:
-        """The entries the store starts from (none that has expired)."""
+    def load(self) -> tuple[dict[str, Entry], int]:
+        """The entries the store starts from (none that has expired), and its revision (the last version given)."""
 
     def on_failure(self, handler: RollBack) -> None:
         """Call handler(failure) when a deferred commit fails."""
 
-    def append(self, changes: Changes, before: Before) -> Commit:
-        """Take a write before the store applies it (`before(key)`: the entry now); KvmgrError refuses it, the store stays as it was."""
+    def append(self, changes: Changes, before: Before, revision: int) -> Commit:
+        """Take a write before the store applies it (`before(key)`: the entry now), and the store's revision after it
+        (a write may change no key: a fencing token); KvmgrError refuses it, the store stays as it was."""
 
     def fail_uncommitted(self, failure: BaseException) -> list[Undo]:
         """Fail every write not yet committed (its commit fails with KvmgrError); return their undo records, oldest first."""
@@ -51,14 +52,14 @@ class MemoryJournal:
 
     __slots__ = ()
 
-    def load(self) -> dict[str, Entry]:
+    def load(self) -> tuple[dict[str, Entry], int]:
         """An empty store."""
-        return {}
+        return {}, 0
 
     def on_failure(self, handler: RollBack) -> None:
         """Nothing can fail: the handler is never needed."""
 
-    def append(self, changes: Changes, before: Before) -> Commit:
+    def append(self, changes: Changes, before: Before, revision: int) -> Commit:
         """Accept the write; nothing to wait for."""
         return None
 

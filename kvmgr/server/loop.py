@@ -74,7 +74,7 @@ class Slot:
 class Connection:
     """One peer's socket and its state: its phase, the bytes read and not yet parsed, the replies not yet written."""
 
-    __slots__ = ("closed", "counted", "events", "fd", "inbuf", "nonce", "out", "out_size", "paused", "peer", "pending",
+    __slots__ = ("closed", "counted", "events", "fd", "holds", "inbuf", "nonce", "out", "out_size", "paused", "peer", "pending",
                  "phase", "progress_at", "sock", "timer", "want")
 
     def __init__(self, sock: socket.socket, peer: str) -> None:
@@ -92,6 +92,18 @@ class Connection:
         self.counted = False  # counted among the open connections (max_connections)
         self.timer: Timer | None = None  # the handshake's deadline, until the first request (None after)
         self.nonce = b""
+        self.holds: dict[object, Callable[[], object]] | None = None  # what to let go of when it closes (a lock it holds)
+
+    def hold(self, what: object, release: Callable[[], object]) -> None:
+        """Call release() when this connection closes (a lock it was granted), unless dropped first."""
+        if self.holds is None:
+            self.holds = {}
+        self.holds[what] = release
+
+    def drop(self, what: object) -> None:
+        """Forget what hold() was told (the lock was released)."""
+        if self.holds:
+            self.holds.pop(what, None)
 
 
 class EventLoop:
@@ -105,6 +117,7 @@ class EventLoop:
         self.finished = threading.Event()
         self.selector = new_poller()  # of fds: the listener, the wake socket and self.connections
         self.connections: dict[int, Connection] = {}
+        self.current: Connection | None = None  # the connection whose request dispatch() is running
         self.handshakes = 0  # connections that have not made their first request yet
         self.open = 0  # authenticated connections serving calls
         self._timers: list[Timer] = []
@@ -360,6 +373,7 @@ class EventLoop:
 
     def _reply_at_once(self, conn: Connection, payload: bytes) -> bool:
         """The hot path, for a lone request on an idle connection: dispatch it and write its reply; True if all went out."""
+        self.current = conn
         reply = self.dispatch(payload)
         if isinstance(reply, Deferred):
             self._defer(conn, reply)
@@ -376,6 +390,7 @@ class EventLoop:
 
     def _answer(self, conn: Connection, payload: bytes) -> None:
         """Dispatch one call and queue its reply in request order."""
+        self.current = conn
         reply = self.dispatch(payload)
         if type(reply) is bytes and not conn.pending:
             conn.out.append(reply)
@@ -532,6 +547,9 @@ class EventLoop:
                 item.deferred.cancel(cancelled)
         conn.pending.clear()
         conn.out.clear()
+        holds, conn.holds = conn.holds, None
+        for release in (holds or {}).values():
+            release()
 
     def _shut_down(self) -> None:
         """Stop accepting, let the subclass commit, fail deferred calls, write what is queued (bounded), close everything."""

@@ -11,6 +11,9 @@ import signal
 import socket
 import stat
 import sys
+import threading
+from collections.abc import Callable
+from functools import partial
 from multiprocessing import ProcessError
 from multiprocessing.managers import BaseManager
 from typing import cast
@@ -19,6 +22,7 @@ from kvmgr.config import DEFAULT_LIMITS, LISTEN_BACKLOG, SWEEP_INTERVAL, Address
 from kvmgr.errors import ConfigError, KvmgrError, ProtocolError, UnknownOperation
 from kvmgr.protocol import wire
 from kvmgr.server.compat import ManagerCalls
+from kvmgr.server.coordination import thread_schedule
 from kvmgr.server.deferred import Deferred
 from kvmgr.server.journal import IN_MEMORY, Journal
 from kvmgr.server.loop import Connection, EventLoop
@@ -68,9 +72,9 @@ class StoreServer(ManagerCalls, EventLoop):
     """
 
     def __init__(self, address: Address, authkey: bytes, limits: Limits = DEFAULT_LIMITS, journal: Journal = IN_MEMORY) -> None:
-        self.store = Store(limits, on_quit=self.stop, journal=journal)
+        self.store = Store(limits, on_quit=self.stop, journal=journal, schedule=self._schedule)
         self.store_ident = f"{id(self.store):x}"
-        self._handlers = self.store.handlers()
+        self._handlers = self.store.handlers(session=lambda: self.current)
         listener = open_listener(address)
         super().__init__(listener, authkey, limits)
         bound = listener.getsockname()
@@ -81,6 +85,13 @@ class StoreServer(ManagerCalls, EventLoop):
         raise_open_files_limit(self.limits.max_connections + self.limits.max_pending_handshakes)
         self.call_later(SWEEP_INTERVAL, self._sweep_expired)
         self.run()
+
+    def _schedule(self, delay: float, callback: Callable[[], object]) -> Callable[[], None]:
+        """The Store's timers (leases): the loop's own, or a thread's when asked from another thread (a commit's)."""
+        if threading.get_ident() != self._thread_id:
+            return thread_schedule(delay, callback)
+        timer = self.call_later(delay, callback)
+        return partial(self._cancel_timer, timer)
 
     def _sweep_expired(self) -> None:
         """Reclaim some expired keys, then come back: soon while keys have an expiry, else at the loop's idle pace."""

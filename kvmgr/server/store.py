@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import functools
 import heapq
+import inspect
 import math
 import threading
 import time
@@ -29,28 +30,34 @@ from collections.abc import Callable, Iterable, Mapping
 from functools import partial
 from typing import Any, ParamSpec, TypeVar
 
-from kvmgr.config import COMMIT_TIMEOUT, DEFAULT_LIMITS, RENDEZVOUS_TIMEOUT, SWEEP_BUDGET, Limits
-from kvmgr.errors import InvalidValue, KeyNotFound, KvmgrError, OutcomeUnknown, WrongType
+from kvmgr.config import COMMIT_TIMEOUT, DEFAULT_LIMITS, MAX_TOMBSTONES, RENDEZVOUS_TIMEOUT, SWEEP_BUDGET, Limits
+from kvmgr.errors import InvalidValue, KeyNotFound, KvmgrError, OutcomeUnknown, WaitTimeout, WrongType
 from kvmgr.protocol.operations import NAMES
 from kvmgr.protocol.validation import (
+    check_counter,
     check_delta,
     check_expected,
     check_key,
     check_key_list,
     check_keys_page,
+    check_lease,
     check_mapping,
+    check_name,
     check_rendezvous,
     check_ttl,
     check_value,
+    check_wait,
     page_of_keys,
 )
 from kvmgr.protocol.values import Number, Value, encoded_size, is_number, same_value
+from kvmgr.server.coordination import Locks, Queues, Schedule, Session, blocking_wait, thread_schedule
 from kvmgr.server.deferred import Deferred, settle
 from kvmgr.server.journal import IN_MEMORY, Changes, Commit, Entry, Journal
 
 QUIT_MESSAGE = "Server Quitting..!"
 T = TypeVar("T")
 P = ParamSpec("P")
+Change = tuple[Value, float | None] | None  # a key's new value and deadline, or None: delete it
 
 
 def waits_for_answer(start: Callable[P, Any]) -> Callable[P, Any]:
@@ -62,6 +69,11 @@ def waits_for_answer(start: Callable[P, Any]) -> Callable[P, Any]:
 
     operation.__name__ = start.__name__.removeprefix("start_")
     return operation
+
+
+def _with_session(handler: Callable[..., Any], session: Callable[[], Session | None], *args: Any) -> Any:
+    """Call a handler that needs to know which connection its call came on."""
+    return handler(*args, session=session())
 
 
 def deadline_after(ttl: float | None) -> float | None:
@@ -84,14 +96,21 @@ class Store:
 
     def __init__(
         self, limits: Limits = DEFAULT_LIMITS, on_quit: Callable[[], None] = lambda: None, journal: Journal = IN_MEMORY,
+        schedule: Schedule = thread_schedule,
     ) -> None:
         self._journal = journal
         self._closed = False
-        loaded = journal.load()
-        self._data: dict[str, Value] = {key: value for key, (value, _) in loaded.items()}
-        self._expiry: dict[str, float] = {key: expires for key, (_, expires) in loaded.items() if expires is not None}
+        loaded, self._revision = journal.load()
+        self._data: dict[str, Value] = {key: value for key, (value, _, _) in loaded.items()}
+        self._expiry: dict[str, float] = {key: expires for key, (_, expires, _) in loaded.items() if expires is not None}
         self._deadlines: list[tuple[float, str]] = [(expires, key) for key, expires in self._expiry.items()]  # a heap
         heapq.heapify(self._deadlines)
+        self._versions: dict[str, int] = {key: version for key, (_, _, version) in loaded.items()}  # deleted keys too
+        self._version_floor = self._revision  # the version of an absent key the store no longer remembers
+        self._watchers: dict[str, list[Deferred]] = {}
+        self._schedule = schedule
+        self.locks = Locks(schedule, self._next_token)
+        self.queues = Queues()
         self._lock = threading.Lock()
         journal.on_failure(self._roll_back)
         self._limits = limits
@@ -99,9 +118,16 @@ class Store:
         self._rounds: dict[str, Round] = {}  # open rendezvous by name; a round goes once complete or empty
         self._rounds_lock = threading.Lock()
 
-    def handlers(self) -> dict[str, Callable[..., Any]]:
-        """What the server calls for each operation: it returns the answer, or a Deferred of it, and never blocks."""
-        return {name: getattr(self, f"start_{name}", None) or getattr(self, name) for name in NAMES}
+    def handlers(self, session: Callable[[], Session | None] = lambda: None) -> dict[str, Callable[..., Any]]:
+        """What the server calls for each operation: it returns the answer, or a Deferred of it, and never blocks.
+
+        An operation that takes a session (a lock's) is given `session()`: the connection its call came on.
+        """
+        handlers = {name: getattr(self, f"start_{name}", None) or getattr(self, name) for name in NAMES}
+        for name, handler in handlers.items():
+            if "session" in inspect.signature(handler).parameters:
+                handlers[name] = partial(_with_session, handler, session)
+        return handlers
 
     def start_store(self, key: str, value: Value, ttl: float | None = None) -> str | Deferred:
         """Set key (expiring after ttl seconds, if given); "saved" if the key was new, "updated" if it overwrote a value."""
@@ -276,6 +302,66 @@ class Store:
             if size > self._limits.max_value_bytes:
                 raise InvalidValue(f"incr/decr: the result is larger than {self._limits.max_value_bytes} bytes")
 
+    def get_versioned(self, key: str) -> tuple[Value | None, int]:
+        """(the value of key or None if absent, its version): the revision of its last change, 0 if never written."""
+        key = check_key(key, self._limits)
+        with self._lock:
+            self._present(key)
+            return self._data.get(key), self._version(key)
+
+    def start_wait(self, key: str, after: int, timeout: float | None = None) -> tuple[Value | None, int] | Deferred:
+        """(value or None, version) as soon as key's version is above `after` (a store, delete, expiry, incr, ...);
+        WaitTimeout if it does not change within timeout (None: the server's ceiling)."""
+        key, after, wait = check_key(key, self._limits), check_counter(after, "after (a version)"), check_wait(timeout)
+        with self._lock:
+            self._present(key)
+            version = self._version(key)
+            if version > after:
+                return self._data.get(key), version
+            seconds = blocking_wait(wait)
+            watcher = Deferred(seconds, WaitTimeout(f"key {key!r} did not change within {seconds:g}s (still version {version})"))
+            self._watchers.setdefault(key, []).append(watcher)
+            watcher.on_cancel(partial(self._unwatch, key, watcher))
+            deadline = self._expiry.get(key)
+        if deadline is not None:  # an expiry is a change: look again when it is due
+            self._schedule(max(0.0, deadline - time.time()) + 0.001, partial(self._expire_now, key))
+        return watcher
+
+    def start_lock_acquire(
+        self, name: str, lease: float, timeout: float | None = None, *, session: Session | None = None,
+    ) -> int | Deferred:
+        """Block until the lock is held for lease seconds; its fencing token. LockTimeout after timeout (None: the ceiling)."""
+        name, lease, wait = check_name(name, "a lock name"), check_lease(lease), check_wait(timeout)
+        return self.locks.acquire(name, lease, wait, session)
+
+    def lock_release(self, name: str, token: int, *, session: Session | None = None) -> bool:
+        """Free the lock held with token; LockLost (and nothing freed) if it is not held with it."""
+        return self.locks.release(check_name(name, "a lock name"), check_counter(token, "a fencing token"))
+
+    def lock_extend(self, name: str, token: int, lease: float, *, session: Session | None = None) -> bool:
+        """Hold the lock for lease seconds from now; LockLost if it is not held with token."""
+        return self.locks.extend(check_name(name, "a lock name"), check_counter(token, "a fencing token"), check_lease(lease))
+
+    def lock_locked(self, name: str) -> bool:
+        """True if someone holds the lock."""
+        return self.locks.locked(check_name(name, "a lock name"))
+
+    def queue_put(self, name: str, value: Value) -> int:
+        """Append value to the queue (or hand it to the longest-waiting getter); the queue's length counting it."""
+        return self.queues.put(check_name(name, "a queue name"), check_value(value, self._limits))
+
+    def start_queue_get(self, name: str, timeout: float | None = None) -> Value | Deferred:
+        """The queue's first item; a getter waits for one in arrival order (QueueEmpty after timeout, None: the ceiling)."""
+        return self.queues.get(check_name(name, "a queue name"), check_wait(timeout))
+
+    def queue_size(self, name: str) -> int:
+        """How many items wait in the queue."""
+        return self.queues.size(check_name(name, "a queue name"))
+
+    wait = waits_for_answer(start_wait)
+    lock_acquire = waits_for_answer(start_lock_acquire)
+    queue_get = waits_for_answer(start_queue_get)
+
     def _present(self, key: str) -> bool:
         """True if key is in the store and has not expired (call under the lock)."""
         if self._expiry:
@@ -286,7 +372,19 @@ class Store:
         """Forget key if its deadline has passed (call under the lock)."""
         deadline = self._expiry.get(key)
         if deadline is not None and deadline <= time.time():
+            self._forget_expired(key)
+
+    def _forget_expired(self, key: str) -> None:
+        """Delete an expired key: a change like any other (a new version, watchers woken, journaled without waiting)."""
+        if self._closed:
             del self._data[key], self._expiry[key]
+            return
+        self._write({key: None})  # its commit is not waited for: a key that expired is gone whatever the journal says
+
+    def _expire_now(self, key: str) -> None:
+        """Drop key if it has expired (a timer set by a wait on a key with an expiry)."""
+        with self._lock:
+            self._drop_if_expired(key)
 
     def sweep(self, budget: int = SWEEP_BUDGET) -> int:
         """Reclaim at most `budget` expired keys; how many were reclaimed (the server's loop calls this)."""
@@ -302,7 +400,7 @@ class Store:
             deadline, key = heapq.heappop(deadlines)
             budget -= 1
             if expiry.get(key) == deadline:  # else the key's expiry changed since: a stale heap entry
-                del self._data[key], expiry[key]
+                self._forget_expired(key)
                 reclaimed += 1
         if len(deadlines) > 2 * len(expiry) + 1024:  # mostly stale entries (expiries changed or removed): rebuild
             deadlines[:] = [(expires, key) for key, expires in expiry.items()]
@@ -313,47 +411,87 @@ class Store:
         """How many keys have an expiry (some may have expired and not yet been reclaimed)."""
         return len(self._expiry)
 
+    def _version(self, key: str) -> int:
+        """key's version: the revision of its last change (call under the lock)."""
+        return self._versions.get(key, self._version_floor)
+
+    def _unwatch(self, key: str, watcher: Deferred) -> None:
+        """A cancelled wait stops watching its key."""
+        with self._lock:
+            watchers = self._watchers.get(key)
+            if watchers is not None and watcher in watchers:
+                watchers.remove(watcher)
+                if not watchers:
+                    del self._watchers[key]
+
+    def _next_token(self) -> tuple[int, Commit]:
+        """A fencing token: the store's next revision, journaled like a write that changes no key."""
+        with self._lock:
+            return self._revision + 1, self._write({})
+
     def _entry(self, key: str) -> Entry | None:
-        """key's value and deadline, None if absent (the journal's view of the store before a write)."""
+        """key's value, deadline and version, None if absent (the journal's view of the store before a write)."""
         value = self._data.get(key)
-        return None if value is None else (value, self._expiry.get(key))
+        return None if value is None else (value, self._expiry.get(key), self._versions.get(key, self._version_floor))
 
-    def _write(self, changes: Changes) -> Commit:
-        """The one path every change takes (call under the lock): journal it, then apply it. None deletes.
+    def _write(self, changes: Mapping[str, Change]) -> Commit:
+        """The one path every change takes (call under the lock): journal it, then apply it, as the next revision.
 
-        Returns the journal's commit: None once the change is durable (at once in memory mode), else a Deferred
-        resolved when it is, failed with KvmgrError if its commit failed.
+        Each change is (value, deadline) or None (delete). Returns the journal's commit: None once the change is
+        durable (at once in memory mode), else a Deferred resolved when it is, failed with KvmgrError if its commit failed.
         """
         if self._closed:
             raise KvmgrError("the server is shutting down: the write was not made")
-        commit = self._journal.append(changes, self._entry)
-        self._apply(changes)
+        revision = self._revision + 1
+        entries = {key: None if change is None else (*change, revision) for key, change in changes.items()}
+        commit = self._journal.append(entries, self._entry, revision)
+        self._revision = revision
+        self._apply(entries)
         return commit
 
-    def _apply(self, changes: Changes) -> None:
-        """Set each key's entry (None: remove the key)."""
-        data, expiry = self._data, self._expiry
-        for key, entry in changes.items():
+    def _apply(self, entries: Changes) -> None:
+        """Set each key's entry (None: remove the key, remembering its version), and wake whoever waits on it."""
+        data, expiry, versions = self._data, self._expiry, self._versions
+        for key, entry in entries.items():
             if entry is None:
-                del data[key]
+                data.pop(key, None)
                 expiry.pop(key, None)
-                continue
-            data[key], deadline = entry
-            if deadline is not None:
-                expiry[key] = deadline
-                heapq.heappush(self._deadlines, (deadline, key))
-            elif expiry:
-                expiry.pop(key, None)
+                versions[key] = self._revision
+            else:
+                data[key], deadline, versions[key] = entry
+                if deadline is not None:
+                    expiry[key] = deadline
+                    heapq.heappush(self._deadlines, (deadline, key))
+                elif expiry:
+                    expiry.pop(key, None)
+            if self._watchers:
+                self._wake(key)
+        if len(versions) > len(data) + MAX_TOMBSTONES:
+            self._forget_tombstones()
+
+    def _wake(self, key: str) -> None:
+        """Answer every wait on key with its value and version now."""
+        watchers = self._watchers.pop(key, None)
+        if watchers:
+            answer = (self._data.get(key), self._version(key))
+            for watcher in watchers:
+                watcher.resolve(answer)
+
+    def _forget_tombstones(self) -> None:
+        """Forget deleted keys' versions: an absent key now reports the current revision (never less than it had)."""
+        self._versions = {key: version for key, version in self._versions.items() if key in self._data}
+        self._version_floor = self._revision
 
     def _roll_back(self, failure: BaseException) -> None:
-        """After a failed group commit, undo every write not committed, newest first (the journal's committer calls this)."""
+        """After a failed group commit, undo every write not committed, newest first (the journal's committer calls this).
+
+        The restored state is a change of its own: every key it touches gets a new version, and its waiters wake.
+        """
         with self._lock:
-            for key, previous in reversed(self._journal.fail_uncommitted(failure)):
-                if previous is None:
-                    self._data.pop(key, None)
-                    self._expiry.pop(key, None)
-                else:
-                    self._apply({key: previous})
+            undo = self._journal.fail_uncommitted(failure)
+            self._revision += 1
+            restored = {key: None if previous is None else (*previous[:2], self._revision) for key, previous in reversed(undo)}
+            self._apply(restored)  # a key written several times ends at its oldest record: the last committed state
 
     def close(self) -> None:
         """Refuse further writes, commit what is pending and close the journal."""
