@@ -24,7 +24,7 @@ from functools import partial
 from typing import Any, Protocol
 
 from kvmgr.config import BLOCKING_CEILING
-from kvmgr.errors import LockLost, LockTimeout, QueueEmpty
+from kvmgr.errors import KvmgrError, LockLost, LockTimeout, QueueEmpty
 from kvmgr.protocol.values import Value
 from kvmgr.server.deferred import Deferred
 
@@ -169,7 +169,11 @@ class Locks:
             waiter = state.waiters.popleft()
             if waiter.deferred.done:
                 continue
-            granted = self._grant(name, state, waiter.lease, waiter.session)
+            try:
+                granted = self._grant(name, state, waiter.lease, waiter.session)
+            except KvmgrError as exc:  # no token to be had (the server is stopping): this waiter hears why
+                waiter.deferred.fail(exc)
+                continue
             _forward(granted, waiter.deferred)
             return
         del self._locks[name]

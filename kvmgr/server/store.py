@@ -31,7 +31,7 @@ from functools import partial
 from typing import Any, ParamSpec, TypeVar
 
 from kvmgr.config import COMMIT_TIMEOUT, DEFAULT_LIMITS, MAX_TOMBSTONES, RENDEZVOUS_TIMEOUT, SWEEP_BUDGET, Limits
-from kvmgr.errors import InvalidValue, KeyNotFound, KvmgrError, OutcomeUnknown, WaitTimeout, WrongType
+from kvmgr.errors import InvalidValue, KeyNotFound, KvmgrError, OutcomeUnknown, ServerUnavailable, WaitTimeout, WrongType
 from kvmgr.protocol.operations import NAMES
 from kvmgr.protocol.validation import (
     check_counter,
@@ -427,6 +427,8 @@ class Store:
     def _next_token(self) -> tuple[int, Commit]:
         """A fencing token: the store's next revision, journaled like a write that changes no key."""
         with self._lock:
+            if self._closed:
+                raise ServerUnavailable("the server is shutting down: the lock was not granted")
             return self._revision + 1, self._write({})
 
     def _entry(self, key: str) -> Entry | None:
