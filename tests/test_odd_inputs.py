@@ -1,8 +1,8 @@
 """Odd inputs and edge cases: one sequence against both backends, which must answer it identically and as expected.
 
-kvmgr.protocol.validation decides: str and bytes subclasses become plain str and bytes, anything UTF-8 cannot
-encode is refused, and so are buffers (bytearray, memoryview), numbers, bools and None where a key, a value or
-a count is expected.
+kvmgr.protocol.validation decides: str, bytes and int subclasses become their plain type, anything UTF-8 cannot
+encode is refused, and so are buffers (bytearray, memoryview), sets, None (where a value is expected) and
+non-finite floats; numbers and bools are values, but not keys, counts or ttls.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import pytest
 
 import kvmgr
 from kvmgr.client.operations import Operations
-from kvmgr.errors import InvalidKey, InvalidValue
+from kvmgr.errors import InvalidKey, InvalidValue, KeyNotFound, WrongType
 
 
 class Color(enum.StrEnum):
@@ -25,6 +25,10 @@ class Color(enum.StrEnum):
 
 class Blob(bytes):
     """A bytes subclass, as a library might hand one over."""
+
+
+class Level(enum.IntEnum):
+    HIGH = 3
 
 
 SURROGATE = "\udcff"  # what Python makes of the byte 0xff in a file name or an argument that is not UTF-8
@@ -44,8 +48,8 @@ def shape(value: Any) -> Any:
     """The value with the exact type of everything in it, so that "red" and Color.RED differ."""
     if isinstance(value, dict):
         return {shape(key): shape(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [shape(item) for item in value]
+    if isinstance(value, list | tuple):
+        return (type(value).__name__, [shape(item) for item in value])
     if isinstance(value, str | bytes) and len(value) > 40:
         return (type(value).__name__, value[:20], len(value))  # short enough to read in a failure message
     return (type(value).__name__, value)
@@ -61,11 +65,28 @@ SEQUENCE: list[tuple[str, Callable[[Operations], Any], tuple]] = [
     ("get it back as plain bytes", lambda c: c.get("blob"), ok(b"\x00\xff")),
     ("store a memoryview", lambda c: c.store("view", memoryview(b"x")), error(InvalidValue)),
     ("store a bytearray", lambda c: c.store("array", bytearray(b"x")), error(InvalidValue)),
-    ("store a bool", lambda c: c.store("bool", True), error(InvalidValue)),
-    ("store an int", lambda c: c.store("int", 1), error(InvalidValue)),
-    ("store a float", lambda c: c.store("float", 1.5), error(InvalidValue)),
+    ("store a bool", lambda c: c.store("bool", True), ok("saved")),
+    ("store an IntEnum", lambda c: c.store("int", Level.HIGH), ok("saved")),
+    ("get it back as a plain int", lambda c: c.get("int"), ok(3)),
+    ("store a float", lambda c: c.store("float", 1.5), ok("saved")),
     ("store None", lambda c: c.store("none", None), error(InvalidValue)),
-    ("store a list", lambda c: c.store("list", ["a"]), error(InvalidValue)),
+    ("store a set", lambda c: c.store("none", {"a"}), error(InvalidValue)),
+    ("store a NaN", lambda c: c.store("none", float("nan")), error(InvalidValue)),
+    ("store a list of subclasses", lambda c: c.store("list", [Color.RED, Blob(b"x")]), ok("saved")),
+    ("get it back plain", lambda c: c.get("list"), ok(["red", b"x"])),
+    ("incr by an IntEnum at a StrEnum key", lambda c: c.incr(Color.RED, Level.HIGH), error(WrongType)),
+    ("incr a bool", lambda c: c.incr("bool"), error(WrongType)),
+    ("incr by a bool", lambda c: c.incr("int", True), error(InvalidValue)),
+    ("incr by an IntEnum", lambda c: c.incr("int", Level.HIGH), ok(6)),
+    ("decr by a str", lambda c: c.decr("int", "1"), error(InvalidValue)),
+    ("store with a bool ttl", lambda c: c.store("int", 1, True), error(InvalidValue)),
+    ("store with a zero ttl", lambda c: c.store("int", 1, 0), error(InvalidValue)),
+    ("expire with a negative ttl", lambda c: c.expire("int", -1), error(InvalidValue)),
+    ("add under a StrEnum key", lambda c: c.add(Color.RED, "other"), ok(False)),
+    ("the int is untouched", lambda c: c.get("int"), ok(6)),
+    ("the ttl of an absent key", lambda c: c.ttl("none"), error(KeyNotFound)),
+    ("pop an absent key with a default", lambda c: c.pop("none", None), ok(None)),
+    ("pop with a bytes key", lambda c: c.pop(b"int"), error(InvalidKey)),
     ("a key with a lone surrogate", lambda c: c.store(f"key{SURROGATE}", "v"), error(InvalidKey)),
     ("a value with a lone surrogate", lambda c: c.store("surrogate", f"v{SURROGATE}"), error(InvalidValue)),
     ("a high surrogate alone", lambda c: c.store("surrogate", "\ud800"), error(InvalidValue)),
@@ -98,13 +119,14 @@ SEQUENCE: list[tuple[str, Callable[[Operations], Any], tuple]] = [
     ("store_many with a list of pairs", lambda c: c.store_many([("a", "1")]), error(InvalidValue)),
     ("store_many with a str", lambda c: c.store_many("ab"), error(InvalidValue)),
     ("store_many with a memoryview value", lambda c: c.store_many({"a": memoryview(b"1")}), error(InvalidValue)),
-    ("store_many with a bool value", lambda c: c.store_many({"a": False}), error(InvalidValue)),
+    ("store_many with a None value", lambda c: c.store_many({"a": None}), error(InvalidValue)),
     ("store_many with an empty key", lambda c: c.store_many({"": "1"}), error(InvalidKey)),
     ("store_many of nothing", lambda c: c.store_many({}), ok({})),
     ("store_many with subclasses", lambda c: c.store_many({Color.GREEN: Blob(b"g"), "plain": Color.RED}),
      ok({"green": "saved", "plain": "saved"})),
     ("read them back plain", lambda c: c.get_many(["green", "plain"]), ok({"green": b"g", "plain": "red"})),
-    ("cas expecting an int", lambda c: c.cas("red", 5, "v"), error(InvalidValue)),
+    ("cas expecting an int", lambda c: c.cas("red", 5, "v"), ok(False)),
+    ("cas expecting a set", lambda c: c.cas("red", {"green"}, "v"), error(InvalidValue)),
     ("cas to None", lambda c: c.cas("red", "green", None), error(InvalidValue)),
     ("cas on an int key", lambda c: c.cas(5, None, "v"), error(InvalidKey)),
     ("cas expecting a memoryview", lambda c: c.cas("red", memoryview(b"green"), "v"), error(InvalidValue)),
@@ -114,8 +136,8 @@ SEQUENCE: list[tuple[str, Callable[[Operations], Any], tuple]] = [
     ("delete by a StrEnum key", lambda c: c.delete(Color.GREEN), ok(True)),
     ("delete a bytes key", lambda c: c.delete(b"red"), error(InvalidKey)),
     ("every key, plain and sorted", lambda c: c.keys(), ok(sorted(["red", "blob", "empty-str", "empty-bytes", LONGEST_KEY, WIDE_KEY,
-                                                                  "ключ", "🔑", "plain", "fresh"]))),
-    ("size", lambda c: c.size(), ok(10)),
+                                                                  "ключ", "🔑", "plain", "fresh", "bool", "int", "float", "list"]))),
+    ("size", lambda c: c.size(), ok(14)),
 ]
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 import re
 import sys
 import textwrap
@@ -12,7 +13,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from kvmgr.client.redis_transport import RedisClient, connect_redis, redact_url
+from kvmgr.client.redis_transport import EXPIRING_INDEX, RedisClient, connect_redis, redact_url
 from kvmgr.errors import (
     AuthenticationFailed,
     ConfigError,
@@ -23,6 +24,7 @@ from kvmgr.errors import (
     ProtocolError,
     ServerUnavailable,
 )
+from kvmgr.protocol.values import same_value
 from kvmgr.tools.processes import ProcessGroup, reap
 from kvmgr.tools.redis_server import RedisServer, find_redis_server, free_loopback_port, start_redis_server
 
@@ -81,11 +83,76 @@ def test_quit_is_refused_and_redis_keeps_running(client: RedisClient) -> None:
     assert client.store("alive", "yes") == "saved"
 
 
-def test_a_value_kvmgr_did_not_write_is_a_protocol_error(client: RedisClient, redis_server: RedisServer) -> None:
+@pytest.mark.parametrize("raw", [b"no type tag", b"j{not json", b"jnull", b'j{"$set": []}', b"fnot-a-float", b"0012",
+                                 pickle.dumps(ValueError("x"))], ids=repr)
+def test_a_value_kvmgr_did_not_write_is_a_protocol_error_naming_the_key(client: RedisClient, redis_server: RedisServer, raw: bytes) -> None:
     with admin(redis_server) as connection:
-        connection.set("foreign", "no type tag")
-    with pytest.raises(ProtocolError, match="kvmgr did not write"):
-        client.get("foreign")
+        connection.set("foreign", raw)
+    for attempt in (lambda: client.get("foreign"), lambda: client.get_many(["foreign"]), lambda: client.cas("foreign", "x", "y"),
+                    lambda: client.pop("foreign")):
+        with pytest.raises(ProtocolError, match="key 'foreign' holds a value kvmgr did not write"):
+            attempt()
+    assert not client.exists("foreign")  # pop (GETDEL) removed it before it could be read
+
+
+@pytest.mark.parametrize(("value", "raw"), [
+    ("h\u00e9", "sh\u00e9".encode()), (b"\x00\xff", b"b\x00\xff"), (42, b"42"), (-7, b"-7"), (2**70, str(2**70).encode()),
+    (1.5, b"f1.5"), (-0.0, b"f-0.0"), (True, b"jtrue"), ([1, "a"], b'j[1,"a"]'), ((1, b"\x01"), b'j{"$tuple":[1,{"$bytes":"01"}]}'),
+    ({"$tuple": 1}, b'j{"$dict":{"$tuple":1}}'), ({"k": "\u00e9"}, 'j{"k":"\u00e9"}'.encode()),
+], ids=repr)
+def test_values_are_kept_in_the_documented_encoding(client: RedisClient, redis_server: RedisServer, value: object, raw: bytes) -> None:
+    client.store("k", value)  # type: ignore[arg-type]
+    with admin(redis_server) as connection:
+        assert connection.get("k") == raw
+        connection.delete("k")
+        connection.set("k", raw)  # written by another tool in the same encoding: read back alike
+    assert same_value(client.get("k"), value)
+
+
+def test_values_written_by_earlier_versions_read_back(client: RedisClient, redis_server: RedisServer) -> None:
+    with admin(redis_server) as connection:
+        connection.mset({"text": b"sold", "blob": b"b\x00", "empty": b"s", "surrogate": b"s\xed\xb3\xbf"})
+    assert client.get_many(["text", "blob", "empty"]) == {"text": "old", "blob": b"\x00", "empty": ""}
+    assert client.get("surrogate") == "\udcff"
+    assert client.cas("text", "old", "new") is True
+
+
+def test_incr_is_native_incrby_on_kvmgr_ints_and_other_tools_counters(client: RedisClient, redis_server: RedisServer) -> None:
+    with admin(redis_server) as connection:
+        connection.set("hits", 41)  # a counter another program keeps with INCR
+        assert client.incr("hits") == 42
+        connection.incrby("hits", 8)
+        assert client.get("hits") == 50
+        client.store("ratio", 0.5)
+        assert client.incr("ratio", 2) == 2.5 and connection.get("ratio") == b"f2.5"
+        client.store("gauge", 1, ttl=60)
+        client.incr("gauge", 0.25)
+        assert 0 < connection.pttl("gauge") <= 60_000  # the script's SET keeps the expiry
+
+
+def test_a_ttl_is_whole_milliseconds_rounded_up(client: RedisClient, redis_server: RedisServer) -> None:
+    with admin(redis_server) as connection:
+        for ttl, most in [(0.0001, 1), (0.05, 50), (1.0005, 1001), (30, 30_000)]:
+            client.store("k", "v", ttl=ttl)
+            assert most - 10 < connection.pttl("k") <= most, ttl
+        client.add("added", 1, ttl=2.5)
+        client.expire("k", 0.25)
+        assert 2400 < connection.pttl("added") <= 2500 and 150 < connection.pttl("k") <= 250
+
+
+def test_the_expiring_index_is_invisible_and_shrinks_as_keys_expire(client: RedisClient, redis_server: RedisServer) -> None:
+    client.pipeline([("store", f"k{number}", number, 0.3) for number in range(100)])
+    client.store("stays", 1, ttl=60)
+    assert client.size() == 101 and len(client.keys()) == 101
+    with admin(redis_server) as connection:
+        assert connection.zcard(EXPIRING_INDEX) == 101
+        deadline = time.monotonic() + 5
+        while client.size() > 1:
+            assert time.monotonic() < deadline, "the keys with a 0.3 s ttl never expired"
+            time.sleep(0.01)
+        assert connection.zcard(EXPIRING_INDEX) == 1  # size() reclaimed what expired
+        client.store("stays", 2)  # no expiry any more: its entry leaves when it comes due
+        assert client.keys() == ["stays"] and client.size() == 1
 
 
 def test_client_attributes_match_the_manager_client(redis_server: RedisServer) -> None:
@@ -312,6 +379,12 @@ def test_the_readme_acl_user_can_run_every_operation_in_database_15(redis_server
             assert client.get_many(["a", "b", "c"]) == {"a": "1", "b": b"2"}
             assert client.keys() == ["a", "b", "k"] and client.size() == 3
             assert client.delete("a") is True
+            assert client.incr("n") == 1 and client.incr("n", 0.5) == 1.5 and client.decr("n", 2) == -0.5
+            assert client.add("t", 1, ttl=30) is True and client.add("u", 1) is True and client.pop("u") == 1
+            assert client.expire("t", 60) is True and client.ttl("t") is not None and client.persist("t") is True
+            client.store("t", 2, ttl=30)
+            assert client.size() == 4
+            assert client.delete("n") and client.delete("t")
             with pytest.raises(KvmgrError, match="not all 2 parties"):
                 client.rendezvous("alone", 2, timeout=0.2)
             assert client.size() == 2

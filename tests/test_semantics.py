@@ -47,12 +47,22 @@ def test_bad_keys_are_rejected_and_the_client_keeps_working(any_client: Operatio
     assert any_client.store("still", "serving") == "saved"
 
 
-@pytest.mark.parametrize("value", [1, None, 2.5, ["list"], {"a": 1}])
-def test_bad_values_are_rejected_naming_the_type(any_client: Operations, value: object) -> None:
-    with pytest.raises(InvalidValue, match=f"value must be str or bytes, not {type(value).__name__}"):
+@pytest.mark.parametrize(("value", "named"), [
+    (None, "None is not a value"), ({"set"}, "set is not a value type"), (bytearray(b"x"), "bytearray is not a value type"),
+    (range(3), "range is not a value type"), ({"a": None}, "None is not a value"), ({("t",): 1}, "dict keys must be str, not tuple"),
+])
+def test_bad_values_are_rejected_naming_the_type(any_client: Operations, value: object, named: str) -> None:
+    with pytest.raises(InvalidValue, match=named):
         any_client.store("k", value)  # type: ignore[arg-type]
     with pytest.raises(KeyNotFound):
         any_client.get("k")
+
+
+@pytest.mark.parametrize("value", [1, -2.5, True, ["list", 1], ("tuple",), {"a": {"b": [1.5, b"x"]}}], ids=repr)
+def test_plain_data_values_are_stored_with_their_types(any_client: Operations, value: object) -> None:
+    assert any_client.store("k", value) == "saved"  # type: ignore[arg-type]
+    got = any_client.get("k")
+    assert got == value and type(got) is type(value)
 
 
 def test_oversized_key_is_rejected_like_the_store_does(any_client: Operations) -> None:
@@ -93,10 +103,11 @@ def test_cas_swaps_only_on_the_expected_value(any_client: Operations) -> None:
 
 
 def test_cas_validates_expected_and_value(any_client: Operations) -> None:
-    with pytest.raises(InvalidValue, match="not int"):
-        any_client.cas("k", 1, "v")  # type: ignore[arg-type]
-    with pytest.raises(InvalidValue, match="not NoneType"):
+    with pytest.raises(InvalidValue, match="expected value: object is not a value type"):
+        any_client.cas("k", object(), "v")  # type: ignore[arg-type]
+    with pytest.raises(InvalidValue, match="None is not a value"):
         any_client.cas("k", None, None)  # type: ignore[arg-type]
+    assert not any_client.exists("k")
 
 
 def test_get_many_and_store_many(any_client: Operations) -> None:
@@ -114,7 +125,7 @@ def test_get_many_rejects_bad_keys(any_client: Operations) -> None:
 
 def test_store_many_is_all_or_nothing_on_bad_input(any_client: Operations) -> None:
     with pytest.raises(InvalidValue):
-        any_client.store_many({"good": "1", "bad": 2})  # type: ignore[dict-item]
+        any_client.store_many({"good": "1", "bad": None})  # type: ignore[dict-item]
     assert not any_client.exists("good")
 
 

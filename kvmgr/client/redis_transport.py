@@ -1,14 +1,23 @@
 """RedisClient: the kvmgr client API, semantics and errors on a Redis server, for a store that outgrows one machine.
 
-Encoding. A value is stored with a one-byte type tag so it comes back as the type it went in as:
-b"s" + its UTF-8 bytes for a str, b"b" + the raw bytes for bytes. An encoded value is never empty, so an
-empty str (b"s") is never confused with an absent key, and cas compares encoded values, so "x" != b"x" as in
-Python. Keys are the UTF-8 bytes of the key str. A key holding anything else was not written by kvmgr:
-reading it raises ProtocolError. Strings are encoded with "surrogatepass", like the Store's size checks.
+Encoding. A value is stored in kvmgr's byte form (kvmgr.protocol.values.encode): b"s" + UTF-8 for a str,
+b"b" + the raw bytes for bytes, an int as its bare decimal digits (the form INCRBY reads and writes),
+b"f" + the digits of a float, b"j" + the JSON form for a bool, list, tuple or dict. Reading it never runs
+code. An encoded value is never empty, so an empty str (b"s") is never confused with an absent key. Keys
+are the UTF-8 bytes of the key str. A key holding anything decode refuses was not written by kvmgr:
+reading it raises ProtocolError naming the key.
 
-Atomicity. store, cas and store_many are Lua scripts, get_many is one MGET: each runs as one step on Redis.
-keys() uses SCAN, which does not block Redis but is not a snapshot: keys added or removed while it runs may
-or may not be listed; it gives up when the call's timeout runs out.
+Atomicity. Every operation is one native command or one Lua script: store, cas, store_many and size are
+scripts, get_many is one MGET, add is SET NX, pop GETDEL, incr/decr INCRBY (with one script for what
+INCRBY refuses: a float, or a value that is not a number), expire/ttl/persist PEXPIRE/PTTL/PERSIST.
+cas compares encoded values in its script; when they differ but the value there is the same value in
+another form (a dict in another key order, a float written by incr in other digits), it asks again with
+the bytes that are there. keys() uses SCAN, which does not block Redis but is not a snapshot: keys added
+or removed while it runs may or may not be listed; it gives up when the call's timeout runs out.
+
+Expiry is Redis's own (PX, PEXPIRE, PTTL), in whole milliseconds: a ttl is rounded up to the next one.
+A plain SET clears a key's expiry, so store, store_many and cas do; INCRBY keeps it, and so does incr's
+script (SET KEEPTTL).
 
 kvmgr's own keys. rendezvous keeps its state in keys that start with the byte 0xFF, which no UTF-8 key can
 start with, so no user key can collide with them; keys() leaves them out, and size() (one Lua step)
@@ -18,10 +27,12 @@ subtracts those that exist, found through the set INTERNAL_INDEX that lists them
 from __future__ import annotations
 
 import contextlib
+import math
 import re
 import time
 import uuid
 from collections.abc import Mapping
+from decimal import Decimal
 from typing import TYPE_CHECKING, Any, cast, overload
 from urllib.parse import urlsplit, urlunsplit
 
@@ -39,18 +50,22 @@ from kvmgr.errors import (
     ProtocolError,
     ServerUnavailable,
     UnknownOperation,
+    WrongType,
 )
 from kvmgr.protocol import wire
 from kvmgr.protocol.validation import (
-    Value,
+    check_delta,
+    check_expected,
     check_key,
     check_key_list,
     check_keys_page,
     check_mapping,
     check_rendezvous,
+    check_ttl,
     check_value,
     page_of_keys,
 )
+from kvmgr.protocol.values import Number, Value, ValueRuleError, decode, encode, same_value
 
 if TYPE_CHECKING:
     from types import ModuleType
@@ -61,28 +76,74 @@ if TYPE_CHECKING:
     from kvmgr.client.recording import RecordingClient
     from kvmgr.verify.history import HistoryWriter
 
-STR_TAG = b"s"
-BYTES_TAG = b"b"
 NO_VALUE = b""  # what cas sends for expected=None: no encoded value is empty
 INTERNAL_PREFIX = b"\xffkvmgr:"  # 0xFF never occurs in UTF-8, so no user key starts like this
 INTERNAL_INDEX = INTERNAL_PREFIX + b"internal"  # a set of kvmgr's own keys that may exist now
+EXPIRING_INDEX = INTERNAL_PREFIX + b"expiring"  # a sorted set: user keys given an expiry, scored a little before it (ms)
 RENDEZVOUS_PREFIX = INTERNAL_PREFIX + b"rendezvous:"
 GO = b"go"
 MISSING_REDIS = "redis:// targets need redis-py: pip install 'kvmgr[redis]'"
 QUIT_REFUSED = "quit is not supported on a Redis target: kvmgr never shuts down a Redis server it did not start"
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+CAS_ATTEMPTS = 16  # cas asks again at most this often when the value there is expected's value in other bytes
+RECLAIM_BATCH = 16  # how many due entries of EXPIRING_INDEX each write with a ttl checks, besides its own key
 
-STORE_SCRIPT = """
+# Redis reclaims an expired key when a command touches it, or later in a background sweep: until then DBSIZE
+# counts it. So every key kvmgr gives an expiry is listed in EXPIRING_INDEX, scored a second before it expires
+# (the clock read by TIME is a little later than the one Redis expires by); size() touches every key that is
+# due there first, so Redis reclaims those that have expired. `reclaim(limit)` does that for at most limit
+# entries: a key that is gone (or lost its expiry) leaves the index; one still expiring stays until it is gone.
+RECLAIM = """
+local function now_ms()
+  local time = redis.call('TIME')
+  return tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+end
+local function reclaim(index, limit)
+  local due = redis.call('ZRANGEBYSCORE', index, '-inf', now_ms(), 'LIMIT', 0, limit)
+  for _, key in ipairs(due) do
+    if redis.call('PTTL', key) < 0 then redis.call('ZREM', index, key) end
+  end
+end
+local function expiring(index, key, ms)
+  reclaim(index, RECLAIM_BATCH)
+  redis.call('ZADD', index, now_ms() + tonumber(ms) - 1000, key)
+end
+""".replace("RECLAIM_BATCH", str(RECLAIM_BATCH))
+
+# KEYS[1]: the key, KEYS[2]: EXPIRING_INDEX. ARGV[1]: the encoded value, ARGV[2]: the ttl in ms (absent: no expiry).
+STORE_SCRIPT = RECLAIM + """
 local existed = redis.call('EXISTS', KEYS[1])
-redis.call('SET', KEYS[1], ARGV[1])
+if ARGV[2] then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  expiring(KEYS[2], KEYS[1], ARGV[2])
+else
+  redis.call('SET', KEYS[1], ARGV[1])
+end
 return existed
 """
 
+# add: KEYS and ARGV as store. Returns 1 if it stored.
+ADD_SCRIPT = RECLAIM + """
+if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 0 end
+expiring(KEYS[2], KEYS[1], ARGV[2])
+return 1
+"""
+
+# expire: KEYS as store. ARGV[1]: the ttl in ms. Returns 1 if the key exists.
+EXPIRE_SCRIPT = RECLAIM + """
+if redis.call('PEXPIRE', KEYS[1], ARGV[1]) == 0 then return 0 end
+expiring(KEYS[2], KEYS[1], ARGV[1])
+return 1
+"""
+
+# ARGV[1]: the expected encoded value ('' for None: only if absent), ARGV[2]: the new one.
+# Returns 1 if it swapped, else 0 (absent, or present when expected None) or the encoded value that is there.
 CAS_SCRIPT = """
 local current = redis.call('GET', KEYS[1])
 if ARGV[1] == '' then
   if current then return 0 end
 elseif current ~= ARGV[1] then
-  return 0
+  return current or 0
 end
 redis.call('SET', KEYS[1], ARGV[2])
 return 1
@@ -97,14 +158,46 @@ end
 return existed
 """
 
-# KEYS[1]: the set of kvmgr's own keys. Expired ones leave the set here; DBSIZE comes after, so it never
+# incr/decr where INCRBY alone will not do. ARGV[1]: the delta as decimal digits if it is an int ('' for a
+# float), ARGV[2]: the delta as a float's digits. An int delta is first tried with INCRBY (exact in 64 bits;
+# it may have become possible since the client's own INCRBY was refused); Lua doubles only ever add floats.
+# Returns {'i', digits} or {'f', digits}: the new value; or {'overflow'}, {'nonfinite'}, {'wrongtype', value}.
+INCR_SCRIPT = """
+if ARGV[1] ~= '' and type(redis.pcall('INCRBY', KEYS[1], ARGV[1])) == 'number' then
+  return {'i', redis.call('GET', KEYS[1])}
+end
+local current = redis.call('GET', KEYS[1])
+local base
+if not current or string.match(current, '^%-?%d+$') then
+  if ARGV[1] ~= '' then return {'overflow'} end
+  base = tonumber(current or '0')
+elseif string.sub(current, 1, 1) == 'f' then
+  base = tonumber(string.sub(current, 2))
+  if not base then return {'wrongtype', current} end
+else
+  return {'wrongtype', current}
+end
+local result = base + tonumber(ARGV[2])
+if result ~= result or result == math.huge or result == -math.huge then return {'nonfinite'} end
+local text
+for precision = 15, 17 do
+  text = string.format('%.' .. precision .. 'g', result)
+  if tonumber(text) == result then break end
+end
+redis.call('SET', KEYS[1], 'f' .. text, 'KEEPTTL')
+return {'f', text}
+"""
+
+# KEYS[1]: the set of kvmgr's own keys, KEYS[2]: EXPIRING_INDEX. Keys whose expiry is due are touched first, so
+# Redis reclaims those that expired; expired internal keys leave the set here. DBSIZE comes after, so it never
 # counts a key that expired but was not yet reclaimed.
-SIZE_SCRIPT = """
+SIZE_SCRIPT = RECLAIM + """
+reclaim(KEYS[2], -1)
 local own = 0
 for _, key in ipairs(redis.call('SMEMBERS', KEYS[1])) do
   if redis.call('EXISTS', key) == 1 then own = own + 1 else redis.call('SREM', KEYS[1], key) end
 end
-own = own + redis.call('EXISTS', KEYS[1])
+own = own + redis.call('EXISTS', KEYS[1]) + redis.call('EXISTS', KEYS[2])
 return redis.call('DBSIZE') - own
 """
 
@@ -150,8 +243,8 @@ return redis.call('LPOP', KEYS[2]) or 'broken'
 """
 
 SCRIPTS = {
-    "store": STORE_SCRIPT, "cas": CAS_SCRIPT, "store_many": STORE_MANY_SCRIPT, "size": SIZE_SCRIPT,
-    "arrive": ARRIVE_SCRIPT, "break": BREAK_SCRIPT,
+    "store": STORE_SCRIPT, "add": ADD_SCRIPT, "expire": EXPIRE_SCRIPT, "cas": CAS_SCRIPT, "store_many": STORE_MANY_SCRIPT,
+    "incr": INCR_SCRIPT, "size": SIZE_SCRIPT, "arrive": ARRIVE_SCRIPT, "break": BREAK_SCRIPT,
 }
 
 
@@ -191,21 +284,28 @@ def unpack_key(raw: bytes) -> str:
         raise ProtocolError(f"Redis holds a key kvmgr did not write (not UTF-8): {raw[:40]!r}") from None
 
 
-def pack_value(value: Value) -> bytes:
-    """A value as Redis stores it: a type tag (b"s" str, b"b" bytes) then its bytes."""
-    if isinstance(value, str):
-        return STR_TAG + value.encode()
-    return BYTES_TAG + value
-
-
 def unpack_value(raw: bytes, key: str) -> Value:
-    """A stored value back as the str or bytes it was stored from."""
-    tag, body = raw[:1], raw[1:]
-    if tag == STR_TAG:
-        return body.decode("utf-8", "surrogatepass")  # values stored by earlier versions may hold lone surrogates
-    if tag == BYTES_TAG:
-        return body
-    raise ProtocolError(f"key {key!r} holds a value kvmgr did not write (no type tag)")
+    """A stored value back as the value it was stored from; ProtocolError naming the key if kvmgr did not write it."""
+    try:
+        return decode(raw)
+    except ValueRuleError as exc:
+        raise ProtocolError(f"key {key!r} holds a value kvmgr did not write ({exc})") from None
+
+
+def milliseconds(ttl: float) -> int:
+    """A ttl in whole milliseconds, rounded up (0.05 is 50 ms, as written, and 0.0001 is 1 ms)."""
+    return math.ceil(Decimal(repr(ttl)) * 1000)
+
+
+def incr_error(key: str, outcome: list[bytes]) -> KvmgrError:
+    """The error for an incr/decr the script refused (nothing changed)."""
+    reason = outcome[0]
+    if reason == b"overflow":
+        return InvalidValue(f"incr/decr: the result at key {key!r} would leave Redis's signed 64-bit integers; nothing changed")
+    if reason == b"nonfinite":
+        return InvalidValue(f"incr/decr: the result at key {key!r} would not be a finite float; nothing changed")
+    held = type(unpack_value(outcome[1], key)).__name__
+    return WrongType(f"incr/decr: key {key!r} holds a {held}, not an int or float; nothing changed")
 
 
 def describe_error(exc: BaseException) -> str:
@@ -360,11 +460,11 @@ class RedisClient(Operations):
 
     # --- the operations, with the Store's validation and semantics ---
 
-    def _do_store(self, db: redis.Redis, key: str, value: Value) -> str:
-        """store: one Lua step that checks EXISTS, then SETs."""
-        check_key(key, self._limits)
-        check_value(value, self._limits)
-        existed = self._script(db, "store", [pack_key(key)], [pack_value(value)])
+    def _do_store(self, db: redis.Redis, key: str, value: Value, ttl: float | None = None) -> str:
+        """store: one Lua step that checks EXISTS, then SETs (with PX given a ttl; without, clearing any expiry)."""
+        key, value, ttl = check_key(key, self._limits), check_value(value, self._limits), check_ttl(ttl)
+        args: list[Any] = [encode(value)] if ttl is None else [encode(value), milliseconds(ttl)]
+        existed = self._script(db, "store", [pack_key(key), EXPIRING_INDEX], args)
         return "updated" if existed else "saved"
 
     def _do_get(self, db: redis.Redis, key: str) -> Value:
@@ -405,17 +505,22 @@ class RedisClient(Operations):
         return page_of_keys(map(unpack_key, found), prefix, limit, after)
 
     def _do_size(self, db: redis.Redis) -> int:
-        """size: DBSIZE less kvmgr's own keys, in one Lua step."""
-        return int(self._script(db, "size", [INTERNAL_INDEX], []))
+        """size: DBSIZE less kvmgr's own keys, in one Lua step that first has Redis reclaim the keys that expired."""
+        return int(self._script(db, "size", [INTERNAL_INDEX, EXPIRING_INDEX], []))
 
     def _do_cas(self, db: redis.Redis, key: str, expected: Value | None, value: Value) -> bool:
-        """cas: one Lua step comparing encoded values (b'' stands for None: only if absent)."""
-        check_key(key, self._limits)
-        if expected is not None:
-            check_value(expected, self._limits)
-        check_value(value, self._limits)
-        wanted = NO_VALUE if expected is None else pack_value(expected)
-        return bool(self._script(db, "cas", [pack_key(key)], [wanted, pack_value(value)]) == 1)
+        """cas: a Lua step comparing encoded values (b'' stands for None: only if absent), asked again with the
+        bytes that are there when they are expected's value in another form (same_value: a dict in another order)."""
+        key, expected, value = check_key(key, self._limits), check_expected(expected, self._limits), check_value(value, self._limits)
+        wanted, new = (NO_VALUE if expected is None else encode(expected)), encode(value)
+        for _ in range(CAS_ATTEMPTS):
+            answer = self._script(db, "cas", [pack_key(key)], [wanted, new])
+            if not isinstance(answer, bytes):
+                return bool(answer == 1)
+            if not same_value(unpack_value(answer, key), expected):
+                return False
+            wanted = answer
+        raise KvmgrError(f"cas: key {key!r} was rewritten {CAS_ATTEMPTS} times in a row while cas compared it; nothing changed, try again")
 
     def _do_get_many(self, db: redis.Redis, keys: list[str]) -> dict[str, Value]:
         """get_many: one MGET."""
@@ -426,13 +531,73 @@ class RedisClient(Operations):
         return {key: unpack_value(raw, key) for key, raw in zip(keys, raws, strict=True) if raw is not None}
 
     def _do_store_many(self, db: redis.Redis, mapping: Mapping[str, Value]) -> dict[str, str]:
-        """store_many: one Lua step that checks EXISTS then SETs each key."""
-        check_mapping(mapping, self._limits)
+        """store_many: one Lua step that checks EXISTS then SETs each key (clearing any expiry)."""
+        mapping = check_mapping(mapping, self._limits)
         if not mapping:
             return {}
         keys = list(mapping)
-        existed = self._script(db, "store_many", [pack_key(key) for key in keys], [pack_value(mapping[key]) for key in keys])
+        existed = self._script(db, "store_many", [pack_key(key) for key in keys], [encode(mapping[key]) for key in keys])
         return {key: "updated" if flag else "saved" for key, flag in zip(keys, existed, strict=True)}
+
+    def _do_incr(self, db: redis.Redis, key: str, by: Number = 1) -> Number:
+        """incr: INCRBY for an int within 64 bits (exact, keeps the expiry); what INCRBY refuses, INCR_SCRIPT."""
+        return self._add_number(db, check_key(key, self._limits), check_delta(by))
+
+    def _do_decr(self, db: redis.Redis, key: str, by: Number = 1) -> Number:
+        """decr: incr by -by."""
+        return self._add_number(db, check_key(key, self._limits), -check_delta(by))
+
+    def _add_number(self, db: redis.Redis, key: str, delta: Number) -> Number:
+        """Add delta to the number at key in one step: INCRBY, or INCR_SCRIPT for floats, overflow and wrong types."""
+        whole = isinstance(delta, int)
+        if isinstance(delta, int) and INT64_MIN <= delta <= INT64_MAX:
+            with contextlib.suppress(self._redis.ResponseError):  # not an int there, or an overflow: the script says which
+                return int(db.incrby(pack_key(key), delta))
+        try:
+            as_float = repr(float(delta))
+        except OverflowError:  # an int beyond any float: only an int there could take it, and not within 64 bits
+            as_float = "inf"
+        outcome = self._script(db, "incr", [pack_key(key)], [str(delta) if whole else "", as_float])
+        kind, text = outcome[0], outcome[-1]
+        if kind == b"i":
+            return int(text)
+        if kind == b"f":
+            return float(text)
+        raise incr_error(key, outcome)
+
+    def _do_add(self, db: redis.Redis, key: str, value: Value, ttl: float | None = None) -> bool:
+        """add: SET NX (with a ttl, a Lua step: SET NX PX, and the key listed as expiring)."""
+        key, value, ttl = check_key(key, self._limits), check_value(value, self._limits), check_ttl(ttl)
+        if ttl is None:
+            return bool(db.set(pack_key(key), encode(value), nx=True))
+        return bool(self._script(db, "add", [pack_key(key), EXPIRING_INDEX], [encode(value), milliseconds(ttl)]) == 1)
+
+    def _do_pop(self, db: redis.Redis, key: str) -> Value:
+        """pop: GETDEL, KeyNotFound if absent."""
+        key = check_key(key, self._limits)
+        raw = cast(bytes | None, db.getdel(pack_key(key)))
+        if raw is None:
+            raise KeyNotFound(key)
+        return unpack_value(raw, key)
+
+    def _do_expire(self, db: redis.Redis, key: str, ttl: float) -> bool:
+        """expire: a Lua step: PEXPIRE, and the key listed as expiring; False if absent."""
+        key, seconds = check_key(key, self._limits), check_ttl(ttl)
+        if seconds is None:
+            raise InvalidValue("expire: ttl must be a number of seconds above 0, not None")
+        return bool(self._script(db, "expire", [pack_key(key), EXPIRING_INDEX], [milliseconds(seconds)]) == 1)
+
+    def _do_ttl(self, db: redis.Redis, key: str) -> float | None:
+        """ttl: PTTL in seconds; None for no expiry (-1), KeyNotFound if absent (-2)."""
+        key = check_key(key, self._limits)
+        left = int(db.pttl(pack_key(key)))
+        if left == -2:
+            raise KeyNotFound(key)
+        return None if left == -1 else left / 1000
+
+    def _do_persist(self, db: redis.Redis, key: str) -> bool:
+        """persist: PERSIST; True if the key had an expiry."""
+        return bool(db.persist(pack_key(check_key(key, self._limits))))
 
     def _do_quit(self, db: redis.Redis) -> str:
         """quit: refused, kvmgr never shuts down a Redis server."""

@@ -16,6 +16,7 @@ import math
 import operator
 import sys
 from collections.abc import Callable, Iterable, Mapping
+from decimal import Decimal
 
 from kvmgr.config import DEFAULT_LIMITS, Limits
 from kvmgr.errors import InvalidKey, InvalidValue, UnknownOperation
@@ -39,6 +40,11 @@ def check_value(value: object, limits: Limits = DEFAULT_LIMITS) -> Value:
 def check_ttl(ttl: object) -> float | None:
     """A time to live in seconds: None (no expiry) or a finite number above 0, at most MAX_TTL; InvalidValue otherwise."""
     return _ttl(ttl)
+
+
+def ttl_milliseconds(ttl: float) -> int:
+    """A ttl in whole milliseconds, rounded up as written (0.05 is 50 ms, 0.0001 is 1 ms): what every backend keeps."""
+    return math.ceil(Decimal(repr(ttl)) * 1000)
 
 
 def check_delta(by: object) -> Number:

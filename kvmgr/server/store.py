@@ -48,6 +48,7 @@ from kvmgr.protocol.validation import (
     check_value,
     check_wait,
     page_of_keys,
+    ttl_milliseconds,
 )
 from kvmgr.protocol.values import Number, Value, encoded_size, is_number, same_value
 from kvmgr.server.coordination import Locks, Queues, Schedule, Session, blocking_wait, thread_schedule
@@ -77,8 +78,8 @@ def _with_session(handler: Callable[..., Any], session: Callable[[], Session | N
 
 
 def deadline_after(ttl: float | None) -> float | None:
-    """The wall-clock deadline of a ttl, rounded up to a whole millisecond (as Redis keeps it); None for None."""
-    return None if ttl is None else time.time() + math.ceil(ttl * 1000) / 1000
+    """The wall-clock deadline of a ttl, in whole milliseconds (as Redis keeps it); None for None."""
+    return None if ttl is None else time.time() + ttl_milliseconds(ttl) / 1000
 
 
 class Round:
