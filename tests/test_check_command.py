@@ -211,3 +211,19 @@ def test_several_files_are_each_reported_and_the_worst_status_wins(tmp_path: Pat
     missing = kvmgr_check(str(good), str(tmp_path / "missing.jsonl"))
     assert missing.returncode == 2 and missing.stdout == f"{good}: linearizable: 1 operations on 1 keys\n"
     assert missing.stderr == f"kvmgr check: error: {tmp_path / 'missing.jsonl'}: no such history file\n"
+
+
+def test_keys_that_use_expiry_are_named_in_the_output_and_the_json(tmp_path: Path) -> None:
+    """kvmgr check leaves a key with a ttl out, and says so after the verdict and in --json."""
+    ops = [
+        Operation(client="a", op="store", key="cache", value=[1, 2.5], expected=None, result="saved", status="ok", start=0, end=1, ttl=5.0),
+        Operation(client="a", op="incr", key="n", value=1, expected=None, result=1, status="ok", start=2, end=3),
+    ]
+    path = write_history(tmp_path / "h.jsonl", ops)
+    text = kvmgr_check(str(path))
+    assert (text.returncode, text.stdout.splitlines()) == (0, [
+        "linearizable: 2 operations on 1 keys",
+        "1 key left out of the check ('cache': a store with a ttl: expiry is outside the model)",
+    ]), text.stderr
+    data = json.loads(kvmgr_check("--json", str(path)).stdout)
+    assert data[0]["skipped_keys"] == {"cache": "a store with a ttl: expiry is outside the model"}

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from kvmgr.errors import HistoryError
+from kvmgr.protocol.values import same_value
 from kvmgr.verify import history
 from kvmgr.verify.history import (
     HistoryWriter,
@@ -98,11 +99,10 @@ def test_writer_rejects_an_invalid_operation(tmp_path: Path) -> None:
 def test_values_keep_their_type_and_bytes_are_tagged(tmp_path: Path) -> None:
     """bytes become {"$bytes": hex}; a str stays a JSON string whatever it looks like; both read back as written."""
     assert encode_value(b"\x00\xffab") == b"\x00\xffab"
-    assert encode_value(bytearray(b"\x01")) == b"\x01" and encode_value(memoryview(b"\x02")) == b"\x02"
-    assert encode_value("plain") == "plain"
+    assert encode_value("plain") == "plain" and encode_value(12) == 12
     assert encode_value(None) is None
-    with pytest.raises(TypeError):
-        encode_value(12)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="bytearray is not a value type"):
+        encode_value(bytearray(b"\x01"))
     tricky = ["hex:01", '{"$bytes": "01"}', "$bytes", ""]
     ops = [Operation(client="a", op="store", key="k", value=b"\x00\xffab", expected=None, result="saved", status="ok", start=1, end=2)]
     ops += [
@@ -156,34 +156,53 @@ BAD_LINES = [
     (json.dumps({k: v for k, v in GOOD.items() if k != "start"}), "missing field 'start'"),
     (json.dumps({**GOOD, "end": "abc"}), "'end' must be an integer (got \"abc\")"),
     (json.dumps({**GOOD, "start": True}), "'start' must be an integer"),
-    (json.dumps({**GOOD, "op": "put"}), "'op' must be one of store, get, delete, cas"),
+    (json.dumps({**GOOD, "op": "put"}), "'op' must be one of store, get, delete, cas, incr, decr, add, pop, expire, persist"),
     (json.dumps({**GOOD, "status": "maybe"}), "'status' must be one of ok, fail, info"),
     (json.dumps({**GOOD, "status": "info", "result": None}), "'end' must be null when status is info"),
     (json.dumps({**GOOD, "status": "info", "end": None}), "'result' must be null when status is info"),
     (json.dumps({**GOOD, "end": 1000}), "'end' (1000) is before 'start' (1712)"),
     (json.dumps({**GOOD, "result": "stored"}), "'result' of store must be \"saved\", \"updated\" or null (not recorded)"),
-    (json.dumps({**GOOD, "op": "get", "value": None, "result": 5}), """'result' of get must be a string or {"$bytes": "<hex>"} or null"""),
+    (json.dumps({**GOOD, "op": "get", "value": None, "result": {"$set": [1]}}), "'result' is not a value (str, int"),
     (json.dumps({**GOOD, "op": "delete", "value": None, "result": "yes"}), "'result' of delete must be true or false"),
     (json.dumps({**GOOD, "op": "cas", "expected": None, "result": None}), "'result' of cas must be true or false"),
     (json.dumps({**GOOD, "op": "cas"}), "missing field 'expected'"),
     (json.dumps({**GOOD, "expected": "v0"}), "'expected' is only for cas"),
     (json.dumps({**GOOD, "op": "get", "result": None}), "'value' must be null for get"),
-    (json.dumps({**GOOD, "value": None}), "'value' must be a string"),
+    (json.dumps({**GOOD, "value": None}), "'value' is not a value (str, int, float, bool, list, dict, or a tagged "
+     "$bytes/$tuple/$dict form): null is not a value (got null)"),
     (json.dumps({**GOOD, "client": 7}), "'client' must be a string"),
     (json.dumps({**GOOD, "key": ""}), "'key' must not be empty"),
     (json.dumps({**GOOD, "colour": "red"}), "unknown field \"colour\""),
-    (json.dumps({**GOOD, "value": 5}), """'value' must be a string or {"$bytes": "<hex>"} (got 5)"""),
-    (json.dumps({**GOOD, "value": ["a"]}), """'value' must be a string or {"$bytes": "<hex>"}"""),
-    (json.dumps({**GOOD, "value": {"a": "b"}}), """'value' must be a string or {"$bytes": "<hex>"}"""),
-    (json.dumps({**GOOD, "value": {"$bytes": "00", "x": 1}}), """'value' must be a string or {"$bytes": "<hex>"}"""),
-    (json.dumps({**GOOD, "value": {"$bytes": "zz"}}), """'value': "$bytes" must be hex digits in pairs (got "zz")"""),
-    (json.dumps({**GOOD, "value": {"$bytes": "abc"}}), """'value': "$bytes" must be hex digits in pairs"""),
-    (json.dumps({**GOOD, "value": {"$bytes": "0 1"}}), """'value': "$bytes" must be hex digits in pairs"""),
-    (json.dumps({**GOOD, "value": {"$bytes": 1}}), """'value': "$bytes" must be hex digits in pairs (got 1)"""),
-    (json.dumps({**GOOD, "value": {"$base64": "AA=="}}), """'value' has an unknown tag "$base64" (known: "$bytes")"""),
-    (json.dumps({**GOOD, "value": {"$dict": {"$bytes": "00"}}}), "'value': dict values are not supported yet"),
-    (json.dumps({**GOOD, "op": "cas", "expected": {"$bytes": "x"}, "result": True}), """'expected': "$bytes" must be hex"""),
-    (json.dumps({**GOOD, "op": "get", "value": None, "result": {"$bytes": "0g"}}), """'result': "$bytes" must be hex"""),
+    (json.dumps({**GOOD, "value": [None]}), "'value' is not a value"),
+    (json.dumps({**GOOD, "value": {"$bytes": "zz"}}), '"$bytes" must be hex digits in pairs (got {"$bytes": "zz"})'),
+    (json.dumps({**GOOD, "value": {"$bytes": "abc"}}), '"$bytes" must be hex digits in pairs'),
+    (json.dumps({**GOOD, "value": {"$bytes": "0 1"}}), '"$bytes" must be hex digits in pairs'),
+    (json.dumps({**GOOD, "value": {"$bytes": 1}}), '"$bytes" must be hex digits in pairs (got {"$bytes": 1})'),
+    (json.dumps({**GOOD, "value": {"$base64": "AA=="}}), "unknown tag '$base64' (known: $bytes, $tuple, $dict)"),
+    (json.dumps({**GOOD, "value": {"$tuple": "ab"}}), '"$tuple" must hold a list'),
+    (json.dumps({**GOOD, "value": {"$dict": [1]}}), '"$dict" must hold an object'),
+    (json.dumps({**GOOD, "value": [1.5, {"$tuple": [None]}]}), "null is not a value"),
+    (json.dumps({**GOOD, "value": "x"}).replace('"x"', "NaN"), "a float must be finite, not nan"),
+    (json.dumps({**GOOD, "op": "cas", "expected": {"$bytes": "x"}, "result": True}), "'expected' is not a value"),
+    (json.dumps({**GOOD, "op": "get", "value": None, "result": {"$bytes": "0g"}}), "'result' is not a value"),
+    (json.dumps({**GOOD, "op": "pop", "value": None, "result": {"$bytes": "0g"}}), "'result' is not a value"),
+    (json.dumps({**GOOD, "op": "incr", "value": "1", "result": 2}), "not a bool) (got \"1\")"),
+    (json.dumps({**GOOD, "op": "incr", "value": True, "result": 2}), "'value' must be a number (an int or a finite float, not a bool)"),
+    (json.dumps({**GOOD, "op": "decr", "value": None, "result": 2}), "'value' must be a number"),
+    (json.dumps({**GOOD, "op": "incr", "value": 1, "result": "2"}), "'result' must be a number (an int or a finite"),
+    (json.dumps({**GOOD, "op": "incr", "value": 1, "result": None}), "'result' must be a number"),
+    (json.dumps({**GOOD, "op": "incr", "value": 1}).replace('"saved"', "Infinity"), "'result' must be a number"),
+    (json.dumps({**GOOD, "op": "add", "result": "saved"}), "'result' of add must be true or false (got \"saved\")"),
+    (json.dumps({**GOOD, "op": "add", "value": None, "result": True}), "'value' is not a value"),
+    (json.dumps({**GOOD, "op": "pop", "result": None}), "'value' must be null for pop"),
+    (json.dumps({**GOOD, "op": "expire", "value": None, "result": True}), "missing field 'ttl' (required for expire)"),
+    (json.dumps({**GOOD, "op": "expire", "value": None, "ttl": 0, "result": True}), "'ttl' must be a number of seconds above 0 (got 0)"),
+    (json.dumps({**GOOD, "op": "expire", "value": None, "ttl": "5", "result": True}), "'ttl' must be a number of seconds above 0"),
+    (json.dumps({**GOOD, "ttl": True}), "'ttl' must be a number of seconds above 0 (got true)"),
+    (json.dumps({**GOOD, "ttl": -1.5}), "'ttl' must be a number of seconds above 0 (got -1.5)"),
+    (json.dumps({**GOOD, "op": "get", "value": None, "ttl": 5}), "'ttl' is only for store, add, expire (got 5 on get)"),
+    (json.dumps({**GOOD, "op": "persist", "value": None, "ttl": 5, "result": True}), "'ttl' is only for store, add, expire"),
+    (json.dumps({**GOOD, "op": "persist", "value": None, "result": 1}), "'result' of persist must be true or false (got 1)"),
     ('{"client": "a", "start": 1' + "0" * 4300 + "}", "invalid JSON: Exceeds the limit (4300 digits)"),
     ("[" * 100_000 + "]" * 100_000, "invalid JSON: nested too deeply"),
     ('{"client": "a", "start": NaN}', "missing field"),
@@ -206,7 +225,7 @@ def test_malformed_line_names_file_line_and_problem(tmp_path: Path, line: str, p
 
 def test_an_offending_value_is_shown_cut_short(tmp_path: Path) -> None:
     """A huge bad value is named, not copied whole into the one-line error."""
-    path = write_lines(tmp_path / "history.jsonl", [json.dumps({**GOOD, "value": ["x" * 100_000]})])
+    path = write_lines(tmp_path / "history.jsonl", [json.dumps({**GOOD, "value": ["x" * 100_000, None]})])
     with pytest.raises(HistoryError) as caught:
         read_history(path)
     assert len(str(caught.value)) < 300 and "\n" not in str(caught.value)
@@ -252,3 +271,71 @@ def test_merge_histories_reports_bad_input(tmp_path: Path) -> None:
     bad = write_lines(tmp_path / "bad.jsonl", ["{"])
     with pytest.raises(HistoryError, match=r"bad\.jsonl:1"):
         merge_histories([bad], tmp_path / "out.jsonl")
+
+
+EVERY_TYPE: list[object] = [
+    "text", "", "hex:01", '{"$bytes": "01"}', b"\x00\xff", b"", 0, 1, -(2**70), 1.0, -0.0, 0.1, 1e300, True, False,
+    [], [1, 1.0, True, "1", b"1"], (), (1, (2, [3])), {}, {"a": 1, "b": [True, (1.5,)]},
+    {"$bytes": "00"}, {"$tuple": [1]}, {"$dict": {"x": 1}}, {"$": 1, "$b": 2}, {"$other": b"\x01"}, [{"$tuple": "not a tag"}],
+]
+"""A value of every type, nested, with the 1 / 1.0 / True trio and dicts that look like tags."""
+
+
+def every_operation() -> list[Operation]:
+    """Each op of the history format, with values of every type where it takes one."""
+    def make(**fields: object) -> Operation:
+        base: dict[str, object] = {"client": "a", "key": "k", "value": None, "expected": None, "status": "ok", "start": 1, "end": 2}
+        return Operation(**{**base, **fields})  # type: ignore[arg-type]
+
+    ops = [make(op="store", value=value, result="saved") for value in EVERY_TYPE]
+    ops += [make(op="get", result=value) for value in EVERY_TYPE]
+    ops += [make(op="pop", result=value) for value in EVERY_TYPE] + [make(op="pop", result=None)]
+    ops += [make(op="add", value=value, result=n % 2 == 0) for n, value in enumerate(EVERY_TYPE)]
+    ops += [make(op="cas", value=value, expected=EVERY_TYPE[-n], result=False) for n, value in enumerate(EVERY_TYPE)]
+    ops += [
+        make(op="incr", value=1, result=5), make(op="incr", value=0.5, result=1.5), make(op="decr", value=2, result=-2),
+        make(op="decr", value=-1.0, result=1.0), make(op="incr", value=1, status="info", end=None, result=None),
+        make(op="incr", value=1, status="fail", result=None),
+        make(op="store", value="v", result="updated", ttl=0.5), make(op="add", value=[1], result=True, ttl=30.0),
+        make(op="expire", ttl=2.5, result=True), make(op="persist", result=False), make(op="expire", ttl=1.0, result=False),
+    ]
+    return ops
+
+
+def test_every_value_type_and_operation_round_trips(tmp_path: Path) -> None:
+    """Written then read: the same operations, each value with its own types (1, 1.0 and True stay apart)."""
+    ops = every_operation()
+    path = tmp_path / "h.jsonl"
+    with HistoryWriter(path) as writer:
+        for operation in ops:
+            writer.record(operation)
+    back = read_history(path)
+    assert len(back) == len(ops)
+    for written, read in zip(ops, back, strict=True):
+        assert read == written
+        for name in ("value", "expected", "result"):
+            assert same_value(getattr(read, name), getattr(written, name)), (name, written)
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    assert lines[0]["value"] == "text" and "ttl" not in lines[0]
+    assert [line["value"] for line in lines[:3]] == ["text", "", "hex:01"]  # str as it is
+    assert lines[EVERY_TYPE.index(b"\x00\xff")]["value"] == {"$bytes": "00ff"}
+    assert lines[EVERY_TYPE.index((1, (2, [3])))]["value"] == {"$tuple": [1, {"$tuple": [2, [3]]}]}
+    assert lines[EVERY_TYPE.index({"$bytes": "00"})]["value"] == {"$dict": {"$bytes": "00"}}
+    one, one_float, true = (next(n for n, v in enumerate(EVERY_TYPE) if v is not None and same_value(v, x)) for x in (1, 1.0, True))
+    assert [type(lines[n]["value"]) for n in (one, one_float, true)] == [int, float, bool]
+    ttl_lines = [line for line in lines if "ttl" in line]
+    assert [(line["op"], line["ttl"]) for line in ttl_lines] == [("store", 0.5), ("add", 30.0), ("expire", 2.5), ("expire", 1.0)]
+    assert [o.uses_expiry for o in back[-5:]] == [True] * 5 and not back[0].uses_expiry
+
+
+def test_histories_written_before_any_value_types_still_read(tmp_path: Path) -> None:
+    """Lines as earlier versions wrote them (str values, {"$bytes": hex}, no ttl) read as they always did."""
+    lines = [
+        '{"client": "a", "op": "store", "key": "k", "value": "v", "result": "saved", "status": "ok", "start": 1, "end": 2}',
+        '{"client": "a", "op": "cas", "key": "k", "expected": "v", "value": {"$bytes": "0a"}, "result": true, '
+        '"status": "ok", "start": 3, "end": 4}',
+        '{"client": "b", "op": "get", "key": "k", "value": null, "result": {"$bytes": "0A"}, "status": "ok", "start": 5, "end": 6}',
+    ]
+    ops = read_history(write_lines(tmp_path / "old.jsonl", lines))
+    assert [(o.value, o.expected, o.result, o.ttl) for o in ops] == [("v", None, "saved", None), (b"\n", "v", True, None),
+                                                                  (None, None, b"\n", None)]

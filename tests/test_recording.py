@@ -15,7 +15,9 @@ import kvmgr
 from kvmgr.client import Client, Operations
 from kvmgr.client.recording import RecordingClient
 from kvmgr.config import format_address
-from kvmgr.errors import InvalidKey, KeyNotFound, OutcomeUnknown
+from kvmgr.errors import InvalidKey, KeyNotFound, OutcomeUnknown, WrongType
+from kvmgr.protocol.values import same_value
+from kvmgr.verify.check import check_operations
 from kvmgr.verify.history import HistoryWriter, Operation, read_history
 
 from . import test_retry
@@ -151,3 +153,53 @@ def test_calls_of_a_pipeline_whose_connection_is_cut_are_recorded_as_unknown(rel
     else:
         assert entries == [("store", MARK, "1", None, None, "info"), ("store", MARK, "1", None, "updated", "ok"),
                            ("store", "x", "2", None, "saved", "ok"), ("get", "x", None, None, "2", "ok")]
+
+
+def new_operations(client: Operations) -> None:
+    """incr/decr/add/pop/expire/persist and stores with a ttl, with answers of every kind, and values of every type."""
+    client.incr("n")
+    client.incr("n", 2.5)
+    client.decr("n", 1)
+    client.store("s", "text")
+    with pytest.raises(WrongType):
+        client.incr("s")
+    assert client.add("a", (1, [True, 1.0], {"x": b"\x01"})) is True
+    assert client.add("a", 1) is False
+    assert client.pop("a") == (1, [True, 1.0], {"x": b"\x01"})
+    assert client.pop("a", "fallback") == "fallback"
+    client.store("t", 1, ttl=60)
+    client.add("u", True, ttl=30)
+    assert client.expire("t", 120) is True
+    assert client.persist("t") is True
+    assert client.persist("missing") is False
+
+
+NEW_EXPECTED = [  # (op, key, value, expected, result, status, ttl)
+    ("incr", "n", 1, None, 1, "ok", None),
+    ("incr", "n", 2.5, None, 3.5, "ok", None),
+    ("decr", "n", 1, None, 2.5, "ok", None),
+    ("store", "s", "text", None, "saved", "ok", None),
+    ("incr", "s", 1, None, None, "fail", None),
+    ("add", "a", (1, [True, 1.0], {"x": b"\x01"}), None, True, "ok", None),
+    ("add", "a", 1, None, False, "ok", None),
+    ("pop", "a", None, None, (1, [True, 1.0], {"x": b"\x01"}), "ok", None),
+    ("pop", "a", None, None, None, "ok", None),
+    ("store", "t", 1, None, "saved", "ok", 60.0),
+    ("add", "u", True, None, True, "ok", 30.0),
+    ("expire", "t", None, None, True, "ok", 120.0),
+    ("persist", "t", None, None, True, "ok", None),
+    ("persist", "missing", None, None, False, "ok", None),
+]
+
+
+def test_the_new_operations_are_recorded_on_either_backend(any_client: Operations, tmp_path: Path) -> None:
+    """Each new operation's entry, values with their types; keys that use expiry are left out of the check, by name."""
+    operations = recorded(any_client, tmp_path / "h.jsonl", new_operations)
+    got = [(*entry, op.ttl) for entry, op in zip(summary(operations), operations, strict=True)]
+    assert got == NEW_EXPECTED
+    for (_, _, value, _, result, _, _), op in zip(NEW_EXPECTED, operations, strict=True):
+        assert same_value(op.value, value) and same_value(op.result, result), op  # 1, 1.0 and True kept apart
+    result = check_operations(operations, initial="empty")
+    assert result.linearizable is True and result.checked_keys == 3
+    assert set(result.skipped_keys) == {"missing", "t", "u"}
+    assert "a store with a ttl" in result.skipped_keys["t"] and "expiry is outside the model" in result.skipped_keys["t"]

@@ -5,8 +5,11 @@ and end; a call that certainly did not take effect (nothing was sent, the server
 call that ended without its reply (a broken connection, a timeout, an exception such as KeyboardInterrupt
 raised while it waited) as "info", with result and end None. A call refused as an invalid key or value is
 not recorded. A batch (get_many, store_many) becomes one entry per key, sharing start and end. An attempt
-repeated after a broken connection is recorded as two entries. Only the operations the table records as a
-register operation (store, get, delete, cas) are written.
+repeated after a broken connection is recorded as two entries. Only the operations the table gives a
+`recorded_as` are written (store, get, delete, cas, incr, decr, add, pop, expire, persist). A pop of an absent
+key (KeyNotFound, whatever default the caller gave) is "ok" with result None, as a get is; an incr that met a
+value that is not a number (WrongType) certainly changed nothing: "fail". incr/decr record their `by` as the
+value; a store or add given a ttl, and an expire, record it in `ttl`.
 """
 
 from __future__ import annotations
@@ -65,18 +68,19 @@ def history_operations(client: str, method: str, args: tuple, status: str, resul
     `mapping` parameter) becomes one entry per key, sharing start and end."""
     spec = BY_NAME[method]
     op, known = cast("str", spec.recorded_as), status == "ok"
+    defaults = dict(zip(spec.params[spec.least_args:], spec.optional_defaults, strict=True))
+    named = {**defaults, **dict(zip(spec.params, args, strict=False))}
 
-    def entry(key: str, value: Any = None, expected: Any = None, outcome: Any = None) -> Operation:
-        if op == "get":
+    def entry(key: str, value: Any = None, outcome: Any = None) -> Operation:
+        if op in ("get", "pop"):
             outcome = encode_value(outcome)
         return Operation(
-            client=client, op=op, key=key, value=encode_value(value), expected=encode_value(expected),
-            result=outcome if known else None, status=status, start=start, end=end,
+            client=client, op=op, key=key, value=encode_value(value), expected=encode_value(named.get("expected")),
+            result=outcome if known else None, status=status, start=start, end=end, ttl=named.get("ttl"),
         )
 
-    named = dict(zip(spec.params, args, strict=False))
     if "keys" in named:
         return [entry(key, outcome=(result or {}).get(key)) for key in named["keys"]]
     if "mapping" in named:
         return [entry(key, value, outcome=(result or {}).get(key)) for key, value in named["mapping"].items()]
-    return [entry(named["key"], named.get("value"), named.get("expected"), result)]
+    return [entry(named["key"], named.get("value", named.get("by")), result)]

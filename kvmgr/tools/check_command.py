@@ -4,8 +4,10 @@ Each file is read (a kvmgr JSON-lines history, or with --format jepsen the log o
 test) and checked on its own, with its own --timeout. Each is reported as it is done: the verdict block of
 `describe`, prefixed by the file's name when there are several; with --json, one list of objects at the end.
 A file that cannot be read or is malformed is reported as one line on stderr and the others are still
-checked. Exit status: 2 if any file was unreadable or malformed, else 1 if any is not linearizable, else 3
-if any is unknown (its time limit came first), else 0.
+checked. A key whose history uses expiry (a store or add with a ttl, an expire, a persist) is left out of the
+check and named, with why, after the verdict ("skipped_keys" in --json). Exit status: 2 if any file was
+unreadable or malformed, else 1 if any is not linearizable, else 3 if any is unknown (its time limit came
+first), else 0.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ def _result_json(path: Path, result: CheckResult | None, error: str = "") -> dic
     return {
         "file": str(path), "outcome": result.outcome, "linearizable": result.linearizable, "operations": result.operation_count,
         "keys": result.checked_keys, "key": result.key, "detail": result.detail or describe(result),
+        "skipped_keys": result.skipped_keys,
     }
 
 
@@ -77,8 +80,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     """Register `kvmgr check`."""
     parser = subparsers.add_parser(
         "check", help="are recorded histories linearizable?",
-        description="Check histories of store/get/delete/cas operations for linearizability, key by key: kvmgr's JSON lines, "
-        "or the logs of Jepsen single-register tests.",
+        description="Check histories of store/get/delete/cas/incr/decr/add/pop operations for linearizability, key by key: "
+        "kvmgr's JSON lines, or the logs of Jepsen single-register tests. Keys whose history uses expiry are left out and named.",
         epilog="Exit status: 0 every file linearizable, 1 some file not (its first offending key and operations are printed), "
         "2 some file unreadable or malformed (reported, the others still checked), 3 some file unknown (its time limit came first).",
     )

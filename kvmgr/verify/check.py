@@ -5,6 +5,11 @@ make the search fast; the search (kvmgr/verify/search.py) is Wing & Gong's, as i
 Porcupine's checkers, and works for any model (kvmgr/verify/model.py). This module is the public
 entry: check_operations and check_file answer ok, illegal or unknown (CheckResult.outcome) and, for a
 failure, name the first bad key and the operations worth looking at (describe).
+
+Expiry is outside the model: a key whose history holds a store or add given a ttl, an expire or a persist is
+left out of the check, and CheckResult.skipped_keys says which and why (so does describe). So is, from an
+unknown start only, a key where an incr/decr of unknown outcome meets a cas that failed expecting a number:
+there the unknown first value cannot stand in for the incr (see register._step_unknown).
 """
 
 from __future__ import annotations
@@ -12,8 +17,9 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
+from kvmgr.protocol.values import is_number
 from kvmgr.verify import search as _search
-from kvmgr.verify.history import Operation, read_history
+from kvmgr.verify.history import COUNTS, Operation, read_history
 from kvmgr.verify.register import (
     ABSENT,
     INITIAL_STATES,
@@ -23,13 +29,14 @@ from kvmgr.verify.register import (
     Unknown,
     needed_state,
     partition_by_key,
+    plain_state,
     step,
 )
 from kvmgr.verify.search import PROGRESS_EVERY, SEEN_LIMIT, CheckProgress, Deepest, Progress, Search
 
 __all__ = [
     "ABSENT", "CHECK_TIMEOUT", "INITIAL_STATES", "PROGRESS_EVERY", "SEEN_LIMIT", "CheckProgress", "CheckResult", "Progress",
-    "Unknown", "check_file", "check_operations", "describe", "describe_operation", "partition_by_key", "step",
+    "Unknown", "check_file", "check_operations", "describe", "describe_operation", "partition_by_key", "skipped_keys", "step",
 ]
 
 CHECK_TIMEOUT = 60.0
@@ -48,6 +55,8 @@ class CheckResult:
     operation_count: int
     unplaced: list[Operation] = field(default_factory=list)
     detail: str = ""
+    skipped_keys: dict[str, str] = field(default_factory=dict)
+    """Keys left out of the check (expiry is outside the model), each with why, in sorted order."""
 
     @property
     def verdict(self) -> str:
@@ -59,6 +68,46 @@ class CheckResult:
     def outcome(self) -> str:
         """'ok', 'illegal' or 'unknown' (the time limit came first), as Porcupine answers."""
         return OUTCOMES[self.linearizable]
+
+    @property
+    def skipped_note(self) -> str:
+        """One line naming the keys left out and why ('' if none), for a tool's row."""
+        if not self.skipped_keys:
+            return ""
+        shown = "; ".join(f"{key!r}: {why}" for key, why in list(self.skipped_keys.items())[:SHOWN_SKIPPED])
+        more = len(self.skipped_keys) - SHOWN_SKIPPED
+        count = len(self.skipped_keys)
+        return f"{count} key{'s' if count > 1 else ''} left out of the check ({shown}{f'; and {more} more' if more > 0 else ''})"
+
+
+SHOWN_SKIPPED = 5
+"""How many left-out keys skipped_note names."""
+EXPIRY_REASON = {
+    "store": "a store with a ttl", "add": "an add with a ttl", "expire": "an expire", "persist": "a persist",
+}
+OUTSIDE_THE_MODEL = "expiry is outside the model"
+UNKNOWN_COUNT_REASON = (
+    "an incr/decr of unknown outcome and a cas that failed expecting a number, from an unknown start: outside the model"
+)
+
+
+def skipped_keys(ops: list[Operation], initial: str = "empty") -> dict[str, str]:
+    """The keys the check leaves out, in sorted order, each with why: those whose history uses expiry, and from an
+    unknown start those where an incr/decr of unknown outcome meets a cas that failed expecting a number."""
+    reasons: dict[str, str] = {}
+    counted: set[str] = set()
+    excluding: set[str] = set()
+    for op in ops:
+        if op.uses_expiry and op.key not in reasons:
+            reasons[op.key] = f"{EXPIRY_REASON[op.op]}: {OUTSIDE_THE_MODEL}"
+        elif op.op in COUNTS and op.status == "info":
+            counted.add(op.key)
+        elif op.op == "cas" and op.status == "ok" and op.result is False and is_number(op.expected):
+            excluding.add(op.key)
+    if initial == "unknown":
+        for key in counted & excluding:
+            reasons.setdefault(key, UNKNOWN_COUNT_REASON)
+    return dict(sorted(reasons.items()))
 
 
 KeySearch = Search[State, Operation]
@@ -73,7 +122,7 @@ def _unplaced(search: KeySearch, deepest: Deepest[State, Operation]) -> list[Ope
     window = min(done[i].end for i in deepest.left)  # type: ignore[type-var]
     chosen = [
         i for i in deepest.left
-        if done[i].start <= window or (state is not ABSENT and needed_state(done[i]) == state)  # type: ignore[operator]
+        if done[i].start <= window or (state is not ABSENT and needed_state(search.done[i]) == state)  # type: ignore[operator]
     ]
     return [done[i] for i in chosen]
 
@@ -141,14 +190,21 @@ def check_operations(
 
     `initial`: "empty" (every key starts absent) or "unknown" (absent or any value). After
     `timeout` seconds the verdict is unknown (linearizable None). `progress` is called
-    every PROGRESS_EVERY seconds of a long check. Raises HistoryError for a bad `initial`.
+    every PROGRESS_EVERY seconds of a long check. Keys the model leaves out (skipped_keys) are
+    not checked: CheckResult.skipped_keys names them. Raises HistoryError for a bad `initial`.
     """
-    outcome = _search.check(KeyRegister(initial), ops, timeout, progress)
+    model = KeyRegister(initial)
+    skipped = skipped_keys(ops, initial)
+    checked = [op for op in ops if op.key not in skipped] if skipped else ops
+    outcome = _search.check(model, checked, timeout, progress)
     if outcome.search is None:
-        return CheckResult(True, None, [], outcome.parts, len(ops))
-    if outcome.verdict == "unknown":
-        return _timed_out(outcome.search, outcome.parts, len(ops), outcome.budget)
-    return _failure(outcome.search, outcome.parts, len(ops))
+        result = CheckResult(True, None, [], outcome.parts, len(ops))
+    elif outcome.verdict == "unknown":
+        result = _timed_out(outcome.search, outcome.parts, len(ops), outcome.budget)
+    else:
+        result = _failure(outcome.search, outcome.parts, len(ops))
+    result.skipped_keys = skipped
+    return result
 
 
 def check_file(
@@ -163,7 +219,7 @@ def _show_state(state: State) -> str:
     if isinstance(state, Unknown):
         excluded = ", ".join(sorted(_show_state(s) for s in state.excluded))  # type: ignore[arg-type]
         return "as before the history (unknown" + (f", not {excluded})" if excluded else ")")
-    return "absent" if state is ABSENT else repr(state)
+    return "absent" if state is ABSENT else repr(plain_state(state))
 
 
 def _show_time(value: int | None) -> str:
@@ -176,8 +232,12 @@ def describe_operation(op: Operation) -> str:
     args = ""
     if op.op == "cas":
         args = f" expected={op.expected!r} value={op.value!r}"
-    elif op.op == "store":
+    elif op.op in ("store", "add"):
         args = f" value={op.value!r}"
+    elif op.op in COUNTS:
+        args = f" by={op.value!r}"
+    if op.ttl is not None:
+        args += f" ttl={op.ttl:g}"
     result = "?" if op.status == "info" or (op.op == "store" and op.result is None) else repr(op.result)
     return (
         f"{op.client} {op.op} key={op.key!r}{args} -> {result} [{op.status}] "
@@ -187,10 +247,11 @@ def describe_operation(op: Operation) -> str:
 
 def describe(result: CheckResult) -> str:
     """Human-readable verdict; for a failure, one line per operation worth looking at."""
+    note = [result.skipped_note] if result.skipped_keys else []
     if result.linearizable:
-        return f"linearizable: {result.operation_count} operations on {result.checked_keys} keys"
+        return "\n".join([f"linearizable: {result.operation_count} operations on {result.checked_keys} keys", *note])
     if result.linearizable is None:
-        return f"unknown: {result.detail}"
+        return "\n".join([f"unknown: {result.detail}", *note])
     lines = [f"NOT linearizable: key {result.key!r}"]
     if result.detail:
         lines.append(result.detail)
@@ -198,4 +259,4 @@ def describe(result: CheckResult) -> str:
     for op in result.operations:
         mark = "!" if id(op) in unplaced else " "
         lines.append(f"  {mark} {describe_operation(op)}")
-    return "\n".join(lines)
+    return "\n".join(lines + note)

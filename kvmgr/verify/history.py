@@ -1,17 +1,31 @@
 """Recorded histories of key-value operations: one JSON object per line (JSON lines).
 
-A value is written as JSON when JSON holds it as it is (a str is always a JSON string, whatever it
-starts with) and in a tagged form otherwise: bytes as {"$bytes": "<hex>"}. A JSON object with exactly
-one member whose name starts with "$" is a tag, never a plain value; the dict values to come will be
-plain JSON objects, and one that looks like a tag is escaped as {"$dict": {...}}.
+Values are written in the one JSON form of kvmgr.protocol.values (`to_json`/`from_json`): str, int, float,
+bool, list and dict stay plain JSON, so other tools can write histories too; bytes are {"$bytes": "<hex>"},
+tuples {"$tuple": [...]}, and a dict that looks like a tag (one member whose name starts with "$") is
+escaped as {"$dict": {...}}. Per operation (the table's recorded_as):
+
+    op               value                     result                                  also
+    store            the value                 "saved", "updated" or null (not known)  ttl (seconds) if given
+    get              null                      the value, or null when absent
+    delete           null                      true or false
+    cas              the value                 true or false                           expected (null: absent)
+    incr, decr       the delta as given (by)   the new number
+    add              the value                 true or false                           ttl (seconds) if given
+    pop              null                      the removed value, or null when absent
+    expire           null                      true or false                           ttl (required)
+    persist          null                      true or false
+
+"ttl" is written only when there is one; a key whose history holds one, or an expire or persist, is left
+out of the linearizability check (expiry is outside the model, see kvmgr/verify/check.py).
 """
 
 from __future__ import annotations
 
 import itertools
 import json
+import math
 import os
-import re
 import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -19,23 +33,28 @@ from types import TracebackType
 from typing import Any, BinaryIO
 
 from kvmgr.errors import HistoryError
-from kvmgr.protocol.operations import HISTORY_OPERATIONS
+from kvmgr.protocol.operations import EXPIRY_OPERATIONS, HISTORY_OPERATIONS
+from kvmgr.protocol.values import Value, ValueRuleError, from_json, is_number, plain, to_json
 
 OPS = HISTORY_OPERATIONS  # the per-key operations a history holds
 STATUSES = ("ok", "fail", "info")
 STORE_RESULTS = ("saved", "updated")
-FIELDS = ("client", "op", "key", "expected", "value", "result", "status", "start", "end")
+FIELDS = ("client", "op", "key", "expected", "value", "ttl", "result", "status", "start", "end")
 REQUIRED_FIELDS = ("client", "op", "key", "value", "result", "status", "start", "end")
 MAX_LINE_BYTES = 256 * 1024 * 1024
 """The longest history line read: two hex-encoded 64 MiB values and room to spare."""
-BYTES_TAG = "$bytes"
-DICT_TAG = "$dict"
-"""Reserved for the escape of a stored dict that looks like a tag."""
-VALUE_RULE = 'a string or {"$bytes": "<hex>"}'
-_HEX = re.compile(r"(?:[0-9a-fA-F]{2})*")
+WRITES_VALUE = ("store", "cas", "add")
+"""Operations whose 'value' is a value they write."""
+COUNTS = ("incr", "decr")
+"""Operations whose 'value' is a delta (a number) and whose result is the new number."""
+RETURNS_VALUE = ("get", "pop")
+"""Operations whose result is a value (or null: the key was absent)."""
+TAKES_TTL = ("store", "add", "expire")
+"""Operations that may carry a ttl (expire must)."""
+VALUE_RULE = "a value (str, int, float, bool, list, dict, or a tagged $bytes/$tuple/$dict form)"
+NUMBER_RULE = "a number (an int or a finite float, not a bool)"
 
-Value = str | bytes
-Result = Value | bool | None
+Result = Value | None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -43,7 +62,9 @@ class Operation:
     """One client call: what was asked, what came back, and when (monotonic ns); built with keywords only.
 
     A completed store whose `result` is None did not record whether it saved or updated (as with systems
-    that do not report it): the checker does not constrain that answer.
+    that do not report it): the checker does not constrain that answer. `value` is the value written
+    (store, cas, add) or the delta (incr, decr); `ttl` the seconds a store or add was given to live, or
+    expire's argument (None: none).
     """
 
     client: str
@@ -55,60 +76,56 @@ class Operation:
     status: str
     start: int
     end: int | None
+    ttl: float | None = None
+
+    @property
+    def uses_expiry(self) -> bool:
+        """True for a store or add given a ttl, an expire and a persist: what the model leaves out."""
+        return self.ttl is not None or self.op in EXPIRY_OPERATIONS
 
 
-def encode_value(value: str | bytes | bytearray | memoryview | None) -> Value | None:
-    """Return a value as an Operation records it: str and None unchanged, bytes-like as bytes."""
-    if value is None or isinstance(value, str):
-        return value
-    if isinstance(value, (bytes, bytearray, memoryview)):
-        return bytes(value)
-    raise TypeError(f"a value must be str, bytes or None (got {type(value).__name__})")
+def encode_value(value: object) -> Value | None:
+    """A value as an Operation records it, in plain form; None stays None (TypeError for anything that is no value)."""
+    if value is None:
+        return None
+    try:
+        return plain(value)
+    except ValueRuleError as exc:
+        raise TypeError(f"not a value: {exc}") from None
 
 
 def value_to_json(value: Value | None) -> object:
-    """Return a value as a history line holds it: JSON as is, bytes as {"$bytes": "<hex>"}."""
-    if isinstance(value, bytes):
-        return {BYTES_TAG: value.hex()}
-    return value
-
-
-def _is_tag(data: object) -> bool:
-    """Tell whether a JSON object is a tag: exactly one member, whose name starts with '$'."""
-    return isinstance(data, dict) and len(data) == 1 and next(iter(data)).startswith("$")
+    """A value as a history line holds it (kvmgr.protocol.values.to_json); None stays null."""
+    return None if value is None else to_json(value)
 
 
 def value_from_json(data: object, name: str, where: str) -> Value:
-    """Decode field `name` holding a value: a JSON string, or a tagged form (HistoryError if not)."""
-    if isinstance(data, str):
-        return data
-    if not _is_tag(data):
-        raise _fail(where, f"'{name}' must be {VALUE_RULE} (got {_shown(data)})")
-    [(tag, body)] = data.items()  # type: ignore[attr-defined]
-    if tag == DICT_TAG:
-        raise _fail(where, f"'{name}': dict values are not supported yet")
-    if tag != BYTES_TAG:
-        raise _fail(where, f"'{name}' has an unknown tag {_shown(tag)} (known: \"{BYTES_TAG}\")")
-    if not isinstance(body, str) or not _HEX.fullmatch(body):
-        raise _fail(where, f"'{name}': \"{BYTES_TAG}\" must be hex digits in pairs (got {_shown(body)})")
-    return bytes.fromhex(body)
+    """Decode field `name` holding a value (HistoryError naming file:line and the field if it is not one)."""
+    try:
+        return from_json(data)
+    except ValueRuleError as exc:
+        raise _fail(where, f"'{name}' is not {VALUE_RULE}: {exc} (got {_shown(data)})") from None
+    except RecursionError:
+        raise _fail(where, f"'{name}' is nested too deeply") from None
 
 
 def operation_to_dict(op: Operation) -> dict[str, Any]:
-    """Return the JSON object for an operation ('expected' only for cas), values encoded."""
+    """Return the JSON object for an operation ('expected' only for cas, 'ttl' only when set), values encoded."""
     data = {name: getattr(op, name) for name in FIELDS}
     for name in ("value", "expected"):
         data[name] = value_to_json(data[name])
-    if op.op == "get":
-        data["result"] = value_to_json(op.result)  # type: ignore[arg-type]
+    if op.op in RETURNS_VALUE:
+        data["result"] = value_to_json(op.result)
     if op.op != "cas":
         del data["expected"]
+    if op.ttl is None:
+        del data["ttl"]
     return data
 
 
 def operation_to_json(op: Operation) -> str:
     """Return an operation as one line of JSON (no trailing newline)."""
-    return json.dumps(operation_to_dict(op))
+    return json.dumps(operation_to_dict(op), allow_nan=False)
 
 
 SHOWN_CHARS = 80
@@ -172,8 +189,10 @@ def _check_identity(d: dict[str, Any], where: str) -> None:
 def _decode_arguments(d: dict[str, Any], where: str) -> tuple[Value | None, Value | None]:
     """Check value and expected against the op; return them decoded."""
     op, value, expected = d["op"], None, None
-    if op in ("store", "cas"):
+    if op in WRITES_VALUE:
         value = value_from_json(d["value"], "value", where)
+    elif op in COUNTS:
+        value = _number(d["value"], "value", where)
     elif d["value"] is not None:
         raise _fail(where, f"'value' must be null for {op} (got {_shown(d['value'])})")
     if op == "cas":
@@ -181,6 +200,27 @@ def _decode_arguments(d: dict[str, Any], where: str) -> tuple[Value | None, Valu
     elif d.get("expected") is not None:
         raise _fail(where, f"'expected' is only for cas (got {_shown(d['expected'])} on {op})")
     return value, expected
+
+
+def _number(data: object, name: str, where: str) -> int | float:
+    """Require field `name` to hold a number: an int or a finite float, not a bool."""
+    if not is_number(data) or not math.isfinite(data):  # type: ignore[arg-type]
+        raise _fail(where, f"'{name}' must be {NUMBER_RULE} (got {_shown(data)})")
+    return data  # type: ignore[return-value]
+
+
+def _decode_ttl(d: dict[str, Any], where: str) -> float | None:
+    """Check the ttl: seconds above 0 for store and add (or null), required for expire, absent otherwise."""
+    op, ttl = d["op"], d.get("ttl")
+    if ttl is None:
+        if op == "expire":
+            raise _fail(where, "missing field 'ttl' (required for expire)")
+        return None
+    if op not in TAKES_TTL:
+        raise _fail(where, f"'ttl' is only for {', '.join(TAKES_TTL)} (got {_shown(ttl)} on {op})")
+    if not is_number(ttl) or not 0 < ttl < math.inf:
+        raise _fail(where, f"'ttl' must be a number of seconds above 0 (got {_shown(ttl)})")
+    return float(ttl)
 
 
 def _check_times(d: dict[str, Any], where: str) -> None:
@@ -195,21 +235,14 @@ def _check_times(d: dict[str, Any], where: str) -> None:
         raise _fail(where, f"'end' ({d['end']}) is before 'start' ({d['start']})")
 
 
-def _result_ok(op: str, result: object) -> bool:
-    """Tell whether `result` has the right type and value for a completed `op`."""
-    if op == "store":
-        return result is None or (result in STORE_RESULTS and isinstance(result, str))
-    if op == "get":
-        return result is None or isinstance(result, str) or _is_tag(result)
-    return isinstance(result, bool)
-
-
 RESULT_RULES = {
     "store": '"saved", "updated" or null (not recorded)',
-    "get": f"{VALUE_RULE} or null",
-    "delete": "true or false",
-    "cas": "true or false",
+    "get": "a value or null",
+    "pop": "a value or null",
+    "incr": NUMBER_RULE,
+    "decr": NUMBER_RULE,
 }
+"""What a completed operation's result must be; every other operation's is true or false."""
 
 
 def _decode_result(d: dict[str, Any], where: str) -> Result:
@@ -219,12 +252,16 @@ def _decode_result(d: dict[str, Any], where: str) -> Result:
         if result is not None:
             raise _fail(where, f"'result' must be null when status is info (got {_shown(result)})")
         return None
-    if status == "fail" and result is None:
+    if result is None and (status == "fail" or op in ("store", *RETURNS_VALUE)):
         return None
-    if not _result_ok(op, result):
-        raise _fail(where, f"'result' of {op} must be {RESULT_RULES[op]} (got {_shown(result)})")
-    if op == "get" and result is not None:
+    if op in RETURNS_VALUE:
         return value_from_json(result, "result", where)
+    if op in COUNTS:
+        return _number(result, "result", where)
+    if (op == "store" and not (isinstance(result, str) and result in STORE_RESULTS)) or (
+        op != "store" and not isinstance(result, bool)
+    ):
+        raise _fail(where, f"'result' of {op} must be {RESULT_RULES.get(op, 'true or false')} (got {_shown(result)})")
     return result  # type: ignore[no-any-return]
 
 
@@ -235,10 +272,11 @@ def operation_from_dict(d: object, where: str) -> Operation:
     _check_fields(d, where)
     _check_identity(d, where)
     value, expected = _decode_arguments(d, where)
+    ttl = _decode_ttl(d, where)
     _check_times(d, where)
     return Operation(
         client=d["client"], op=d["op"], key=d["key"], value=value, expected=expected,
-        result=_decode_result(d, where), status=d["status"], start=d["start"], end=d["end"],
+        result=_decode_result(d, where), status=d["status"], start=d["start"], end=d["end"], ttl=ttl,
     )
 
 
@@ -305,7 +343,7 @@ class HistoryWriter:
         """Validate `op`, then write it as one line and flush."""
         data = operation_to_dict(op)
         operation_from_dict(data, f"{self.path} (record)")
-        line = json.dumps(data)
+        line = json.dumps(data, allow_nan=False)
         with self._lock:
             if self._file.closed:
                 raise HistoryError(f"{self.path}: history writer is closed")
