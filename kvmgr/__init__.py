@@ -1,6 +1,7 @@
 """kvmgr: a key-value store shared by Python processes through a multiprocessing.managers server."""
 
 from kvmgr.client import Client, connect
+from kvmgr.config import VERSION
 from kvmgr.errors import (
     AuthenticationFailed,
     ConfigError,
@@ -16,7 +17,7 @@ from kvmgr.errors import (
     UnknownOperation,
 )
 
-__version__ = "0.1.0"
+__version__ = VERSION
 
 __all__ = [
     "AuthenticationFailed",

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from kvmgr.errors import ConfigError
 
+VERSION = "0.1.0"  # kvmgr's version (kvmgr.__version__; `kvmgr info` reports it)
 DEFAULT_ADDRESS = "127.0.0.1:50000"
 DEFAULT_TIMEOUT = 5.0
 IDLE_CHECK_AFTER = 0.05  # seconds idle after which a client first checks that the server has not closed the connection

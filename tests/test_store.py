@@ -147,6 +147,9 @@ class RecordingJournal:
         self.writes.clear()
         return undo
 
+    def pending(self) -> int:
+        return 0
+
     def close(self) -> None:
         self.closed += 1
 

@@ -204,6 +204,10 @@ class Operations(ABC):
         wait = BLOCKING_CEILING if timeout is None else timeout
         return self.call(method, *args, *(() if timeout is None else (timeout,)), timeout=wait + self.timeout)
 
+    def info(self) -> dict[str, Any]:
+        """What the server is doing: uptime_seconds, keys, connected_clients, operations per kind, ... (README: kvmgr info)."""
+        return cast("dict[str, Any]", self.call("info"))
+
     def quit(self) -> str:
         """Ask the server to shut down gracefully; returns its confirmation."""
         return cast("str", self.call("quit"))

@@ -52,6 +52,10 @@ class RecordingClient(Operations, Generic[Transport]):
         for operation in history_operations(self.name, method, args, status, result, start, end):
             self.history.record(operation)
 
+    def session(self) -> Operations:
+        """The inner client's session (what a lock holds is not recorded: locks are outside the history model)."""
+        return self.inner.session()
+
     def close(self) -> None:
         """Close the inner client."""
         self.inner.close()

@@ -78,6 +78,8 @@ OPERATIONS: tuple[OpSpec, ...] = (
            summary="seconds until key expires, None if it never does; KeyNotFound if absent"),
     OpSpec(name="persist", params=("key",), mutates=True, recorded_as="persist",
            summary="remove key's expiry; True if it had one"),
+    OpSpec(name="info", safe_to_repeat=True, in_scenarios=False,
+           summary="what the server is doing: a dict of figures (uptime_seconds, keys, connected_clients, ...)"),
     OpSpec(name="quit", summary="ask the server to shut down gracefully (kvmgr's own server only)"),
     OpSpec(name="rendezvous", params=("name", "parties", "timeout"), optional=1, in_scenarios=False,
            summary="block until `parties` callers have arrived under name, then release them together"),

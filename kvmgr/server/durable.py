@@ -173,6 +173,11 @@ class SQLiteJournal:
             group.outcome.fail(_failed(failure))
         return undo
 
+    def pending(self) -> int:
+        """How many writes wait for their group commit (batch mode; 0 otherwise)."""
+        with self._mutex:
+            return self._open.writes + (self._committing.writes if self._committing else 0)
+
     def close(self) -> None:
         """Commit what is pending, close the database and release the data directory."""
         with self._mutex:

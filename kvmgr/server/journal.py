@@ -43,6 +43,9 @@ class Journal(Protocol):
     def fail_uncommitted(self, failure: BaseException) -> list[Undo]:
         """Fail every write not yet committed (its commit fails with KvmgrError); return their undo records, oldest first."""
 
+    def pending(self) -> int:
+        """How many writes wait for their commit."""
+
     def close(self) -> None:
         """Commit what is pending and release the storage."""
 
@@ -66,6 +69,10 @@ class MemoryJournal:
     def fail_uncommitted(self, failure: BaseException) -> list[Undo]:
         """Nothing is ever uncommitted."""
         return []
+
+    def pending(self) -> int:
+        """Nothing ever waits."""
+        return 0
 
     def close(self) -> None:
         """Nothing to release."""

@@ -12,13 +12,14 @@ import socket
 import stat
 import sys
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterable
 from functools import partial
 from multiprocessing import ProcessError
 from multiprocessing.managers import BaseManager
-from typing import cast
+from typing import Any, cast
 
-from kvmgr.config import DEFAULT_LIMITS, LISTEN_BACKLOG, SWEEP_INTERVAL, Address, Limits, address_family, format_address
+from kvmgr.config import DEFAULT_LIMITS, LISTEN_BACKLOG, SWEEP_INTERVAL, VERSION, Address, Limits, address_family, format_address
 from kvmgr.errors import ConfigError, KvmgrError, ProtocolError, UnknownOperation
 from kvmgr.protocol import wire
 from kvmgr.server.compat import ManagerCalls
@@ -74,7 +75,8 @@ class StoreServer(ManagerCalls, EventLoop):
     def __init__(self, address: Address, authkey: bytes, limits: Limits = DEFAULT_LIMITS, journal: Journal = IN_MEMORY) -> None:
         self.store = Store(limits, on_quit=self.stop, journal=journal, schedule=self._schedule)
         self.store_ident = f"{id(self.store):x}"
-        self._handlers = self.store.handlers(session=lambda: self.current)
+        self._handlers = {**self.store.handlers(session=lambda: self.current), "info": self.info}
+        self.stats = CallStats(self._handlers)
         listener = open_listener(address)
         super().__init__(listener, authkey, limits)
         bound = listener.getsockname()
@@ -94,8 +96,9 @@ class StoreServer(ManagerCalls, EventLoop):
         return partial(self._cancel_timer, timer)
 
     def _sweep_expired(self) -> None:
-        """Reclaim some expired keys, then come back: soon while keys have an expiry, else at the loop's idle pace."""
+        """Reclaim some expired keys and sample the call rate; again soon while keys have an expiry, else at the idle pace."""
         self.store.sweep()
+        self.stats.sample()
         self.call_later(SWEEP_INTERVAL if self.store.expiring() else IDLE_SWEEP_INTERVAL, self._sweep_expired)
 
     serve_forever = serve_until_stopped  # the name multiprocessing.managers.Server gives it
@@ -119,17 +122,32 @@ class StoreServer(ManagerCalls, EventLoop):
 
     def dispatch(self, payload: bytes) -> bytes | Deferred:
         """Run one call on the store: its framed reply, or the Deferred of a call that answers later."""
+        method = ""
         try:
             ident, method, args, kwargs = wire.load_request(payload)
             function = self._handlers.get(method)
             if function is None or ident != self.store_ident:
                 raise self._not_exposed(ident, method)
+            self.stats.calls[method] += 1
             result = function(*args, **kwargs) if kwargs else function(*args)
         except Exception as exc:
+            self.stats.failed(method)
             return self.error_frame(exc)
         if type(result) is Deferred:
+            result.add_done_callback(partial(self.stats.settled, method))
             return result
         return wire.reply_frame(wire.RETURN, result)
+
+    def info(self) -> dict[str, Any]:
+        """What the server is doing: its own figures and the store's (the `info` operation)."""
+        journal = self.store.journal
+        return {
+            "uptime_seconds": round(time.monotonic() - self.stats.started, 3), "version": VERSION,
+            "protocol_version": wire.PROTOCOL_VERSION, "address": format_address(cast(Address, self.address)),
+            "durable": journal is not IN_MEMORY, "fsync": getattr(journal, "fsync", None), "rss_bytes": resident_bytes(),
+            "connected_clients": self.open, "max_connections": self.limits.max_connections,
+            **self.store.info(), **self.stats.figures(),
+        }
 
     def _not_exposed(self, ident: object, method: str) -> KvmgrError:
         if ident != self.store_ident:
@@ -142,6 +160,52 @@ class StoreServer(ManagerCalls, EventLoop):
         if isinstance(self.address, str):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.address)  # the socket we bound
+
+
+class CallStats:
+    """Counters of the calls a server ran, per operation, since it started, and the rate over the last second or so."""
+
+    def __init__(self, operations: Iterable[str]) -> None:
+        self.calls: dict[str, int] = dict.fromkeys(operations, 0)
+        self.errors: dict[str, int] = dict.fromkeys(operations, 0)
+        self.started = time.monotonic()
+        self._sampled_at, self._sampled_calls, self.rate = self.started, 0, 0.0
+
+    def failed(self, method: str) -> None:
+        """A call of method ended with an error."""
+        if method in self.errors:
+            self.errors[method] += 1
+
+    def settled(self, method: str, deferred: Deferred) -> None:
+        """A deferred call of method was decided."""
+        if deferred.error is not None:
+            self.failed(method)
+
+    def sample(self) -> None:
+        """Update the rate, at most once a second (the loop's sweep timer calls this)."""
+        now = time.monotonic()
+        if now - self._sampled_at >= 1.0:
+            total = sum(self.calls.values())
+            self.rate = (total - self._sampled_calls) / (now - self._sampled_at)
+            self._sampled_at, self._sampled_calls = now, total
+
+    def figures(self) -> dict[str, Any]:
+        """operations and errors (the non-zero counts, by operation) and ops_per_second."""
+        return {
+            "operations": {name: count for name, count in self.calls.items() if count},
+            "errors": {name: count for name, count in self.errors.items() if count},
+            "ops_per_second": round(self.rate, 1),
+        }
+
+
+def resident_bytes() -> int:
+    """This process's resident memory, from /proc where there is one, else its peak (getrusage)."""
+    try:
+        with open("/proc/self/statm", "rb") as statm:
+            return int(statm.read().split()[1]) * resource.getpagesize()
+    except (OSError, IndexError, ValueError):
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return peak if sys.platform == "darwin" else peak * 1024
 
 
 class _ManagedServer(StoreServer):

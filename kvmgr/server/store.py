@@ -99,7 +99,7 @@ class Store:
         self, limits: Limits = DEFAULT_LIMITS, on_quit: Callable[[], None] = lambda: None, journal: Journal = IN_MEMORY,
         schedule: Schedule = thread_schedule,
     ) -> None:
-        self._journal = journal
+        self.journal = self._journal = journal
         self._closed = False
         loaded, self._revision = journal.load()
         self._data: dict[str, Value] = {key: value for key, (value, _, _) in loaded.items()}
@@ -503,6 +503,16 @@ class Store:
             self._closed = True
         if first:
             self._journal.close()  # not under the lock: a commit failing now rolls back under it
+
+    def info(self) -> dict[str, Any]:
+        """The store's figures: keys, expiring keys, revision, pending commits, locks held and waiting, queue lengths."""
+        with self._lock:
+            self._reclaim_due(len(self._deadlines))
+            keys, expiring, revision = len(self._data), len(self._expiry), self._revision
+        return {
+            "keys": keys, "expiring_keys": expiring, "revision": revision, "pending_commits": self._journal.pending(),
+            "locks_held": self.locks.held(), "lock_waiters": self.locks.waiting(), "queues": self.queues.lengths(),
+        }
 
     def quit(self) -> str:
         """Ask the server to shut down gracefully; return the confirmation message."""
