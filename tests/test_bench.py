@@ -8,15 +8,17 @@ import json
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from multiprocessing import AuthenticationError, connection
 from pathlib import Path
 
 import psutil
 import pytest
 
+import kvmgr
 from kvmgr.config import parse_address
 from kvmgr.tools import bench
-from kvmgr.tools.bench import adapters, launch, run
+from kvmgr.tools.bench import adapters, launch, report, run
 from kvmgr.tools.processes import ProcessGroup, ServerProcess, python_module, wait_until_ready
 
 POINT_SYSTEMS = {("kvmgr", "tcp"), ("kvmgr", "unix"), ("multiprocessing-dict", "tcp"), ("multiprocessing-dict", "unix"),
@@ -114,6 +116,55 @@ def test_idle_row_holds_authenticated_connections_and_reports_their_cost(tiny_ru
     assert "50 idle connections held: RSS +" in finished.stdout
 
 
+def test_incr_row_counts_exactly_on_every_system_and_is_compared(tiny_run: tuple[subprocess.CompletedProcess, dict]) -> None:
+    finished, report_json = tiny_run
+    rows = {(r["system"], r["transport"], r["clients"]): r for r in report_json["results"] if r["workload"] == "incr"}
+    systems = {("kvmgr", "tcp"), ("kvmgr", "unix"), ("multiprocessing-dict", "tcp"), ("multiprocessing-dict", "unix")}
+    systems |= {("redis", "tcp")} if launch.load_redis()[0] is not None else set()
+    assert set(rows) == {(system, transport, clients) for system, transport in systems for clients in (1, 2)}
+    for row in rows.values():
+        assert row["lost_updates"] == 0 and row["ops_per_s"] > 0 and row["server_cpu_us"] > 0, row
+    assert all(r["lost_updates"] is None for r in report_json["results"] if r["workload"] != "incr")
+    ratios = report_json["ratios"]
+    for transport in ("tcp", "unix"):
+        for clients in (1, 2):
+            assert ratios[f"kvmgr/{transport} incr x{clients} vs multiprocessing-dict/{transport} get+set under a Manager Lock"] > 0
+    assert ratios["kvmgr/tcp incr x2 vs x1"] > 0
+    if ("redis", "tcp") in systems:
+        assert ratios["kvmgr/tcp incr x2 vs redis/tcp INCR"] > 0
+    assert "with lock: d[k] = d.get(k, 0) + 1; final count exact" in finished.stdout
+    assert "FAIL" not in finished.stdout
+
+
+def test_only_incr_measures_just_the_incr_rows(tmp_path: Path) -> None:
+    out = tmp_path / "incr.json"
+    finished = subprocess.run(python_module("kvmgr.tools.bench", "--tiny", "--only", "incr", "--json", str(out)),
+                              capture_output=True, text=True, timeout=120)
+    assert finished.returncode == 0, finished.stderr
+    results = json.loads(out.read_text())["results"]
+    assert {r["workload"] for r in results} == {"incr"}
+    assert {(r["system"], r["clients"]) for r in results} >= {("kvmgr", 1), ("kvmgr", 2), ("multiprocessing-dict", 2)}
+    assert all(r["lost_updates"] == 0 for r in results)
+
+
+def test_incr_row_fails_when_the_final_count_differs_from_the_increments(group: ProcessGroup, server: ServerProcess,
+                                                                         tmp_path: Path) -> None:
+    with kvmgr.connect(server.address_text, authkey=server.authkey.encode(), timeout=5.0) as client:
+        client.store("seeded", 5)  # five counts no bench client made
+    target = bench.Target("kvmgr", "tcp", "kvmgr", server.address_text, server.authkey, server.process.pid)
+    [sample] = run.Bench(group, tmp_path, bench.PROFILES["tiny"], None).incr(target, 2, key="seeded")
+    assert sample.lost_updates == -5
+    assert run.count_failure(sample) == "kvmgr/tcp counted 5 more than the increments made"
+    assert "FAIL: 5 more than the increments made" in report.result_note(sample, bench.PROFILES["tiny"])
+    peer = bench.Sample("multiprocessing-dict", "tcp", "incr", 2, 100.0, 1.0, 2.0, lost_updates=0)
+    assert bench.compute_ratios([sample, peer], (2,)) == {}
+    exact = bench.compute_ratios([replace(sample, lost_updates=0), peer], (2,))
+    assert list(exact) == ["kvmgr/tcp incr x2 vs multiprocessing-dict/tcp get+set under a Manager Lock"]
+    lost = replace(sample, lost_updates=3)
+    assert run.count_failure(lost) == "kvmgr/tcp lost 3 of its increments"
+    assert bench.medians([replace(sample, lost_updates=0), lost, replace(sample, lost_updates=0)])[0].lost_updates == 3
+
+
 def test_selectors_floor_serves_authenticated_clients_in_order(group: ProcessGroup) -> None:
     _, address, authkey = launch.start_peer_server(group, "selectors-floor", "127.0.0.1:0")
     first, second = (adapters.SelectorsFloorAdapter(address, authkey.encode()) for _ in range(2))
@@ -172,9 +223,12 @@ def test_add_parser_registers_the_bench_subcommand() -> None:
     bench.add_parser(parser.add_subparsers())
     args = parser.parse_args(["bench", "--quick", "--repeats", "2", "--json", "out.json"])
     assert args.handler is bench.run_bench_command
-    assert (args.quick, args.repeats, args.json, args.plot, args.tiny) == (True, 2, "out.json", None, False)
+    assert (args.quick, args.repeats, args.json, args.plot, args.tiny, args.only) == (True, 2, "out.json", None, False, None)
+    assert parser.parse_args(["bench", "--only", "incr", "--only", "point"]).only == ["incr", "point"]
     with pytest.raises(SystemExit):
         parser.parse_args(["bench", "--repeats", "0"])
+    with pytest.raises(SystemExit):
+        parser.parse_args(["bench", "--only", "everything"])
 
 
 def test_medians_and_ratios_of_known_samples() -> None:

@@ -24,6 +24,11 @@ class KvmgrAdapter:
         self.get: Callable[..., Any] = self.client.get
         self.store: Callable[..., Any] = self.client.store
         self.get_many, self.store_many = self.client.get_many, self.client.store_many
+        self.incr: Callable[[str], Any] = self.client.incr
+
+    def count(self, key: str) -> Any:
+        """The counter's final value."""
+        return self.client.get(key)
 
     def load(self, mapping: dict[str, bytes], bulk: bool = False) -> None:
         """Store a batch of keys."""
@@ -59,6 +64,7 @@ class StdlibDictAdapter:
         manager = stdlib_manager_class(None)(address=parse_address(address), authkey=authkey)
         manager.connect()
         self.point, self.bulk = manager.point_dict(), manager.bulk_dict()  # type: ignore[attr-defined]  # registered at run time
+        self.lock = manager.counter_lock()  # type: ignore[attr-defined]  # registered at run time
 
     def get(self, key: str) -> bytes:
         """One read through the proxy."""
@@ -67,6 +73,15 @@ class StdlibDictAdapter:
     def store(self, key: str, value: bytes) -> None:
         """One write through the proxy."""
         self.point[key] = value
+
+    def incr(self, key: str) -> None:
+        """What a Manager user must write for a counter: get and set under a Manager Lock (four round trips)."""
+        with self.lock:
+            self.point[key] = self.point.get(key, 0) + 1
+
+    def count(self, key: str) -> Any:
+        """The counter's final value."""
+        return self.point.get(key, 0)
 
     def get_many(self, keys: Sequence[str]) -> dict[str, bytes]:
         """Bulk read: a copy of the dict that holds exactly the bulk keys (the proxy has no multi-get)."""
@@ -147,6 +162,14 @@ class RedisAdapter:
     def store(self, key: str, value: bytes) -> object:
         """SET."""
         return self.redis.set(key, value)
+
+    def incr(self, key: str) -> Any:
+        """INCR."""
+        return self.redis.incr(key)
+
+    def count(self, key: str) -> int:
+        """The counter's final value (GET, as an int)."""
+        return int(self.redis.get(key) or 0)
 
     def get_many(self, keys: Sequence[str]) -> Any:
         """MGET."""

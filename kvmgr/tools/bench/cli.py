@@ -21,6 +21,13 @@ after storing N keys of 16 bytes with 100-byte values in batches of 10,000 (rate
 latency: one batch), against the same dict built in a bare Python process; driver is `python run_driver.py`
 end to end (rate: runs/s, latency: its wall time in µs).
 
+Counters (the "incr" rows): every client process increments one shared key, fresh for each measurement, as
+fast as it can: kvmgr with client.incr(key) (tcp, unix), Redis with INCR, and the stdlib dict the only safe way
+a multiprocessing.Manager user has, `with lock: d[k] = d.get(k, 0) + 1` under one Manager Lock (tcp, unix);
+1 and 8 clients (--tiny: 1 and 2). Once the clients have exited, the benchmark reads the counter: a final count
+that is not the number of increments the clients made is a FAIL in the row (no ratio is taken from it) and
+makes the command exit 1.
+
 Server CPU µs/op: the server process's CPU time (user + system, all its threads; on Linux its CPU-time
 clock, in ns) read just before the clients start and in the gap after each workload, divided by the
 operations (keys for the batch rows) all clients did in it; connecting and preloading are not counted.
@@ -48,7 +55,7 @@ from tabulate import tabulate
 from kvmgr.config import AUTHKEY_ENV
 from kvmgr.errors import KvmgrError
 from kvmgr.tools.arguments import positive_int
-from kvmgr.tools.bench.common import PROFILES, Profile, Sample, WorkerSpec, progress
+from kvmgr.tools.bench.common import PROFILES, SECTIONS, Profile, Sample, WorkerSpec, progress
 from kvmgr.tools.bench.launch import load_redis, start_targets
 from kvmgr.tools.bench.peers import SERVE_ROLES
 from kvmgr.tools.bench.report import compute_ratios, draw_plot, ratios_table, report, results_table
@@ -76,7 +83,7 @@ def run_bench_command(args: argparse.Namespace) -> int:
                  f"memory with {profile.memory_keys:,} keys instead of {full.memory_keys:,}")
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="kvmgr-bench-") as scratch, ProcessGroup() as group:
-        bench = Bench(group, Path(scratch), profile, redis_module)
+        bench = Bench(group, Path(scratch), profile, redis_module, sections=tuple(args.only or SECTIONS))
         bench.targets = start_targets(group, bench.workdir, redis_module)
         samples, failures = run_repeats(bench, repeats)
     results = medians(samples)
@@ -125,6 +132,10 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
         help="a minute or two: 0.25 s per workload, 200,000 keys for memory, still 1,000 idle connections, one repeat unless --repeats",
     )
     parser.add_argument("--repeats", type=positive_int, help="interleaved repeats; the median is reported (default 3, --quick 1)")
+    parser.add_argument(
+        "--only", action="append", choices=SECTIONS, metavar="SECTION",
+        help=f"measure only these rows (repeat the option for several): {', '.join(SECTIONS)}; default all",
+    )
     parser.add_argument("--json", metavar="FILE", help="write the machine, the results and the ratios as JSON")
     parser.add_argument("--plot", metavar="FILE.png", help="draw the results (needs matplotlib: pip install 'kvmgr[plot]')")
     parser.add_argument(

@@ -11,6 +11,9 @@ from kvmgr.tools.processes import child_environment
 ADDRESS_ENV = "KVMGR_BENCH_ADDRESS"
 POINT_WORKLOADS = ("get", "store", "mix")
 BULK_WORKLOADS = ("get_many", "store_many")
+INCR_WORKLOAD = "incr"  # every client increments one shared counter; the final count must equal the increments made
+INCR_KINDS = ("kvmgr", "stdlib", "redis")  # the adapters that can increment: kvmgr incr, locked get+set, Redis INCR
+SECTIONS = ("point", "bulk", "incr", "memory", "idle", "driver")  # the groups of rows `--only` can pick
 PHASE_GAP = 0.03
 GO_DELAY = 0.02
 READY_TIMEOUT = 30.0
@@ -72,6 +75,7 @@ class WorkerSpec:
     seed: int = 0
     preload: bool = False
     output: str = ""  # the file the worker writes its results to (a pipe could fill and stall it mid-run)
+    counter_key: str = ""  # the key the incr workload increments (one per measurement, so it starts absent)
 
 
 @dataclass
@@ -90,6 +94,7 @@ class Sample:
     server_cpu_us: float | None = None  # the server process's CPU time (user + system, all threads) per operation or key
     idle_connections: int | None = None  # the idle row: authenticated connections the server held during it
     idle_free_p50_us: float | None = None  # the idle row: the same single-client p50 without them
+    lost_updates: int | None = None  # the incr row: increments made minus the final count (0 when exact; not 0 is a FAIL)
 
     @property
     def key(self) -> tuple[str, str, str, int]:

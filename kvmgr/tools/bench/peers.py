@@ -11,7 +11,7 @@ import socket
 import threading
 from collections.abc import Mapping
 from multiprocessing import AuthenticationError, connection
-from multiprocessing.managers import DictProxy, SyncManager
+from multiprocessing.managers import AcquirerProxy, DictProxy, SyncManager  # type: ignore[attr-defined]  # AcquirerProxy: not in typeshed
 from typing import Any, cast
 
 from kvmgr.config import HANDSHAKE_TIMEOUT, READ_SIZE, Address, address_family, format_address, parse_address
@@ -19,24 +19,26 @@ from kvmgr.errors import ProtocolError
 from kvmgr.protocol.wire import bound_blocking_calls, frame, message_bounds
 
 DICT_NAMES = ("point_dict", "bulk_dict")
+LOCK_NAME = "counter_lock"  # the one Lock every client of the incr row takes around its get+set
 MAX_MESSAGE = 1 << 30
 
 
-def stdlib_manager_class(shared: Mapping[str, dict] | None) -> type[SyncManager]:
-    """A SyncManager with the benchmark's dicts registered (served from `shared` on the server side)."""
+def stdlib_manager_class(shared: Mapping[str, Any] | None) -> type[SyncManager]:
+    """A SyncManager with the benchmark's dicts and counter lock registered (served from `shared` on the server side)."""
 
     class BenchManager(SyncManager):
-        """SyncManager plus the benchmark's shared dicts."""
+        """SyncManager plus the benchmark's shared dicts and the lock of its incr row."""
 
-    for name in DICT_NAMES:
+    for name, proxytype in [*((name, DictProxy) for name in DICT_NAMES), (LOCK_NAME, AcquirerProxy)]:
         source = None if shared is None else (lambda hosted=shared[name]: hosted)
-        BenchManager.register(name, callable=source, proxytype=DictProxy)
+        BenchManager.register(name, callable=source, proxytype=proxytype)
     return BenchManager
 
 
 def serve_stdlib(address: str, authkey: bytes) -> int:
-    """Serve the benchmark dicts from a stdlib SyncManager server until terminated."""
-    manager = stdlib_manager_class({name: {} for name in DICT_NAMES})(address=parse_address(address), authkey=authkey)
+    """Serve the benchmark dicts and counter lock from a stdlib SyncManager server until terminated."""
+    shared: dict[str, Any] = {**{name: {} for name in DICT_NAMES}, LOCK_NAME: threading.Lock()}
+    manager = stdlib_manager_class(shared)(address=parse_address(address), authkey=authkey)
     server = manager.get_server()
     print(f"ready {format_address(cast(Address, server.address))}", flush=True)
     server.serve_forever()

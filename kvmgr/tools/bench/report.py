@@ -15,7 +15,13 @@ from typing import Any
 import psutil
 from tabulate import tabulate
 
-from kvmgr.tools.bench.common import BULK_WORKLOADS, POINT_WORKLOADS, Profile, Sample
+from kvmgr.tools.bench.common import BULK_WORKLOADS, INCR_WORKLOAD, POINT_WORKLOADS, Profile, Sample
+
+INCR_HOW = {  # what each system's incr row does per increment
+    "kvmgr": "client.incr(k)",
+    "multiprocessing-dict": "with lock: d[k] = d.get(k, 0) + 1",
+    "redis": "INCR",
+}
 
 
 def compute_ratios(results: Sequence[Sample], client_counts: Sequence[int]) -> dict[str, float]:
@@ -24,7 +30,9 @@ def compute_ratios(results: Sequence[Sample], client_counts: Sequence[int]) -> d
     ratios: dict[str, float] = {}
 
     def add(name: str, mine: tuple, theirs: tuple, attribute: str = "ops_per_s") -> None:
-        if mine in found and theirs in found and getattr(found[theirs], attribute) and getattr(found[mine], attribute) is not None:
+        if mine not in found or theirs not in found or found[mine].lost_updates or found[theirs].lost_updates:
+            return  # a row that lost updates is a failure, not a figure to compare
+        if getattr(found[theirs], attribute) and getattr(found[mine], attribute) is not None:
             ratios[name] = round(getattr(found[mine], attribute) / getattr(found[theirs], attribute), 3)
 
     most = max(client_counts)
@@ -49,6 +57,14 @@ def compute_ratios(results: Sequence[Sample], client_counts: Sequence[int]) -> d
             add(f"kvmgr/{transport} {workload} vs multiprocessing-dict/{transport}", mine, ("multiprocessing-dict", transport, workload, 1))
             if transport == "tcp":
                 add(f"kvmgr/tcp {workload} vs redis/tcp {redis_name}", mine, ("redis", "tcp", workload, 1))
+        for clients in client_counts:
+            mine = ("kvmgr", transport, INCR_WORKLOAD, clients)
+            add(f"kvmgr/{transport} incr x{clients} vs multiprocessing-dict/{transport} get+set under a Manager Lock", mine,
+                ("multiprocessing-dict", transport, INCR_WORKLOAD, clients))
+            if transport == "tcp":
+                add(f"kvmgr/tcp incr x{clients} vs redis/tcp INCR", mine, ("redis", "tcp", INCR_WORKLOAD, clients))
+        if most > 1:
+            add(f"kvmgr/{transport} incr x{most} vs x1", ("kvmgr", transport, INCR_WORKLOAD, most), ("kvmgr", transport, INCR_WORKLOAD, 1))
     memory = ("kvmgr", "unix", "memory", 1)
     for name, peer in (("python-dict", ("python-dict", "in-process", "memory", 1)),
                        ("multiprocessing-dict", ("multiprocessing-dict", "unix", "memory", 1)), ("redis", ("redis", "tcp", "memory", 1))):
@@ -76,7 +92,10 @@ def results_table(results: Sequence[Sample], profile: Profile) -> str:
 
 
 def result_note(sample: Sample, profile: Profile) -> str:
-    """The memory figures of a memory result, the idle connections' cost, the seconds per run of the driver, else nothing."""
+    """How an incr row counts and whether its count was exact, the memory figures of a memory result, the idle
+    connections' cost, the seconds per run of the driver, else nothing."""
+    if sample.lost_updates is not None:
+        return f"{INCR_HOW.get(sample.system, 'incr')}; {incr_verdict(sample.lost_updates)}"
     if sample.idle_connections is not None and sample.idle_free_p50_us:
         growth = (sample.rss_growth_bytes or 0) / 2**20
         return (f"{sample.idle_connections:,} idle connections held: RSS +{growth:,.1f} MiB; "
@@ -87,6 +106,15 @@ def result_note(sample: Sample, profile: Profile) -> str:
     if sample.workload == "driver":
         return f"{sample.p50_us / 1e6:.2f} s per run"
     return ""
+
+
+def incr_verdict(lost_updates: int) -> str:
+    """Whether a counter ended at the number of increments made."""
+    if lost_updates > 0:
+        return f"FAIL: {lost_updates:,} increments lost"
+    if lost_updates < 0:
+        return f"FAIL: {-lost_updates:,} more than the increments made"
+    return "final count exact"
 
 
 def ratios_table(ratios: Mapping[str, float]) -> str:

@@ -15,11 +15,15 @@ from typing import Any
 import psutil
 
 from kvmgr.errors import KvmgrError
+from kvmgr.tools.bench.adapters import ADAPTERS
 from kvmgr.tools.bench.common import (
     BULK_WORKLOADS,
     GO_DELAY,
+    INCR_KINDS,
+    INCR_WORKLOAD,
     PHASE_GAP,
     POINT_WORKLOADS,
+    SECTIONS,
     BenchError,
     Profile,
     Sample,
@@ -84,6 +88,7 @@ class Bench:
     redis_module: Any
     targets: list[Target] = field(default_factory=list)
     counter: int = 0
+    sections: tuple[str, ...] = SECTIONS  # the groups of rows measured (--only)
 
     def scratch(self, name: str) -> str:
         """A path in the scratch directory that no other use of the run shares."""
@@ -98,14 +103,26 @@ class Bench:
 
     def phased(self, target: Target, workloads: Sequence[str], clients: int) -> list[Sample]:
         """Run the workloads back to back in `clients` processes; one Sample per workload."""
-        spec = self.spec(target.kind, workloads)
+        return self.run_spec(target, self.spec(target.kind, workloads), clients)[1]
+
+    def run_spec(self, target: Target, spec: WorkerSpec, clients: int) -> tuple[list[list[dict]], list[Sample]]:
+        """Run spec's workloads in `clients` processes; every client's outputs, and one Sample per workload."""
+        workloads = spec.workloads
         timeout = GO_DELAY + len(workloads) * (spec.duration + PHASE_GAP) + FINISH_MARGIN
         cpu = ServerCpu(target.server_pid, spec, len(workloads)) if target.server_pid else None
         outputs = run_clients(self.group, target, spec, clients, timeout, cpu)
         samples = [combine(target.system, target.transport, workload, outputs, index) for index, workload in enumerate(workloads)]
-        if cpu is None:
-            return samples
-        return [replace(sample, server_cpu_us=cpu.per_operation_us(outputs, index)) for index, sample in enumerate(samples)]
+        if cpu is not None:
+            samples = [replace(sample, server_cpu_us=cpu.per_operation_us(outputs, index)) for index, sample in enumerate(samples)]
+        return outputs, samples
+
+    def incr(self, target: Target, clients: int, key: str | None = None) -> list[Sample]:
+        """`clients` processes incrementing one key (by default a fresh one); the Sample's lost_updates says whether any was lost."""
+        key = key or Path(self.scratch("counter")).name
+        spec = replace(self.spec(target.kind, [INCR_WORKLOAD], preload=False), counter_key=key)
+        outputs, [sample] = self.run_spec(target, spec, clients)
+        increments = sum(per_client[0]["ops"] for per_client in outputs)
+        return [replace(sample, lost_updates=increments - final_count(target, key))]
 
     def idle(self) -> list[Sample]:
         """Single-client gets on a fresh kvmgr/tcp server, alternately without and with idle connections held; RSS growth."""
@@ -177,6 +194,27 @@ class Bench:
         return [Sample("kvmgr", "tcp", "driver", 1, 1 / seconds, seconds * 1e6, seconds * 1e6, "runs/s")]
 
 
+def final_count(target: Target, key: str) -> int:
+    """The counter's value on the target, read by a client of this process once every incrementing client has exited."""
+    adapter = ADAPTERS[target.kind](target.address, target.authkey.encode())
+    try:
+        count = adapter.count(key)
+    finally:
+        adapter.close()
+    if not isinstance(count, int) or isinstance(count, bool):
+        raise BenchError(f"the counter {key!r} on {target.system}/{target.transport} holds {count!r}, not an int")
+    return count
+
+
+def count_failure(sample: Sample) -> str | None:
+    """Why an incr measurement failed (its final count is not the number of increments made), None if it did not."""
+    if not sample.lost_updates:
+        return None
+    if sample.lost_updates > 0:
+        return f"{sample.system}/{sample.transport} lost {sample.lost_updates:,} of its increments"
+    return f"{sample.system}/{sample.transport} counted {-sample.lost_updates:,} more than the increments made"
+
+
 def rotated(items: Sequence[Any], shift: int) -> list[Any]:
     """items starting at position shift (mod len)."""
     if not items:
@@ -186,20 +224,26 @@ def rotated(items: Sequence[Any], shift: int) -> list[Any]:
 
 
 def repeat_jobs(bench: Bench, repeat: int) -> list[tuple[str, Callable[[], list[Sample]]]]:
-    """One repeat: every system once per workload, systems taking turns in an order rotated by `repeat`."""
+    """One repeat of the chosen sections: every system once per workload, systems taking turns in an order rotated by `repeat`."""
     jobs: list[tuple[str, Callable[[], list[Sample]]]] = []
-    for clients in bench.profile.client_counts:
+    sections = bench.sections
+    for clients in bench.profile.client_counts if "point" in sections else ():
         for target in rotated(bench.targets, repeat):
             label = f"{target.system}/{target.transport} get,store,mix x{clients}"
             jobs.append((label, functools.partial(bench.phased, target, POINT_WORKLOADS, clients)))
-    for target in rotated([t for t in bench.targets if t.kind in ("kvmgr", "stdlib", "redis")], repeat):
+    for target in rotated([t for t in bench.targets if t.kind in ("kvmgr", "stdlib", "redis")], repeat) if "bulk" in sections else ():
         jobs.append((f"{target.system}/{target.transport} get_many,store_many", functools.partial(bench.phased, target, BULK_WORKLOADS, 1)))
+    for clients in bench.profile.client_counts if "incr" in sections else ():
+        for target in rotated([t for t in bench.targets if t.kind in INCR_KINDS], repeat):
+            jobs.append((f"{target.system}/{target.transport} incr x{clients}", functools.partial(bench.incr, target, clients)))
     memory_systems = ["kvmgr", "multiprocessing-dict", "python-dict"] + (["redis"] if bench.redis_module else [])
-    for system in rotated(memory_systems, repeat):
+    for system in rotated(memory_systems, repeat) if "memory" in sections else ():
         jobs.append((f"{system} memory ({bench.profile.memory_keys:,} keys)", functools.partial(bench.memory, system)))
-    idle = f"kvmgr/tcp get x1 without and with {bench.profile.idle_connections:,} idle connections, {bench.profile.idle_rounds} round(s)"
-    jobs.append((idle, bench.idle))
-    if RUN_DRIVER.exists():
+    if "idle" in sections:
+        profile = bench.profile
+        idle = f"kvmgr/tcp get x1 without and with {profile.idle_connections:,} idle connections, {profile.idle_rounds} round(s)"
+        jobs.append((idle, bench.idle))
+    if "driver" in sections and RUN_DRIVER.exists():
         jobs.append(("kvmgr driver (python run_driver.py)", bench.driver))
     return jobs
 
@@ -220,4 +264,7 @@ def run_repeats(bench: Bench, repeats: int) -> tuple[list[Sample], int]:
             samples += measured
             figures = ", ".join(f"{s.workload} {s.ops_per_s:,.0f} {s.unit}" for s in measured)
             progress(f"repeat {repeat + 1}/{repeats}: {label}: {figures} ({time.monotonic() - began:.1f}s)")
+            for failure in filter(None, map(count_failure, measured)):
+                failures += 1
+                progress(f"repeat {repeat + 1}/{repeats}: {label}: FAILED: {failure}")
     return samples, failures

@@ -6,7 +6,7 @@ import statistics
 from collections.abc import Sequence
 from dataclasses import replace
 
-from kvmgr.tools.bench.common import BULK_WORKLOADS, POINT_WORKLOADS, Sample
+from kvmgr.tools.bench.common import BULK_WORKLOADS, INCR_WORKLOAD, POINT_WORKLOADS, Sample
 
 
 def combine(system: str, transport: str, workload: str, outputs: list[list[dict]], index: int) -> Sample:
@@ -50,6 +50,7 @@ def medians(samples: Sequence[Sample]) -> list[Sample]:
             server_cpu_us=median_of([s.server_cpu_us for s in group]),
             idle_connections=min(connections) if connections else None,
             idle_free_p50_us=median_of([s.idle_free_p50_us for s in group]),
+            lost_updates=worst_of([s.lost_updates for s in group]),
         ))
     return sorted(merged, key=lambda s: (workload_order(s.workload), s.clients, s.system, s.transport))
 
@@ -60,7 +61,13 @@ def median_of(values: Sequence[float | None]) -> float | None:
     return statistics.median(measured) if measured else None
 
 
+def worst_of(counts: Sequence[int | None]) -> int | None:
+    """The count furthest from 0 (a single failed repeat fails the row), None if none was measured."""
+    measured = [count for count in counts if count is not None]
+    return max(measured, key=abs) if measured else None
+
+
 def workload_order(workload: str) -> int:
     """Position of a workload in the tables."""
-    order = [*POINT_WORKLOADS, *BULK_WORKLOADS, "memory", "idle", "driver"]
+    order = [*POINT_WORKLOADS, *BULK_WORKLOADS, INCR_WORKLOAD, "memory", "idle", "driver"]
     return order.index(workload) if workload in order else len(order)

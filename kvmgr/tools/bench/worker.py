@@ -16,7 +16,7 @@ import psutil
 
 from kvmgr.config import AUTHKEY_ENV
 from kvmgr.tools.bench.adapters import ADAPTERS, RedisPipelineAdapter
-from kvmgr.tools.bench.common import ADDRESS_ENV, PHASE_GAP, READY_TIMEOUT, BenchError, WorkerSpec
+from kvmgr.tools.bench.common import ADDRESS_ENV, INCR_WORKLOAD, PHASE_GAP, READY_TIMEOUT, BenchError, WorkerSpec
 
 MEMORY_BATCH = 10_000
 VALUE = b"v" * 100
@@ -106,6 +106,8 @@ def make_step(adapter: Any, workload: str, spec: WorkerSpec, rng: random.Random)
         return (lambda: adapter.store(rng.choice(keys), VALUE)), adapter.ops_per_call
     if workload == "mix":
         return (lambda: mixed_call(adapter, rng, keys)), adapter.ops_per_call
+    if workload == INCR_WORKLOAD:
+        return (lambda: adapter.incr(spec.counter_key)), 1
     many = bulk_keys(spec.bulk_keys)
     if workload == "get_many":
         return (lambda: adapter.get_many(many)), len(many)
