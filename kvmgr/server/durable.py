@@ -1,5 +1,9 @@
 """Durable mode: the store's data in SQLite (WAL) inside a data directory, written before writes are acknowledged.
 
+Table kv holds each key's value (str as text, bytes as a blob, any other value in kvmgr.protocol.values' byte form
+with `encoded` set), its absolute expiry (time.time() seconds, NULL: never) and its version; table meta holds the
+store's revision. A database from an earlier version gets the new columns when it is opened.
+
 `SQLiteJournal` is a kvmgr.server.journal.Journal. Every change goes through one path: `append(changes, before)` under
 the store's lock (so the journal's order is the store's order); a write is acknowledged once the commit it
 returns is decided (a kvmgr.server.deferred.Deferred, or None when the write is already committed).
