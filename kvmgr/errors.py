@@ -95,6 +95,6 @@ bad usage or input, and a server that could not be reached, used or started."""
 
 def exit_status(error: Exception) -> int:
     """The exit status a command ends with when `error` stops it."""
-    if isinstance(error, ConfigError | ScenarioError | HistoryError | InvalidKey | InvalidValue):
+    if isinstance(error, ConfigError | ScenarioError | HistoryError | InvalidKey | InvalidValue | WrongType):
         return EXIT_USAGE
     return EXIT_UNAVAILABLE

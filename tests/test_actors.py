@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import time
 
 import pytest
 
-from kvmgr.tools.processes import ServerProcess, child_environment
+from kvmgr.tools.processes import ServerProcess, child_environment, python_module
 from tests.conftest import console_script, run_actor
 
 
@@ -85,11 +86,102 @@ def test_help_works_for_every_command() -> None:
 
 
 def test_session_mode_runs_one_step_per_line(server: ServerProcess) -> None:
-    from kvmgr.tools.processes import python_module
-
     steps = '{"op": "store", "key": "k", "value": "v"}\n{"op": "get", "key": "k"}\n{"op": "get", "key": "nope"}\n'
     result = subprocess.run(python_module("kvmgr.tools.actor", "--name", "alice", "--address", server.address_text, "--session"),
                             input=steps, env=child_environment(server.authkey), capture_output=True, text=True, timeout=30)
     outcomes = [json.loads(line) for line in result.stdout.splitlines()]
     assert [o.get("result") for o in outcomes] == ["saved", "v", None]
     assert outcomes[2]["error"] == "KeyNotFound" and result.returncode == 0
+
+
+@pytest.fixture(params=["manager", "redis"])
+def actor_target(request: pytest.FixtureRequest) -> tuple[str, dict[str, str]]:
+    """Where an actor connects, and its environment: a fresh kvmgr server, or an emptied Redis database."""
+    if request.param == "manager":
+        server = request.getfixturevalue("server")
+        return server.address_text, child_environment(server.authkey)
+    from kvmgr.client.redis_transport import connect_redis
+
+    url = request.getfixturevalue("redis_url")
+    with connect_redis(url) as redis:
+        redis.flush()
+    return url, child_environment(None)
+
+
+def actor(target: tuple[str, dict[str, str]], *args: str) -> tuple[str, str, int]:
+    """Run alice against the target: (stdout, stderr, exit status)."""
+    address, env = target
+    result = subprocess.run(python_module("kvmgr.tools.actor", "--name", "alice", "--address", address, *args),
+                            env=env, capture_output=True, text=True, timeout=30)
+    return result.stdout, result.stderr, result.returncode
+
+
+def test_counting_operations_show_their_results_with_types(actor_target: tuple[str, dict[str, str]]) -> None:
+    assert actor(actor_target, "--op", "incr", "--key", "n") == ("Incremented key:n to 1\n", "", 0)
+    assert actor(actor_target, "--op", "incr", "--key", "n", "--by", "41") == ("Incremented key:n to 42\n", "", 0)
+    assert actor(actor_target, "--op", "decr", "--key", "n", "--by", "0.5") == ("Decremented key:n to 41.5\n", "", 0)
+    assert actor(actor_target, "--op", "get", "--key", "n") == ("41.5\n", "", 0)
+    assert actor(actor_target, "--op", "unsafe_increment", "--key", "u", "--repeat", "3") == (
+        "Incremented key:u to 3 (a get, then a store: not atomic)\n", "", 0)
+    assert actor(actor_target, "--op", "get", "--key", "u", "--json")[0].count('"result": 3,') == 1
+    actor(actor_target, "--key", "s", "--value", "text")
+    out, err, status = actor(actor_target, "--op", "incr", "--key", "s")
+    assert (out, status) == ("", 2) and err.count("\n") == 1 and err.startswith("alice: error: ") and "Traceback" not in err
+    assert actor(actor_target, "--op", "get", "--key", "s") == ("text\n", "", 0), "a refused incr changes nothing"
+
+
+def test_add_pop_and_expiry_from_the_command_line(actor_target: tuple[str, dict[str, str]]) -> None:
+    assert actor(actor_target, "--op", "add", "--key", "a", "--value", "1") == ("Added key:a\n", "", 0)
+    assert actor(actor_target, "--op", "add", "--key", "a", "--value", "2") == ("Not added key:a (it is present)\n", "", 1)
+    assert actor(actor_target, "--op", "pop", "--key", "a") == ("Popped key:a value:'1'\n", "", 0), "--value stays a str"
+    assert actor(actor_target, "--op", "pop", "--key", "a") == ("Invalid Key:a\n", "", 1)
+    assert actor(actor_target, "--key", "t", "--value", "v", "--ttl", "100") == ("Saved Successfully for key:t\n", "", 0)
+    left = actor(actor_target, "--op", "ttl", "--key", "t")[0]
+    assert re.fullmatch(r"TTL of key:t: (\d+\.\d+) seconds\n", left) and 90 < float(left.split()[3]) <= 100, left
+    assert actor(actor_target, "--op", "persist", "--key", "t") == ("Removed expiry of key:t\n", "", 0)
+    assert actor(actor_target, "--op", "persist", "--key", "t") == ("No expiry on key:t\n", "", 1)
+    assert actor(actor_target, "--op", "ttl", "--key", "t") == ("TTL of key:t: none (it never expires)\n", "", 0)
+    assert actor(actor_target, "--op", "expire", "--key", "t", "--ttl", "50") == ("Set expiry of key:t\n", "", 0)
+    assert actor(actor_target, "--op", "expire", "--key", "gone", "--ttl", "50") == ("Invalid Key:gone\n", "", 1)
+    assert actor(actor_target, "--op", "ttl", "--key", "gone") == ("Invalid Key:gone\n", "", 1)
+    assert actor(actor_target, "--op", "add", "--key", "b", "--value", "x", "--ttl", "0.05")[2] == 0
+    deadline = time.monotonic() + 10
+    while actor(actor_target, "--op", "exists", "--key", "b")[0] != "false\n":
+        assert time.monotonic() < deadline, "the added key never expired"
+
+
+@pytest.mark.parametrize(("args", "problem"), [
+    (["--op", "get", "--key", "k", "--by", "2"], "alice: error: --by does not apply to get (only to incr, decr)\n"),
+    (["--op", "get", "--key", "k", "--ttl", "2"], "alice: error: --ttl does not apply to get (only to store, add, expire)\n"),
+    (["--op", "expire", "--key", "k"], "alice: error: expire needs --ttl\n"),
+    (["--op", "add", "--key", "k"], "alice: error: add needs --value\n"),
+    (["--op", "incr"], "alice: error: incr needs --key\n"),
+    (["--op", "store", "--key", "k", "--value", "v", "--ttl", "1e10"], "alice: error: ttl must be a number of seconds above 0"),
+])
+def test_misused_new_flags_are_usage_errors(server: ServerProcess, args: list[str], problem: str) -> None:
+    result = run_actor(server, *args)
+    assert (result.stdout, result.returncode) == ("", 2)
+    assert result.stderr.startswith(problem) and result.stderr.count("\n") == 1
+
+
+@pytest.mark.parametrize("args", [["--by", "true"], ["--by", "nan"], ["--ttl", "0"], ["--ttl", "-3"], ["--repeat", "0"]])
+def test_bad_numbers_are_refused_before_connecting(args: list[str]) -> None:
+    result = subprocess.run(python_module("kvmgr.tools.actor", "--name", "alice", "--address", "127.0.0.1:1", "--op", "incr",
+                                          "--key", "k", *args), capture_output=True, text=True, timeout=30)
+    assert result.returncode == 2 and f"argument {args[0]}: expected" in result.stderr
+
+
+def test_session_steps_carry_any_value_in_json_form(server: ServerProcess) -> None:
+    steps = [
+        {"op": "store", "key": "k", "value": {"$tuple": [1, {"$bytes": "ff"}, [True, 2.5]]}, "ttl": 60},
+        {"op": "get", "key": "k"},
+        {"op": "unsafe_increment", "key": "u", "repeat": 4},
+        {"op": "incr", "key": "u", "by": 0.5, "repeat": 2},
+        {"op": "store", "key": "bad", "value": {"$nope": 1}},
+    ]
+    lines = "".join(json.dumps(step) + "\n" for step in steps)
+    result = subprocess.run(python_module("kvmgr.tools.actor", "--name", "alice", "--address", server.address_text, "--session"),
+                            input=lines, env=child_environment(server.authkey), capture_output=True, text=True, timeout=30)
+    outcomes = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [o.get("result") for o in outcomes[:4]] == ["saved", {"$tuple": [1, {"$bytes": "ff"}, [True, 2.5]]}, 4, 5.0]
+    assert outcomes[4]["error"] == "ConfigError" and "unknown tag '$nope'" in outcomes[4]["message"]

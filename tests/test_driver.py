@@ -301,3 +301,176 @@ def test_an_answer_already_written_is_read_even_after_the_deadline() -> None:
         actor = group.launch([sys.executable, "-c", "print('answered')"])
         actor.wait(timeout=10)
         assert read_line(actor, time.monotonic() - 1) == "answered"
+
+
+def target_args(request: pytest.FixtureRequest, backend: str) -> list[str]:
+    """run_driver.py's arguments for a backend: nothing (a server of its own), or an emptied Redis target."""
+    return [] if backend == "manager" else ["--target", request.getfixturevalue("redis_url"), "--flush-target"]
+
+
+@pytest.mark.parametrize("backend", ["manager", "redis"])
+def test_counter_scenario_loses_updates_with_get_and_store_and_none_with_incr(request: pytest.FixtureRequest, backend: str) -> None:
+    started = time.monotonic()
+    result = drive("--scenario", "counter", "--json", *target_args(request, backend))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert time.monotonic() - started < 60, "each actor's 500 calls run in one process over one connection"
+    report = json.loads(result.stdout)
+    assert report["scenario"] == "counter" and report["file"].endswith("kvmgr/tools/scenarios/counter.toml")
+    rows = {row["step"]: row for row in report["rows"]}
+    unsafe, atomic, history = rows["1"], rows["2"], rows["history"]
+    assert (unsafe["actors"], unsafe["operation"], unsafe["expected"]) == ("alice, bob", "unsafe_increment x500 each", "final at most 1000")
+    final = re.fullmatch(r"(\d+) \((?:no update lost|([\d,]+) of 1,000 updates lost)\)", unsafe["actual"])
+    assert final is not None and unsafe["result"] == "PASS", unsafe
+    assert int(final[1]) + int((final[2] or "0").replace(",", "")) == 1000, "lost updates are what the count is missing"
+    assert (atomic["operation"], atomic["expected"], atomic["actual"], atomic["result"]) == (
+        "incr x500 each", "final 1000", "1000 (no update lost)", "PASS")
+    assert history["result"] == "PASS" and history["actual"].startswith("yes (3004 operations)")  # 2000 + 1000 + 4 reads
+
+
+def test_table_shows_the_counter_rows() -> None:
+    result = drive("--scenario", "counter")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.startswith("scenario counter (kvmgr/tools/scenarios/counter.toml)\n")
+    assert re.search(r"^2 +alice, bob +incr x500 each +count +final 1000 +1000 \(no update lost\) +PASS *$", result.stdout, re.MULTILINE)
+
+
+NEW_OPERATIONS = """
+[[steps]]
+actors = ["alice"]
+op = "store"
+key = "doc"
+value = { tags = ["a", "b"], size = 2, ratio = 0.5, ok = true }
+expect = "saved"
+
+[[steps]]
+actors = ["bob"]
+op = "get"
+key = "doc"
+expect = { ok = true, ratio = 0.5, size = 2, tags = ["a", "b"] }
+
+[[steps]]
+actors = ["alice", "bob"]
+op = "add"
+key = "lock"
+value = "{actor}"
+expect_one_of = [true, false]
+
+[[steps]]
+actors = ["alice"]
+op = "incr"
+key = "n"
+by = 2.5
+expect = 2.5
+
+[[steps]]
+actors = ["alice"]
+op = "decr"
+key = "n"
+repeat = 5
+expect_final = -2.5
+
+[[steps]]
+actors = ["bob"]
+op = "pop"
+key = "n"
+expect = -2.5
+
+[[steps]]
+actors = ["bob"]
+op = "pop"
+key = "n"
+expect_error = "KeyNotFound"
+
+[[steps]]
+actors = ["alice"]
+op = "store"
+key = "session"
+value = 1
+ttl = 600
+expect = "saved"
+
+[[steps]]
+actors = ["alice"]
+op = "persist"
+key = "session"
+expect = true
+
+[[steps]]
+actors = ["alice"]
+op = "ttl"
+key = "session"
+expect = 1
+
+[[steps]]
+actors = ["bob"]
+op = "expire"
+key = "session"
+ttl = 300
+expect = true
+
+[[steps]]
+actors = ["bob"]
+op = "incr"
+key = "doc"
+expect_error = "WrongType"
+"""
+
+
+@pytest.mark.parametrize("backend", ["manager", "redis"])
+def test_new_operations_in_a_scenario_compare_with_types(request: pytest.FixtureRequest, backend: str, tmp_path: Path) -> None:
+    result = drive("--scenario", str(write(tmp_path, NEW_OPERATIONS)), "--json", *target_args(request, backend))
+    assert result.returncode == 1, result.stdout + result.stderr
+    rows = {row["step"]: row for row in json.loads(result.stdout)["rows"] if row["step"] != "shutdown"}
+    failed = {step: row["actual"] for step, row in rows.items() if row["result"] == "FAIL"}
+    assert failed == {"10": "null"}, "only the deliberate mistake fails: ttl of a persisted key is null, not 1"
+    assert rows["5"]["actual"] == "-2.5 (no update lost)" and rows["5"]["operation"] == "decr x5 each"
+    assert rows["4"]["value"] == "by 2.5" and rows["8"]["value"] == "1, ttl 600"
+    assert sorted(row["actual"] for row in [r for r in json.loads(result.stdout)["rows"] if r["step"] == "3"]) == ["false", "true"]
+    assert rows["history"]["result"] == "PASS"
+    assert "1 key left out of the check ('session': a store with a ttl: expiry is outside the model)" in rows["history"]["actual"]
+
+
+def test_a_repeated_step_that_fails_shows_the_error_and_the_final_value(tmp_path: Path) -> None:
+    scenario = write(tmp_path, """
+[[steps]]
+actors = ["alice"]
+op = "store"
+key = "k"
+value = "text"
+expect = "saved"
+
+[[steps]]
+actors = ["alice", "bob"]
+op = "incr"
+key = "k"
+repeat = 50
+expect_final = 100
+
+[[steps]]
+actors = ["alice", "bob"]
+op = "incr"
+key = "n"
+repeat = 50
+expect_at_least = 101
+
+[[steps]]
+actors = ["bob"]
+op = "unsafe_increment"
+key = "k"
+expect_final = "text"
+""")
+    result = drive("--scenario", str(scenario), "--json")
+    assert result.returncode == 1, result.stdout + result.stderr
+    rows = {row["step"]: row for row in json.loads(result.stdout)["rows"]}
+    assert rows["2"]["result"] == "FAIL" and rows["2"]["actual"].startswith("alice: error WrongType: ")
+    assert "; bob: error WrongType: " in rows["2"]["actual"]
+    assert (rows["3"]["expected"], rows["3"]["actual"], rows["3"]["result"]) == ("final at least 101", "100 (no update lost)", "FAIL")
+    assert rows["4"]["actual"] == "bob: error WrongType: unsafe_increment: key 'k' holds a str, not a number"
+    assert rows["history"]["result"] == "PASS" and rows["shutdown"]["result"] == "PASS"
+
+
+def test_scenario_by_bare_name_and_an_unknown_name(tmp_path: Path) -> None:
+    assert json.loads(drive("--scenario", "seed", "--json").stdout)["passed"] is True
+    unknown = drive("--scenario", "nosuch")
+    assert unknown.returncode == 2
+    assert unknown.stderr == "run_driver.py: error: nosuch: no such file, and no shipped scenario of that name (shipped: counter, seed)\n"

@@ -194,3 +194,28 @@ def test_stress_against_a_server_that_hangs_ends_within_seconds(server: ServerPr
         reap(stress)
     assert stress.returncode == 1 and "Traceback" not in stderr
     assert re.search(r"a client failed: c[01] stopped early: (OutcomeUnknown|ServerUnavailable)", stderr), stderr
+
+
+@pytest.mark.parametrize("backend", ["manager", "redis"])
+def test_stress_mix_with_incr_add_and_pop_is_recorded_and_checked(request: pytest.FixtureRequest, backend: str, tmp_path: Path) -> None:
+    target: list[str] = []
+    if backend == "redis":
+        target = ["--target", request.getfixturevalue("redis_url")]
+    history = tmp_path / "h.jsonl"
+    result = kvmgr_command("stress", "--clients", "4", "--ops", "300", "--keys", "3", "--mix", "incr=3,decr=1,add=2,pop=2,get=2,store=1",
+                           "--history", str(history), "--json", *target)
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = json.loads(result.stdout)
+    assert report["passed"] is True and report["linearizable"] is True and report["errors"] == 0
+    assert {row["operation"] for row in report["by_operation"]} == {"incr", "decr", "add", "pop", "get", "store"}
+    ops = read_history(history)
+    counts = [op for op in ops if op.op in ("incr", "decr")]
+    assert counts and all(op.status == "ok" for op in counts), "counters have keys of their own: never WrongType"
+    assert any(op.op == "pop" and op.result is not None for op in ops) and any(op.op == "add" and op.result is True for op in ops)
+    assert kvmgr_command("check", "--initial", "empty", str(history)).returncode == 0
+
+
+def test_stress_mix_refuses_what_workers_cannot_run() -> None:
+    result = kvmgr_command("stress", "--mix", "incr=1,expire=1")
+    assert result.returncode == 2 and "bad --mix entry 'expire=1'" in result.stderr
+    assert "incr, decr, add, pop" in result.stderr

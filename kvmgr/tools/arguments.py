@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -47,3 +49,41 @@ def writable_path(text: str) -> Path:
     else:
         return path
     raise argparse.ArgumentTypeError(f"cannot write {text}: {problem}")
+
+
+def number(text: str) -> int | float:
+    """An argparse type: an int ("3", "-2") or a finite float ("0.5", "1e3"), as incr's BY can be."""
+    if re.fullmatch(r"[+-]?[0-9]+", text.strip()):
+        return int(text)
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected an int or a finite float, got {text[:40]!r}")
+    return value
+
+
+def seconds_to_live(text: str) -> int | float:
+    """An argparse type: a ttl, a number of seconds above 0 (the client refuses more than a hundred years)."""
+    value = number(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds above 0, got {text[:40]!r}")
+    return value
+
+
+def add_server_arguments(parser: argparse.ArgumentParser) -> None:
+    """--address/--target, --authkey-file and --timeout: how a command that talks to a running server finds it."""
+    from kvmgr.config import DEFAULT_ADDRESS, DEFAULT_TIMEOUT
+
+    parser.add_argument(
+        "--address", "--target", dest="address", default=DEFAULT_ADDRESS, metavar="ADDRESS",
+        help=f"the server: HOST:PORT, a Unix socket path, or a redis://HOST:PORT/DB URL (default {DEFAULT_ADDRESS})",
+    )
+    parser.add_argument(
+        "--authkey-file", type=Path, help="read the kvmgr server's authkey from this file (else $KVMGR_AUTHKEY, else the default key file)",
+    )
+    parser.add_argument(
+        "--timeout", type=positive_float, default=DEFAULT_TIMEOUT, metavar="SECONDS",
+        help="seconds to wait for a connection or a reply (default %(default)s)",
+    )

@@ -23,13 +23,16 @@ from tabulate import tabulate
 
 from kvmgr.config import DEFAULT_TIMEOUT, is_redis_url
 from kvmgr.errors import EXIT_NEGATIVE, EXIT_OK, ConfigError, KvmgrError, exit_status
+from kvmgr.protocol.values import ValueRuleError, from_json, is_number, to_json
+from kvmgr.tools.actor import UNSAFE_INCREMENT
 from kvmgr.tools.arguments import positive_float
 from kvmgr.tools.processes import ProcessGroup, ServerProcess, child_environment, interrupt_on_terminate, python_module, read_line, reap
-from kvmgr.tools.scenarios import Scenario, Step, load_scenario, notation, seed_scenario_path
+from kvmgr.tools.scenarios import Scenario, Step, find_scenario, load_scenario, notation, seed_scenario_path
 from kvmgr.verify.check import CHECK_TIMEOUT, check_operations
 from kvmgr.verify.history import read_history
 
 ACTOR_SLACK = 10.0  # beyond its own timeouts (a barrier, a call, a reconnect), how long an actor may take to answer
+CALL_ALLOWANCE = 0.005  # and for a repeated step, how long each further call may take on a busy machine
 SERVER_TROUBLE = ("ServerUnavailable", "OutcomeUnknown", "ActorFailed")  # outcomes after which the server is probed
 SHUTDOWN_TIMEOUT = 2.0
 SHUTDOWN_CHECKS = ("server exits with status 0", "server leaves no child processes", "server stops listening")
@@ -77,17 +80,29 @@ class ActorOutcome:
 
 
 def step_request(step: Step, actor: str, namespace: str = "driver") -> dict[str, Any]:
-    """What one actor is asked to do for one step (the flags of `python -m kvmgr.client`, as JSON)."""
-    request: dict[str, Any] = {"op": step.op, "key": step.key, "value": step.value_for(actor)}
+    """What one actor is asked to do for one step (the flags of `python -m kvmgr.client`, as JSON; values in JSON form)."""
+    request: dict[str, Any] = {"op": step.op, "key": step.key, "value": _json_form(step.value_for(actor))}
     if step.op == "cas":
-        request.update(absent=step.absent, expected=step.expected)
+        request.update(absent=step.absent, expected=_json_form(step.expected))
     if step.keys is not None:
         request["pairs"] = json.dumps(list(step.keys))
     if step.pairs is not None:
-        request["pairs"] = json.dumps(step.pairs)
+        request["pairs"] = json.dumps(to_json(step.pairs))
+    for name in ("by", "ttl", "repeat"):
+        if getattr(step, name) is not None:
+            request[name] = getattr(step, name)
     if len(step.actors) > 1:
         request.update(barrier=f"{namespace}-step-{step.number}", parties=len(step.actors))
     return request
+
+
+def _json_form(value: Any) -> Any:
+    return None if value is None else to_json(value)
+
+
+def read_request(key: str) -> dict[str, Any]:
+    """What an actor is asked to do to read a key's state before or after a step."""
+    return {"op": "get", "key": key}
 
 
 class Actors:
@@ -123,16 +138,23 @@ class Actors:
             return [ActorOutcome(actor, "error", error="NotRun", message=reason) for actor in step.actors]
         for actor in step.actors:
             self._send(actor, step_request(step, actor, self.namespace))
-        deadline = time.monotonic() + self.answer_within
-        outcomes = [self._receive(actor, deadline) for actor in step.actors]
+        deadline = time.monotonic() + self.answer_within(step.calls)
+        outcomes = [self._receive(actor, deadline, step.calls) for actor in step.actors]
         if any(outcome.error in SERVER_TROUBLE for outcome in outcomes):
             self.unavailable = self._probe(step)
         return outcomes
 
-    @property
-    def answer_within(self) -> float:
-        """The longest the driver waits for an actor's answer to a step: its barrier, its call and a reconnect."""
-        return 3 * self.timeout + ACTOR_SLACK
+    def read(self, actor: str, key: str) -> ActorOutcome:
+        """The key's state as the actor reads it (a recorded get): its value, or error KeyNotFound when absent."""
+        reason = self.unavailable or self._gone([actor])
+        if reason is not None:
+            return ActorOutcome(actor, "error", error="NotRun", message=reason)
+        self._send(actor, read_request(key))
+        return self._receive(actor, time.monotonic() + self.answer_within())
+
+    def answer_within(self, calls: int = 1) -> float:
+        """The longest the driver waits for an actor's answer to a step: its barrier, its calls and a reconnect."""
+        return 3 * self.timeout + ACTOR_SLACK + (calls - 1) * CALL_ALLOWANCE
 
     def _gone(self, actors: Iterable[str]) -> str | None:
         """Why a step cannot run because one of its actors is no longer running, or None."""
@@ -158,22 +180,23 @@ class Actors:
             self.processes[actor].stdin.write(json.dumps(request).encode() + b"\n")
             self.processes[actor].stdin.flush()
 
-    def _receive(self, actor: str, deadline: float) -> ActorOutcome:
+    def _receive(self, actor: str, deadline: float, calls: int = 1) -> ActorOutcome:
         process = self.processes[actor]
         line = read_line(process, deadline)
         if line is None:
             if time.monotonic() >= deadline:
                 reap(process)  # a wedged actor: later steps that need it fail at once
-                return ActorOutcome(actor, "error", error="ActorFailed", message=f"no answer within {self.answer_within:g}s")
+                return ActorOutcome(actor, "error", error="ActorFailed", message=f"no answer within {self.answer_within(calls):g}s")
             with contextlib.suppress(psutil.TimeoutExpired):
                 process.wait(timeout=SHUTDOWN_TIMEOUT)  # its output ended: it is exiting
             reason = f"exited with status {process.poll()}"
             return ActorOutcome(actor, "error", error="ActorFailed", message=f"{reason}: {_last_error(process)}")
         try:
             report = json.loads(line)
-        except json.JSONDecodeError:
+            result = None if report.get("result") is None else from_json(report["result"])
+        except (json.JSONDecodeError, ValueRuleError):
             return ActorOutcome(actor, "error", error="ActorFailed", message=f"not a JSON outcome: {line[:80]!r}")
-        return ActorOutcome(actor, report["status"], report.get("result"), report.get("error"), report.get("message", ""))
+        return ActorOutcome(actor, report["status"], result, report.get("error"), report.get("message", ""))
 
     def finish(self) -> None:
         """Close every actor's stdin so it exits (the process group reaps any that do not)."""
@@ -192,9 +215,72 @@ def _last_error(process: psutil.Popen) -> str:
     return lines[-1] if lines else ""
 
 
+def run_step(actors: Actors, step: Step) -> list[Row]:
+    """Run one step and judge it: a row per actor, or for a final-state expectation one row for the step."""
+    if step.final is None:
+        return judge(step, actors.run(step))
+    assert step.key is not None  # the loader requires a key for a final state
+    before = actors.read(step.actors[0], step.key) if step.op in COUNTING_OPERATIONS else None
+    outcomes = actors.run(step)
+    final = actors.read(step.actors[0], step.key)
+    return [judge_final(step, outcomes, final, before)]
+
+
+COUNTING_OPERATIONS = {UNSAFE_INCREMENT: 1, "incr": 1, "decr": -1}
+"""The operations that count, and which way (times `by`): their row says how many updates were lost."""
+
+
+def judge_final(step: Step, outcomes: list[ActorOutcome], final: ActorOutcome, before: ActorOutcome | None = None) -> Row:
+    """One row for a step judged by the key's final state (read after every actor finished): PASS when every call
+    succeeded and the final value meets the expectation."""
+    failed = [f"{o.actor}: {o.text()}" for o in outcomes if o.status != "ok"]
+    value = _state(final)
+    if failed:
+        actual, passed = "; ".join(failed), False
+    elif isinstance(value, ActorOutcome):
+        actual, passed = f"final read failed: {value.text()}", False
+    else:
+        actual = "absent" if value is None else notation(value) + lost_updates(step, value, before)
+        passed = step.final is not None and step.final.accepts(value)
+    operation = step.op + (f" x{step.calls} each" if step.repeat is not None else "")
+    return Row(
+        str(step.number), ", ".join(step.actors), operation, step.key or "", _arguments_cell(step), step.describe_expectation(),
+        actual, passed,
+    )
+
+
+def _state(read: ActorOutcome) -> Any:
+    """A key's value from an actor's read: the value, None if absent, or the outcome itself if the read failed."""
+    if read.status == "ok":
+        return read.result
+    return None if read.error == "KeyNotFound" else read
+
+
+def lost_updates(step: Step, final: Any, before: ActorOutcome | None) -> str:
+    """For a counting step, how many of its updates the final value is missing: ` (258 of 1000 updates lost)`."""
+    start = None if before is None else _state(before)
+    start = 0 if start is None else start
+    if step.op not in COUNTING_OPERATIONS or not is_number(final) or not is_number(start):
+        return ""
+    delta = COUNTING_OPERATIONS[step.op] * (1 if step.by is None else step.by)
+    updates = step.calls * len(step.actors)
+    if not delta:
+        return ""
+    lost = (start + delta * updates - final) / delta
+    lost_text = f"{round(lost):,}" if isinstance(delta, int) or float(lost).is_integer() else f"{lost:g}"
+    return " (no update lost)" if lost == 0 else f" ({lost_text} of {updates:,} updates lost)"
+
+
+def _arguments_cell(step: Step, actor: str | None = None) -> str:
+    """The value cell: the step's value (as the actor sends it, {actor} replaced), by and ttl."""
+    parts = [] if step.value is None else [_cell(step.value if actor is None else step.value_for(actor))]
+    parts += [f"{name} {notation(getattr(step, name))}" for name in ("by", "ttl") if getattr(step, name) is not None]
+    return ", ".join(parts)
+
+
 def judge(step: Step, outcomes: list[ActorOutcome]) -> list[Row]:
     """A row per actor: PASS when its outcome meets the step's expectation."""
-    results = {json.dumps(o.result, sort_keys=True) for o in outcomes if o.status == "ok"}
+    results = {json.dumps(to_json(o.result), sort_keys=True) for o in outcomes if o.status == "ok"}
     same = not step.same_result or (len(results) == 1 and all(o.status == "ok" for o in outcomes))
     rows = []
     for outcome in outcomes:
@@ -204,7 +290,7 @@ def judge(step: Step, outcomes: list[ActorOutcome]) -> list[Row]:
             passed = outcome.status == "ok" and step.accepts(outcome.result) and same
         actual = outcome.text() + (" (actors disagree)" if step.same_result and len(results) > 1 else "")
         rows.append(Row(
-            str(step.number), _actors_cell(step, outcome.actor), step.op, step.key or "", _cell(step.value_for(outcome.actor)),
+            str(step.number), _actors_cell(step, outcome.actor), step.op, step.key or "", _arguments_cell(step, outcome.actor),
             step.describe_expectation(), actual, passed,
         ))
     return rows
@@ -219,7 +305,7 @@ def _actors_cell(step: Step, actor: str) -> str:
 def _cell(value: Any) -> str:
     if value is None:
         return ""
-    return value if isinstance(value, str) else json.dumps(value)
+    return value if isinstance(value, str) else notation(to_json(value))
 
 
 def check_shutdown(server: ServerProcess, children: list[psutil.Process], wait: float = SHUTDOWN_TIMEOUT) -> list[Row]:
@@ -315,7 +401,7 @@ def run_against_own_server(
     for step in scenario.steps:
         if step.op == "quit":
             children = _children(server)
-        rows += judge(step, actors.run(step))
+        rows += run_step(actors, step)
         if step.op == "quit" and any(row.passed for row in rows[-len(step.actors):]):
             break
     else:
@@ -346,7 +432,7 @@ def run_against_target(
         if step.op == "quit":
             rows += [_skipped_row(str(step.number), actor, "quit", "kvmgr's own server only") for actor in step.actors]
         else:
-            rows += judge(step, actors.run(step))
+            rows += run_step(actors, step)
     actors.finish()
     rows.append(check_history(history_dir))
     return rows + [_skipped_row("shutdown", "driver", what, "kvmgr's own server only") for what in SHUTDOWN_CHECKS]
@@ -357,11 +443,13 @@ def _skipped_row(step: str, actor: str, operation: str, reason: str) -> Row:
 
 
 def check_history(history_dir: Path) -> Row:
-    """A row saying whether what the actors recorded is linearizable."""
+    """A row saying whether what the actors recorded is linearizable (keys given an expiry are left out, and named)."""
     operations = [op for path in sorted(history_dir.glob("*.jsonl")) for op in read_history(path)]
     result = check_operations(operations, initial="empty", timeout=CHECK_TIMEOUT)  # the driver's keys start absent
-    shown = {True: f"yes ({len(operations)} operations)", False: f"NO: key {result.key}", None: f"unknown: {result.detail}"}
-    return Row("history", "driver", "linearizable", result.key or "", "", "yes", shown[result.linearizable], result.linearizable is True)
+    checked = sum(op.key not in result.skipped_keys for op in operations)
+    shown = {True: f"yes ({checked} operations)", False: f"NO: key {result.key}", None: f"unknown: {result.detail}"}
+    actual = shown[result.linearizable] + (f"; {result.skipped_note}" if result.skipped_keys else "")
+    return Row("history", "driver", "linearizable", result.key or "", "", "yes", actual, result.linearizable is True)
 
 
 def _closing_quit(number: int) -> Step:
@@ -386,7 +474,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="run_driver.py", description=__doc__.split("\n")[0], epilog=__doc__.split("\n\n", 1)[1],
     )
-    parser.add_argument("--scenario", type=Path, default=None, help="a scenario TOML file (default: the shipped seed scenario)")
+    parser.add_argument(
+        "--scenario", default=None, metavar="FILE|NAME",
+        help="a scenario TOML file, or the name of a shipped one (seed, counter; a file of that name comes first); "
+        "default: the shipped seed scenario",
+    )
     parser.add_argument("--address", default="127.0.0.1:0", help="where the driver's server listens (default: a free loopback port)")
     parser.add_argument("--json", action="store_true", help="print a machine-readable report instead of the table")
     parser.add_argument(
@@ -408,7 +500,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     interrupt_on_terminate()
     try:
-        scenario = load_scenario(args.scenario or seed_scenario_path())
+        scenario = load_scenario(find_scenario(args.scenario) if args.scenario else seed_scenario_path())
         if args.target is not None:
             prepare_target(args.target, args.flush_target)
         report = run_scenario(scenario, args.address, args.target, args.timeout)

@@ -31,7 +31,7 @@ from kvmgr.verify.check import CHECK_TIMEOUT, CheckProgress, CheckResult, check_
 from kvmgr.verify.history import HistoryWriter, Operation, merge_histories, read_history
 
 DEFAULT_MIX = "store=40,get=40,cas=10,delete=10"
-MIX_OPERATIONS = tuple(spec.name for spec in OPERATIONS if spec.recorded_as)  # what the workers know how to run and record
+COUNTING = ("incr", "decr")  # these work on counter keys of their own (a str value there would make them WrongType)
 BATCH_SIZE = 4
 PROGRESS_EVERY = 2.0
 WORKER_TIMEOUT = 600.0
@@ -58,6 +58,8 @@ class Worker:
     """One client process's random workload: unique values per write, cas against values it has seen.
 
     Keys are `PREFIX k INDEX` for an index below key_count, made when drawn: the key list is never built.
+    incr and decr count on keys of their own, `PREFIX n INDEX`, which nothing writes a str to; get, pop and
+    delete draw from both kinds when the mix counts (so a pop can take a counter away mid-count).
     """
 
     def __init__(self, name: str, client: Any, key_count: int, prefix: str, mix: dict[str, int], seed: int) -> None:
@@ -67,6 +69,7 @@ class Worker:
         self.prefix = prefix
         self.operations = list(mix)
         self.weights = list(mix.values())
+        self.counts = any(mix.get(name) for name in COUNTING)
         self.random = random.Random(seed)
         self.seen: dict[str, Any] = {}
         self.counter = 0
@@ -93,8 +96,16 @@ class Worker:
         return f"{self.name}-{self.counter}"
 
     def key(self) -> str:
-        """A random key."""
+        """A random key of those that hold values."""
         return f"{self.prefix}k{self.random.randrange(self.key_count)}"
+
+    def counter_key(self) -> str:
+        """A random key of those that incr and decr count on."""
+        return f"{self.prefix}n{self.random.randrange(self.key_count)}"
+
+    def any_key(self) -> str:
+        """A random key to read or remove: a counter's half the time when the mix counts."""
+        return self.counter_key() if self.counts and self.random.random() < 0.5 else self.key()
 
     def some_keys(self) -> list[str]:
         """BATCH_SIZE distinct random keys (fewer if there are fewer keys)."""
@@ -107,11 +118,25 @@ class Worker:
         self.seen[key] = value
 
     def do_get(self) -> None:
-        key = self.key()
+        key = self.any_key()
         self.seen[key] = self.client.get(key)
 
     def do_delete(self) -> None:
-        self.client.delete(self.key())
+        self.client.delete(self.any_key())
+
+    def do_incr(self) -> None:
+        self.client.incr(self.counter_key(), self.random.choice((1, 2, 5)))
+
+    def do_decr(self) -> None:
+        self.client.decr(self.counter_key(), self.random.choice((1, 3)))
+
+    def do_add(self) -> None:
+        key, value = self.key(), self.value()
+        if self.client.add(key, value):
+            self.seen[key] = value
+
+    def do_pop(self) -> None:
+        self.client.pop(self.any_key(), None)
 
     def do_cas(self) -> None:
         key, value = self.key(), self.value()
@@ -126,6 +151,10 @@ class Worker:
         pairs = {key: self.value() for key in self.some_keys()}
         self.client.store_many(pairs)
         self.seen.update(pairs)
+
+
+MIX_OPERATIONS = tuple(spec.name for spec in OPERATIONS if spec.recorded_as and hasattr(Worker, f"do_{spec.name}"))
+"""What the workers know how to run and record: store, get, delete, cas, get_many, store_many, incr, decr, add, pop."""
 
 
 def worker_main(argv: list[str]) -> int:
@@ -196,6 +225,8 @@ class StressReport:
         lines = [body, f"clients: {self.clients}   seconds: {self.seconds:.2f}   linearizable: {self.check.verdict}"]
         if not self.check.linearizable:
             lines.append(describe(self.check))
+        elif self.check.skipped_keys:
+            lines.append(self.check.skipped_note)
         return "\n".join(lines)
 
     def to_json(self) -> str:
@@ -205,6 +236,7 @@ class StressReport:
             "errors": self.unexpected, "linearizable": self.check.linearizable, "verdict": self.check.verdict,
             "check_detail": self.check.detail, "passed": self.passed, "by_operation": self.rows(),
             "first_bad_key": self.check.key if self.check.linearizable is False else None,
+            "skipped_keys": self.check.skipped_keys,
         }, indent=2)
 
 
@@ -339,7 +371,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--clients", type=positive_int, default=4, help="client processes (default %(default)s)")
     parser.add_argument("--ops", type=positive_int, default=1000, help="operations per client (default %(default)s)")
     parser.add_argument("--keys", type=positive_int, default=8, help="distinct keys (default %(default)s)")
-    parser.add_argument("--mix", default=DEFAULT_MIX, help=f"weights per operation (default {DEFAULT_MIX}); also get_many, store_many")
+    default = parse_mix(DEFAULT_MIX)
+    parser.add_argument(
+        "--mix", default=DEFAULT_MIX,
+        help=f"weights per operation (default {DEFAULT_MIX}); also {', '.join(n for n in MIX_OPERATIONS if n not in default)}",
+    )
     parser.add_argument("--seed", type=int, default=0, help="random seed (default %(default)s)")
     parser.add_argument(
         "--history", type=writable_path, help="also write the merged history (JSON lines) here (checked before the run)",

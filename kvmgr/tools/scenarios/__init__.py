@@ -1,11 +1,20 @@
 """Scenario files: TOML steps that actors run against a server, their loader and validation.
 
 A scenario is a list of [[steps]]. Each step names its actors (one, or several that fire at the same
-moment), the operation, its arguments, and one expectation: `expect` (an exact result), `expect_one_of`
-(a list of acceptable results) or `expect_error` (the name of a kvmgr error, e.g. "KeyNotFound").
-`same_result = true` also requires every actor of the step to get the same result. In `value`,
-`{actor}` is replaced by the actor's name. Results are compared with their types (true is not 1, 1 is not
-1.0) and shown in JSON notation. Actor names are plain identifiers; a `quit` step can only be the last.
+moment), the operation, its arguments, and what to expect, either of each call's result or of the key's
+final state:
+- of the result, exactly one of `expect` (an exact result), `expect_one_of` (a list of acceptable results)
+  or `expect_error` (the name of a kvmgr error, e.g. "KeyNotFound"); `same_result = true` also requires
+  every actor of the step to get the same result;
+- of the final state, read once after every actor has finished, one or more of `expect_final` (the exact
+  value), `expect_at_most` and `expect_at_least` (bounds on a number). A step with `repeat = N` (each actor
+  runs its operation N times, over its one connection) must expect a final state.
+Arguments: `key`, `value` and cas's `expected` (any TOML value that is a kvmgr value; in every str of a
+`value`, `{actor}` is replaced by the actor's name), `absent = true` (cas), `keys` (get_many), `pairs` (store_many),
+`by` (incr, decr), `ttl` (store, add, expire); a field the operation does not take is refused. Besides the
+store's operations, `unsafe_increment` is a get and then a store of the value plus one (an absent key counts
+as 0): what `d[k] += 1` does on a Manager dict. Results are compared with their types (true is not 1, 1 is
+not 1.0) and shown in JSON notation. Actor names are plain identifiers; a `quit` step can only be the last.
 """
 
 from __future__ import annotations
@@ -13,22 +22,33 @@ from __future__ import annotations
 import json
 import re
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from kvmgr.errors import ERROR_CLASSES, ScenarioError
-from kvmgr.protocol.operations import BY_NAME, SCENARIO_OPERATIONS
+from kvmgr.errors import ERROR_CLASSES, InvalidKey, InvalidValue, ScenarioError
+from kvmgr.protocol.operations import BY_NAME
+from kvmgr.protocol.validation import check_delta, check_mapping, check_ttl, check_value
+from kvmgr.protocol.values import Number, is_number, same_value
+from kvmgr.tools.actor import ACTOR_OPERATIONS, PSEUDO_OPERATIONS
 
+STEP_OPERATIONS = ACTOR_OPERATIONS
 EXPECTATIONS = ("expect", "expect_one_of", "expect_error")
-STEP_FIELDS = {
-    "name", "actors", "op", "key", "value", "expected", "absent", "keys", "pairs", "same_result", *EXPECTATIONS,
+FINAL_EXPECTATIONS = ("expect_final", "expect_at_most", "expect_at_least")
+ARGUMENT_FIELDS = {
+    "key": "key", "value": "value", "expected": "expected", "absent": "expected", "keys": "keys", "pairs": "mapping",
+    "by": "by", "ttl": "ttl",
 }
+"""Each argument field of a step and the operation parameter it gives (a field is refused where the operation has none)."""
+STEP_FIELDS = {"name", "actors", "op", "same_result", "repeat", *ARGUMENT_FIELDS, *EXPECTATIONS, *FINAL_EXPECTATIONS}
 ERROR_NAMES = set(ERROR_CLASSES)
 MAX_SCENARIO_BYTES = 1024 * 1024
 MAX_ACTOR_NAME = 64
+MAX_REPEAT = 1_000_000
 ACTOR_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
+Problem = Callable[[str], ScenarioError]
 
 
 def notation(value: Any) -> str:
@@ -36,39 +56,84 @@ def notation(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, default=str)
 
 
-def same_value(expected: Any, actual: Any) -> bool:
-    """Equal with types, all the way down: true is not 1, 1 is not 1.0, "1" is not 1."""
-    if isinstance(expected, dict) and isinstance(actual, dict):
-        return expected.keys() == actual.keys() and all(same_value(expected[k], actual[k]) for k in expected)
-    if isinstance(expected, list) and isinstance(actual, list):
-        return len(expected) == len(actual) and all(map(same_value, expected, actual))
-    return type(expected) is type(actual) and expected == actual
+def operation_parameters(op: str) -> tuple[str, ...]:
+    """The parameters of a step's operation (a store operation's, or a pseudo-operation's)."""
+    return PSEUDO_OPERATIONS[op] if op in PSEUDO_OPERATIONS else BY_NAME[op].params
+
+
+def required_parameters(op: str) -> tuple[str, ...]:
+    """The parameters a step of op must give (cas's expected aside: `expected` or `absent`)."""
+    if op in PSEUDO_OPERATIONS:
+        return PSEUDO_OPERATIONS[op]
+    spec = BY_NAME[op]
+    return tuple(name for name in spec.params[:spec.least_args] if name != "expected")
+
+
+@dataclass(frozen=True, kw_only=True)
+class FinalState:
+    """What the key must hold once a step is over: an exact value, and/or bounds on a number (all must hold)."""
+
+    value: Any = None  # None: any value (None is never a value)
+    at_most: Number | None = None
+    at_least: Number | None = None
+
+    def accepts(self, final: Any) -> bool:
+        """True if the key's final value (None: the key is absent) meets every expectation."""
+        if final is None:
+            return False
+        if self.value is not None and not same_value(self.value, final):
+            return False
+        if self.at_most is None and self.at_least is None:
+            return True
+        return is_number(final) and (self.at_most is None or final <= self.at_most) and (
+            self.at_least is None or final >= self.at_least
+        )
+
+    def describe(self) -> str:
+        """The expectation as a table cell: `final 1000`, `final at most 1000`, `final from 1 to 10`."""
+        parts = [] if self.value is None else [notation(self.value)]
+        if self.at_least is not None and self.at_most is not None:
+            parts.append(f"from {notation(self.at_least)} to {notation(self.at_most)}")
+        elif self.at_most is not None:
+            parts.append(f"at most {notation(self.at_most)}")
+        elif self.at_least is not None:
+            parts.append(f"at least {notation(self.at_least)}")
+        return "final " + ", ".join(parts)
 
 
 @dataclass(frozen=True)
 class Step:
-    """One step: its actors run `op` together (at one barrier when there are several)."""
+    """One step: its actors run `op` together (at one barrier when there are several), `repeat` times each if given."""
 
     number: int
     name: str
     actors: tuple[str, ...]
     op: str
     key: str | None = None
-    value: str | None = None
-    expected: str | None = None
+    value: Any = None
+    expected: Any = None
     absent: bool = False
     keys: tuple[str, ...] | None = None
-    pairs: dict[str, str] | None = None
-    expect_kind: str = "expect"
+    pairs: dict[str, Any] | None = None
+    expect_kind: str = "expect"  # expect, expect_one_of, expect_error or final
     expect: Any = None
     same_result: bool = False
+    by: Number | None = None
+    ttl: Number | None = None
+    repeat: int | None = None
+    final: FinalState | None = None
 
-    def value_for(self, actor: str) -> str | None:
-        """The step's value with {actor} replaced."""
-        return None if self.value is None else self.value.replace("{actor}", actor)
+    @property
+    def calls(self) -> int:
+        """How many times each actor runs the operation."""
+        return self.repeat or 1
+
+    def value_for(self, actor: str) -> Any:
+        """The step's value, {actor} replaced in every str in it."""
+        return _with_actor(self.value, actor)
 
     def accepts(self, result: Any) -> bool:
-        """True if a successful result meets the expectation."""
+        """True if a successful result meets the (per-call) expectation."""
         if self.expect_kind == "expect":
             return same_value(self.expect, result)
         if self.expect_kind == "expect_one_of":
@@ -77,11 +142,23 @@ class Step:
 
     def describe_expectation(self) -> str:
         """The expectation as a table cell (values in JSON notation, like the actual results)."""
+        if self.final is not None:
+            return self.final.describe()
         if self.expect_kind == "expect_error":
             return f"error {self.expect}"
         if self.expect_kind == "expect_one_of":
             return "one of " + ", ".join(map(notation, self.expect)) + (" (same for all)" if self.same_result else "")
         return notation(self.expect)
+
+
+def _with_actor(value: Any, actor: str) -> Any:
+    if isinstance(value, str):
+        return value.replace("{actor}", actor)
+    if isinstance(value, list | tuple):
+        return type(value)(_with_actor(item, actor) for item in value)
+    if isinstance(value, dict):
+        return {key: _with_actor(item, actor) for key, item in value.items()}
+    return value
 
 
 @dataclass(frozen=True)
@@ -95,9 +172,27 @@ class Scenario:
     actors: tuple[str, ...] = field(default=())
 
 
+def shipped_scenarios() -> dict[str, Path]:
+    """The scenarios shipped in this package, by name (the file's stem): seed, counter, ..."""
+    files = resources.files(__package__)
+    return {Path(item.name).stem: Path(str(item)) for item in sorted(files.iterdir(), key=lambda i: i.name)
+            if item.name.endswith(".toml")}
+
+
+def find_scenario(name: str) -> Path:
+    """A scenario file: `name` as a path if it exists or looks like one (a / or a suffix), else the shipped scenario `name`."""
+    path = Path(name)
+    if path.exists() or path.suffix or len(path.parts) != 1:
+        return path
+    shipped = shipped_scenarios()
+    if name in shipped:
+        return shipped[name]
+    raise ScenarioError(f"{name}: no such file, and no shipped scenario of that name (shipped: {', '.join(shipped)})")
+
+
 def seed_scenario_path() -> Path:
     """The shipped seed scenario (the homework's test cases)."""
-    return Path(str(resources.files(__package__).joinpath("seed.toml")))
+    return shipped_scenarios()["seed"]
 
 
 def load_scenario(path: str | Path) -> Scenario:
@@ -156,9 +251,19 @@ def _parse_step(path: Path, number: int, raw: Any) -> Step:
     if unknown:
         raise problem(f"unknown field(s): {', '.join(sorted(unknown))}")
     op = raw.get("op")
-    if op not in SCENARIO_OPERATIONS:
-        raise problem(f"'op' must be one of {', '.join(SCENARIO_OPERATIONS)} (got {op!r})")
-    actors = raw.get("actors")
+    if op not in STEP_OPERATIONS:
+        raise problem(f"'op' must be one of {', '.join(STEP_OPERATIONS)} (got {op!r})")
+    actors = _actors(raw.get("actors"), problem)
+    arguments = _arguments(op, raw, problem)
+    kind, expect, final = _expectation(op, raw, problem)
+    return Step(
+        number=number, name=str(label or f"{op} {raw.get('key', '')}".strip()), actors=actors, op=op,
+        keys=tuple(raw["keys"]) if "keys" in raw else None, expect_kind=kind, expect=expect,
+        same_result=bool(raw.get("same_result", False)), repeat=_repeat(raw, final, problem), final=final, **arguments,
+    )
+
+
+def _actors(actors: Any, problem: Problem) -> tuple[str, ...]:
     if not isinstance(actors, list) or not actors or not all(isinstance(a, str) and a for a in actors):
         raise problem("'actors' must be a non-empty list of names")
     if len(set(actors)) != len(actors):
@@ -169,43 +274,105 @@ def _parse_step(path: Path, number: int, raw: Any) -> Step:
                 f"actor name {actor[:80]!r} is not a plain name: a letter or _, then letters, digits, _ or -, "
                 f"at most {MAX_ACTOR_NAME} characters"
             )
-    _check_arguments(op, raw, problem)
-    kind, expect = _expectation(raw, problem)
-    return Step(
-        number=number, name=str(label or f"{op} {raw.get('key', '')}".strip()), actors=tuple(actors), op=op,
-        key=raw.get("key"), value=raw.get("value"), expected=raw.get("expected"), absent=bool(raw.get("absent", False)),
-        keys=tuple(raw["keys"]) if "keys" in raw else None, pairs=raw.get("pairs"),
-        expect_kind=kind, expect=expect, same_result=bool(raw.get("same_result", False)),
-    )
+    return tuple(actors)
 
 
-def _check_arguments(op: str, raw: dict, problem: Any) -> None:
-    for name in ("key", "value", "expected"):
-        if name in raw and not isinstance(raw[name], str):
-            raise problem(f"'{name}' must be a string")
-    if BY_NAME[op].needs_key and "key" not in raw:
-        raise problem(f"{op} needs 'key'")
-    if BY_NAME[op].needs_value and "value" not in raw:
-        raise problem(f"{op} needs 'value'")
+def _arguments(op: str, raw: dict, problem: Problem) -> dict[str, Any]:
+    """The step's arguments checked against op's parameters and the value rules, as Step fields."""
+    parameters = operation_parameters(op)
+    for name, parameter in ARGUMENT_FIELDS.items():
+        if name in raw and parameter not in parameters:
+            raise problem(f"'{name}' does not apply to {op}")
+    for parameter in required_parameters(op):
+        name = "pairs" if parameter == "mapping" else parameter
+        if name not in raw:
+            raise problem(f"{op} needs '{name}'" + _FIELD_HINTS.get(name, ""))
     if op == "cas" and ("expected" in raw) == bool(raw.get("absent")):
         raise problem("cas needs exactly one of 'expected' or 'absent = true'")
-    if op == "get_many" and not (isinstance(raw.get("keys"), list) and all(isinstance(k, str) for k in raw["keys"])):
-        raise problem("get_many needs 'keys', a list of strings")
-    if op == "store_many" and not isinstance(raw.get("pairs"), dict):
-        raise problem("store_many needs 'pairs', a table of key = value")
     for name in ("same_result", "absent"):
         if name in raw and not isinstance(raw[name], bool):
             raise problem(f"'{name}' must be true or false")
+    try:
+        return _checked_arguments(raw, problem)
+    except (InvalidKey, InvalidValue) as exc:
+        raise problem(str(exc)) from None
 
 
-def _expectation(raw: dict, problem: Any) -> tuple[str, Any]:
+_FIELD_HINTS = {"keys": ", a list of strings", "pairs": ", a table of key = value"}
+
+
+def _checked_arguments(raw: dict, problem: Problem) -> dict[str, Any]:
+    if "key" in raw and not (isinstance(raw["key"], str) and raw["key"]):
+        raise problem("'key' must be a non-empty string")
+    if "keys" in raw and not (isinstance(raw["keys"], list) and all(isinstance(k, str) for k in raw["keys"])):
+        raise problem("get_many needs 'keys', a list of strings")
+    if "pairs" in raw and not isinstance(raw["pairs"], dict):
+        raise problem("store_many needs 'pairs', a table of key = value")
+    return {
+        "key": raw.get("key"),
+        "value": check_value(raw["value"]) if "value" in raw else None,
+        "expected": _check_expected(raw["expected"]) if "expected" in raw else None,
+        "absent": bool(raw.get("absent", False)),
+        "pairs": check_mapping(raw["pairs"]) if "pairs" in raw else None,
+        "by": check_delta(raw["by"]) if "by" in raw else None,
+        "ttl": raw["ttl"] if "ttl" in raw and check_ttl(raw["ttl"]) else None,  # as written (60 stays 60)
+    }
+
+
+def _check_expected(expected: Any) -> Any:
+    try:
+        return check_value(expected)
+    except InvalidValue as exc:
+        raise InvalidValue(f"expected {exc}") from None
+
+
+def _repeat(raw: dict, final: FinalState | None, problem: Problem) -> int | None:
+    if "repeat" not in raw:
+        return None
+    repeat = raw["repeat"]
+    if isinstance(repeat, bool) or not isinstance(repeat, int) or not 1 <= repeat <= MAX_REPEAT:
+        raise problem(f"'repeat' must be a whole number from 1 to {MAX_REPEAT} (got {notation(repeat)})")
+    if final is None:
+        raise problem(
+            "'repeat' needs a final-state expectation (expect_final, expect_at_most or expect_at_least): "
+            "the results of repeated calls are not compared one by one"
+        )
+    return repeat
+
+
+def _expectation(op: str, raw: dict, problem: Problem) -> tuple[str, Any, FinalState | None]:
+    """The kind and value of the per-call expectation, or ("final", None, the final-state expectation)."""
     given = [name for name in EXPECTATIONS if name in raw]
-    if len(given) != 1:
-        raise problem("give exactly one of expect, expect_one_of, expect_error")
+    finals = [name for name in FINAL_EXPECTATIONS if name in raw]
+    if len(given) + bool(finals) != 1:
+        raise problem(
+            "give exactly one of expect, expect_one_of, expect_error, or a final state "
+            "(expect_final, expect_at_most, expect_at_least)"
+        )
+    if finals:
+        return "final", None, _final_state(op, raw, problem)
     kind = given[0]
     value = raw[kind]
     if kind == "expect_one_of" and (not isinstance(value, list) or not value):
         raise problem("'expect_one_of' must be a non-empty list")
     if kind == "expect_error" and (not isinstance(value, str) or value not in ERROR_NAMES):
         raise problem(f"'expect_error' must name a kvmgr error such as KeyNotFound or InvalidKey (got {value!r})")
-    return kind, value
+    return kind, value, None
+
+
+def _final_state(op: str, raw: dict, problem: Problem) -> FinalState:
+    if "key" not in operation_parameters(op):
+        raise problem(f"a final-state expectation needs an operation on one key ({op} has none)")
+    if "same_result" in raw:
+        raise problem("'same_result' goes with expect or expect_one_of, not with a final state")
+    bounds = {name: raw.get(f"expect_{name}") for name in ("at_most", "at_least")}
+    for name, bound in bounds.items():
+        if bound is not None and not is_number(bound):
+            raise problem(f"'expect_{name}' must be a number (got {notation(bound)})")
+    if None not in bounds.values() and bounds["at_least"] > bounds["at_most"]:  # type: ignore[operator]
+        raise problem("'expect_at_least' is above 'expect_at_most': no value can meet both")
+    try:
+        value = check_value(raw["expect_final"]) if "expect_final" in raw else None
+    except InvalidValue as exc:
+        raise problem(f"expect_final: {exc}") from None
+    return FinalState(value=value, **bounds)
