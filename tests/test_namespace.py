@@ -43,7 +43,8 @@ def test_a_namespace_sees_only_its_own_keys(target: tuple[str, bytes | None], sh
             mine.get("other")
         assert missing.value.key == "other"  # the caller's key, not the stored one
         assert mine.pipeline([("get", "a"), ("get", "nope"), ("keys",)], raise_on_error=False)[::2] == [1, ["a", "b", "c"]]
-        assert shared.get("run-2:a") == 1 and "other" not in mine.keys()
+        listed = mine.keys()
+        assert shared.get("run-2:a") == 1 and "other" not in listed
         with mine.lock("L") as lock:
             assert shared.lock_locked("run-2:L") and not shared.lock_locked("L") and lock.token
         mine.queue("q").put("job")
