@@ -6,6 +6,7 @@ import contextlib
 import json
 import re
 import resource
+import signal
 import subprocess
 import sys
 import time
@@ -219,3 +220,26 @@ def test_stress_mix_refuses_what_workers_cannot_run() -> None:
     result = kvmgr_command("stress", "--mix", "incr=1,expire=1")
     assert result.returncode == 2 and "bad --mix entry 'expire=1'" in result.stderr
     assert "incr, decr, add, pop" in result.stderr
+
+
+@pytest.mark.parametrize("interrupted", [False, True], ids=["finished", "ctrl-c"])
+def test_stress_on_a_shared_target_leaves_it_as_it_found_it(redis_url: str, interrupted: bool) -> None:
+    with kvmgr.connect(redis_url) as shared:
+        shared.store("someone-else", "theirs")
+        before = sorted(shared.keys())
+        argv = python_module("kvmgr", "stress", "--target", redis_url, "--clients", "2", "--ops", "200000" if interrupted else "300",
+                             "--keys", "8")
+        stress = psutil.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        try:
+            if interrupted:
+                deadline = time.monotonic() + 30
+                while len(shared.keys()) <= len(before) and time.monotonic() < deadline:  # the workers are writing
+                    time.sleep(0.05)
+                assert len(shared.keys()) > len(before), "the workers never wrote"
+                stress.send_signal(signal.SIGINT)
+            stress.communicate(timeout=120)
+        finally:
+            reap(stress)
+        assert stress.returncode == (130 if interrupted else 0)
+        assert sorted(shared.keys()) == before and shared.get("someone-else") == "theirs"
+        shared.delete("someone-else")

@@ -22,6 +22,7 @@ from typing import Any
 
 from tabulate import tabulate
 
+from kvmgr.client.namespace import NamespacedClient
 from kvmgr.config import client_authkey, is_redis_url
 from kvmgr.errors import ConfigError, KeyNotFound, KvmgrError, ServerUnavailable
 from kvmgr.protocol.operations import OPERATIONS
@@ -163,7 +164,7 @@ def worker_main(argv: list[str]) -> int:
 
     parser = argparse.ArgumentParser(prog="python -m kvmgr.tools.stress --worker")
     parser.add_argument("--worker", required=True)
-    for option in ("--target", "--history", "--mix", "--prefix"):
+    for option in ("--target", "--history", "--mix", "--namespace"):
         parser.add_argument(option, required=True)
     for option in ("--ops", "--keys", "--seed", "--parties"):
         parser.add_argument(option, type=int, required=True)
@@ -172,9 +173,10 @@ def worker_main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     with HistoryWriter(args.history) as history, connect(
         args.target, timeout=args.timeout, name=args.worker, authkey_file=args.authkey_file, history=history,
+        namespace=args.namespace,
     ) as client:
-        client.rendezvous(f"{args.prefix}start", args.parties, timeout=60)  # this run's own barrier
-        worker = Worker(args.worker, client, args.keys, args.prefix, parse_mix(args.mix), args.seed)
+        client.rendezvous("start", args.parties, timeout=60)  # this run's own barrier, in its namespace
+        worker = Worker(args.worker, client, args.keys, "", parse_mix(args.mix), args.seed)
         worker.run(args.ops)
     print(json.dumps({"client": args.worker, "errors": worker.errors, "stopped": worker.stopped}), flush=True)
     return 0
@@ -264,7 +266,8 @@ class StressPlan:
 def run_stress(plan: StressPlan, target: str | None, authkey: bytes | None, history_path: Path | None) -> StressReport:
     """Start a server unless a target is given, run the workers, merge and check their histories.
 
-    Every run has its own random prefix for its keys and its start barrier, so runs sharing a server never collide.
+    Every run has a namespace of its own for its keys and its start barrier, so runs sharing a server never collide
+    (every key starts absent); on a target, the run deletes its namespace when it ends, however it ends (Ctrl-C too).
     """
     parse_mix(plan.mix)
     if target is not None:
@@ -276,9 +279,13 @@ def run_stress(plan: StressPlan, target: str | None, authkey: bytes | None, hist
         key_file = _private_file(Path(scratch) / "authkey", authkey) if authkey is not None else None
         paths = [Path(scratch) / f"c{n}.jsonl" for n in range(plan.clients)]
         started = time.monotonic()
-        prefix = f"stress-{uuid.uuid4().hex[:12]}-"  # keys no earlier run touched: every key starts absent
-        workers = [group.launch(_worker_argv(plan, n, target, path, prefix, key_file)) for n, path in enumerate(paths)]
-        failed, errors = _wait_for_workers(workers, started)
+        namespace = f"stress-{uuid.uuid4().hex[:12]}"  # keys no earlier run touched: every key starts absent
+        try:
+            workers = [group.launch(_worker_argv(plan, n, target, path, namespace, key_file)) for n, path in enumerate(paths)]
+            failed, errors = _wait_for_workers(workers, started)
+        finally:
+            group.reap_all()  # no worker writes once the namespace goes
+            _delete_namespace(target, authkey, namespace, plan.timeout)
         merged = history_path or Path(scratch) / "history.jsonl"
         merge_histories([p for p in paths if p.exists()], merged)
         operations = read_history(merged)
@@ -292,6 +299,18 @@ def _check_history(operations: list[Operation], timeout: float) -> CheckResult:
         print(f"stress: {progress.line()}", file=sys.stderr, flush=True)
 
     return check_operations(operations, initial="empty", timeout=timeout, progress=show)
+
+
+def _delete_namespace(target: str, authkey: bytes | None, namespace: str, timeout: float) -> None:
+    """Delete what the run wrote (a server that is gone meanwhile is told of on stderr, not raised over the run's own error)."""
+    from kvmgr import connect
+
+    try:
+        with connect(target, authkey=authkey, timeout=timeout, namespace=namespace) as client:
+            assert isinstance(client, NamespacedClient)
+            client.delete_namespace()
+    except KvmgrError as exc:
+        print(f"stress: could not delete the run's keys (namespace {namespace!r}): {exc}", file=sys.stderr, flush=True)
 
 
 def _check_reachable(target: str, authkey: bytes | None, timeout: float) -> None:
@@ -317,10 +336,10 @@ def busy_seconds(operations: list[Operation]) -> float:
     return (last - min(op.start for op in operations)) / 1e9
 
 
-def _worker_argv(plan: StressPlan, number: int, target: str, history: Path, prefix: str, key_file: Path | None) -> list[str]:
+def _worker_argv(plan: StressPlan, number: int, target: str, history: Path, namespace: str, key_file: Path | None) -> list[str]:
     return python_module(
         "kvmgr.tools.stress", "--worker", f"c{number}", "--target", target, "--history", str(history), "--mix", plan.mix,
-        "--prefix", prefix,        "--ops", str(plan.ops), "--keys", str(plan.keys), "--seed", str(plan.seed * 1000 + number),
+        "--namespace", namespace,        "--ops", str(plan.ops), "--keys", str(plan.keys), "--seed", str(plan.seed * 1000 + number),
         "--parties", str(plan.clients), "--timeout", str(plan.timeout), *(["--authkey-file", str(key_file)] if key_file else []),
     )
 
