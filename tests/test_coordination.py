@@ -282,8 +282,6 @@ def block_in_get(backend: Backend, waiting: Any) -> None:
 
 
 def test_a_consumer_killed_while_blocked_in_get_loses_no_item(backend: Backend, client: Operations) -> None:
-    if backend.kind == "redis":
-        pytest.skip("on Redis a getter killed mid-BLMOVE may take one item with it (README); kvmgr's server sees the close")
     waiting = FORK.Event()
     consumer = FORK.Process(target=block_in_get, args=(backend, waiting))
     consumer.start()

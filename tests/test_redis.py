@@ -13,16 +13,20 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from kvmgr.client.redis_transport import EXPIRING_INDEX, RedisClient, connect_redis, redact_url
+from kvmgr.client.redis_scripts import EXPIRING_INDEX, INTERNAL_INDEX, QUEUE_PREFIX
+from kvmgr.client.redis_transport import RedisClient, connect_redis, processing_list, redact_url
 from kvmgr.errors import (
     AuthenticationFailed,
     ConfigError,
     InvalidValue,
     KeyNotFound,
     KvmgrError,
+    LockTimeout,
     OutcomeUnknown,
     ProtocolError,
     ServerUnavailable,
+    WaitTimeout,
+    WrongType,
 )
 from kvmgr.protocol.values import same_value
 from kvmgr.tools.processes import ProcessGroup, reap
@@ -388,6 +392,15 @@ def test_the_readme_acl_user_can_run_every_operation_in_database_15(redis_server
             with pytest.raises(KvmgrError, match="not all 2 parties"):
                 client.rendezvous("alone", 2, timeout=0.2)
             assert client.size() == 2
+            with client.lock("l") as lock:
+                assert client.lock_locked("l") and lock.token == 1
+                lock.extend(10)
+            _, version = client.get_versioned("k")
+            client.store("k", "x")
+            value, changed = client.wait("k", version, timeout=5)
+            assert value == "x" and changed > version
+            assert client.queue("q").put(1) == 1 and client.queue("q").get(timeout=1) == 1 and client.queue("q").qsize() == 0
+            assert client.requeue_lost("q") == 0 and client.size() == 2
     finally:
         with admin(redis_server) as connection:
             connection.execute_command("ACL", "DELUSER", "kvmgr")
@@ -420,3 +433,168 @@ def test_a_missing_key_or_a_refused_command_keeps_the_connection(client: RedisCl
             client.get("foreign")
         assert client.get("here") == "v"
         assert connection.info("stats")["total_connections_received"] - before <= 1
+
+
+# --- coordination: versions, wait, locks, queues ---
+
+
+def version_of(client: RedisClient, key: str) -> int:
+    return client.get_versioned(key)[1]
+
+
+def test_every_change_takes_the_next_revision_and_no_op_writes_take_none(client: RedisClient) -> None:
+    assert client.get_versioned("k") == (None, 0)  # never written
+    changes = [
+        lambda: client.store("k", 1), lambda: client.incr("k"), lambda: client.decr("k", 0.5), lambda: client.cas("k", 1.5, "s"),
+        lambda: client.expire("k", 60), lambda: client.persist("k"), lambda: client.delete("k"), lambda: client.add("k", 2),
+        lambda: client.pop("k"), lambda: client.store("k", 3, ttl=60),
+    ]
+    seen = [0]
+    for change in changes:
+        change()
+        seen.append(version_of(client, "k"))
+    assert seen == sorted(seen) and len(set(seen)) == len(seen), seen
+    assert client.get_versioned("k") == (3, seen[-1])
+    no_ops = [
+        lambda: client.delete("absent"), lambda: client.add("k", 4), lambda: client.cas("k", 99, 5),
+        lambda: client.expire("absent", 1), lambda: client.persist("absent"), lambda: client.pop("absent", None),
+    ]
+    client.store("text", "t")
+    revision = version_of(client, "text")
+    for no_op in no_ops:
+        no_op()
+    with pytest.raises(WrongType):
+        client.incr("text")
+    client.store("probe", 0)
+    assert version_of(client, "probe") == revision + 1  # nothing above took a revision
+    assert version_of(client, "k") == seen[-1] and version_of(client, "absent") == 0
+
+
+def test_a_batch_is_one_revision_and_a_deleted_key_keeps_its_version(client: RedisClient) -> None:
+    client.store_many({"a": 1, "b": 2})
+    assert version_of(client, "a") == version_of(client, "b") > 0
+    client.delete("a")
+    deleted = version_of(client, "a")
+    assert deleted > version_of(client, "b") and client.get_versioned("a") == (None, deleted)
+    client.store("c", 1)
+    assert version_of(client, "a") == deleted  # a tombstone: not 0, not moving
+
+
+def test_an_int_increment_stays_exact_at_the_edge_of_64_bits(client: RedisClient) -> None:
+    client.store("n", 2**63 - 2)
+    before = version_of(client, "n")
+    assert client.incr("n") == 2**63 - 1 and client.get("n") == 2**63 - 1
+    assert client.decr("n", 2**63 - 1) == 0 and version_of(client, "n") == before + 2
+    client.store("n", 2**63 - 1)
+    with pytest.raises(InvalidValue):
+        client.incr("n")
+    assert client.get("n") == 2**63 - 1
+
+
+def test_an_expiry_nobody_saw_is_recorded_as_a_change_when_read(client: RedisClient, redis_server: RedisServer) -> None:
+    client.store("brief", "v", ttl=0.05)
+    stored = version_of(client, "brief")
+    deadline = time.monotonic() + 5
+    with admin(redis_server) as connection:
+        while connection.exists("brief"):
+            assert time.monotonic() < deadline, "the key never expired"
+            time.sleep(0.01)
+    expired = version_of(client, "brief")
+    assert expired > stored and version_of(client, "brief") == expired  # recorded once
+
+
+def test_wait_needs_no_keyspace_notifications_and_does_not_poll(client: RedisClient, redis_server: RedisServer) -> None:
+    with admin(redis_server) as connection:
+        assert connection.config_get("notify-keyspace-events")["notify-keyspace-events"] == ""
+        commands = connection.info("stats")["total_commands_processed"]
+        started = time.monotonic()
+        with pytest.raises(WaitTimeout, match=r"did not change within 1\.5s"):
+            client.wait("quiet", 0, timeout=1.5)
+        assert 1.4 < time.monotonic() - started < 4
+        assert connection.info("stats")["total_commands_processed"] - commands < 20
+
+
+def change_later(url: str, key: str, delay: float) -> None:
+    time.sleep(delay)
+    with connect_redis(url) as other:
+        other.incr(key)
+
+
+def test_wait_wakes_on_an_incr_and_on_an_expiry_set_meanwhile(client: RedisClient, redis_server: RedisServer) -> None:
+    client.store("count", 1)
+    version = version_of(client, "count")
+    writer = threading.Thread(target=change_later, args=(redis_server.url, "count", 0.2))
+    writer.start()
+    started = time.monotonic()
+    assert client.wait("count", version, timeout=10)[0] == 2
+    writer.join()
+    assert time.monotonic() - started < 5
+    version = version_of(client, "count")
+    client.expire("count", 0.3)  # a change itself; the expiry after it is another
+    expiring = version_of(client, "count")
+    assert expiring > version
+    value, expired = client.wait("count", expiring, timeout=10)
+    assert value is None and expired > expiring and time.monotonic() - started < 8
+
+
+def test_a_release_wakes_a_waiter_at_once_not_at_the_end_of_the_lease(client: RedisClient) -> None:
+    holder = client.lock("handoff", lease=60)
+    holder.acquire()
+    granted: list[float] = []
+
+    def wait_for_it() -> None:
+        with client.session() as other:
+            other.lock("handoff", lease=60).acquire(timeout=30)
+            granted.append(time.monotonic())
+
+    waiter = threading.Thread(target=wait_for_it)
+    waiter.start()
+    time.sleep(0.3)  # the waiter is blocked in BLPOP; if it were not, it would be granted late, not early
+    released = time.monotonic()
+    holder.release()
+    waiter.join(30)
+    assert granted and granted[0] - released < 2, "the waiter slept on instead of being woken by the release"
+
+
+def test_acquire_with_timeout_zero_tries_once(client: RedisClient) -> None:
+    holder = client.lock("once", lease=60)
+    assert holder.acquire(timeout=0) > 0
+    started = time.monotonic()
+    with pytest.raises(LockTimeout, match="within 0s"):
+        client.lock("once").acquire(timeout=0)
+    assert time.monotonic() - started < 1
+    holder.release()
+
+
+def test_a_get_whose_reply_was_lost_leaves_its_item_in_a_processing_list_to_requeue(
+    client: RedisClient, redis_server: RedisServer,
+) -> None:
+    queue = client.queue("jobs")
+    for item in ("first", "second", "third"):
+        queue.put(item)
+    with admin(redis_server) as lost, admin(redis_server) as busy:  # two consumers that received an item, and no more
+        lost_list = processing_list("jobs", int(lost.client_id()))
+        busy_list = processing_list("jobs", int(busy.client_id()))
+        for connection, moved in ((lost, lost_list), (busy, busy_list)):
+            client._script(connection, "queue_take", [QUEUE_PREFIX + b"jobs", moved, INTERNAL_INDEX], [])
+        lost.close()  # its reply never arrived: the item sits in its processing list
+        assert queue.qsize() == 1 and client.size() == 0 and client.keys() == []
+        deadline = time.monotonic() + 5
+        while client.requeue_lost("jobs") == 0:  # Redis sees the close a moment later
+            assert time.monotonic() < deadline, "the lost item was never requeued"
+            time.sleep(0.01)
+        assert queue.qsize() == 2 and queue.get(timeout=1) == "first"  # back at the head
+        assert busy.llen(busy_list) == 1 and client.requeue_lost("jobs") == 0  # a connected consumer's item stays
+        assert not busy.exists(lost_list)
+
+
+def test_coordination_keys_stay_hidden(client: RedisClient) -> None:
+    client.store("mine", 1)
+    with client.lock("l"):
+        client.queue("q").put("job")
+        client.get_versioned("mine")
+        with pytest.raises(WaitTimeout):
+            client.wait("mine", version_of(client, "mine"), timeout=0.05)
+        assert client.keys() == ["mine"] and client.size() == 1
+    assert client.queue("q").get(timeout=1) == "job"
+    assert client.keys() == ["mine"] and client.size() == 1

@@ -1,9 +1,12 @@
 """Lock and Queue: the coordination primitives, as objects over any client (kvmgr's server or Redis).
 
-A Lock acquires on a session of its own (`client.session()`: a client with its own connections) and keeps it
-until release, so on kvmgr's server the lock lives exactly as long as the connection it was granted on: a
-holder that dies (even by SIGKILL) frees it at once. Every grant returns a fencing token, larger than any
-token given before for that lock: pass it to whatever the lock protects, and have that refuse older tokens.
+A Lock acquires on a session of its own (`client.session()`: a client with its own connections), so on kvmgr's
+server the lock lives exactly as long as the connection it was granted on: a holder that dies (even by SIGKILL)
+frees it at once. The Lock keeps its session for the next acquire (`close()` lets it go), so taking turns costs
+no new connection; a call on it that fails closes it, and the next acquire opens another.
+
+Every grant returns a fencing token, larger than any token given before for that lock: pass it to whatever the
+lock protects, and have that refuse older tokens.
 """
 
 from __future__ import annotations
@@ -32,13 +35,13 @@ class Lock:
         """Block until the lock is held; its fencing token. LockTimeout after timeout seconds (None: the server's ceiling)."""
         if self.token is not None:
             raise KvmgrError(f"lock {self.name!r} is already held by this Lock object (it is not re-entrant)")
-        session = self.client.session()
+        if self._session is None:
+            self._session = self.client.session()
         try:
-            self.token = session.lock_acquire(self.name, self.lease, timeout)
+            self.token = self._session.lock_acquire(self.name, self.lease, timeout)
         except BaseException:
-            session.close()
+            self.close()  # an acquire that ended any other way may have been granted on that connection: closing frees it
             raise
-        self._session = session
         return self.token
 
     def release(self) -> None:
@@ -46,7 +49,14 @@ class Lock:
         token, session = self._take()
         try:
             session.lock_release(self.name, token)
-        finally:
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        """Let go of the session (a lock still held is freed on kvmgr's server, as its connection closes)."""
+        session, self._session, self.token = self._session, None, None
+        if session is not None:
             session.close()
 
     def extend(self, lease: float | None = None) -> None:
@@ -61,7 +71,7 @@ class Lock:
 
     def _take(self) -> tuple[int, Operations]:
         token, session = self.token, self._session
-        self.token, self._session = None, None
+        self.token = None
         if token is None or session is None:
             raise LockLost(f"lock {self.name!r} is not held by this Lock object")
         return token, session

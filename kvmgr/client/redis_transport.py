@@ -7,63 +7,102 @@ code. An encoded value is never empty, so an empty str (b"s") is never confused 
 are the UTF-8 bytes of the key str. A key holding anything decode refuses was not written by kvmgr:
 reading it raises ProtocolError naming the key.
 
-Atomicity. Every operation is one native command or one Lua script: store, cas, store_many and size are
-scripts, get_many is one MGET, add is SET NX, pop GETDEL, incr/decr INCRBY (with one script for what
-INCRBY refuses: a float, or a value that is not a number), expire/ttl/persist PEXPIRE/PTTL/PERSIST.
-cas compares encoded values in its script; when they differ but the value there is the same value in
-another form (a dict in another key order, a float written by incr in other digits), it asks again with
-the bytes that are there. keys() uses SCAN, which does not block Redis but is not a snapshot: keys added
-or removed while it runs may or may not be listed; it gives up when the call's timeout runs out.
+Atomicity. Every operation is one native command or one Lua script (kvmgr/client/redis_scripts.py). Every
+write is a script, because each change also takes the next store revision, records it as the key's version
+and PUBLISHes it (see Versions); get, exists, ttl are GET, EXISTS, PTTL, get_many one MGET. incr/decr try
+INCRBY inside their script (exact in 64 bits: the new value is read back as digits, never as a Lua
+number); a float, or a value that is not a number, takes the script's other branch. cas compares encoded
+values in its script; when they differ but the value there is the same value in another form (a dict in
+another key order, a float written by incr in other digits), it asks again with the bytes that are there.
+keys() uses SCAN, which does not block Redis but is not a snapshot: keys added or removed while it runs
+may or may not be listed; it gives up when the call's timeout runs out.
 
 Expiry is Redis's own (PX, PEXPIRE, PTTL), in whole milliseconds: a ttl is rounded up to the next one.
-A plain SET clears a key's expiry, so store, store_many and cas do; INCRBY keeps it, and so does incr's
-script (SET KEEPTTL).
+A plain SET clears a key's expiry, so store, store_many and cas do; incr keeps it (INCRBY, SET KEEPTTL).
 
-kvmgr's own keys. rendezvous keeps its state in keys that start with the byte 0xFF, which no UTF-8 key can
-start with, so no user key can collide with them; keys() leaves them out, and size() (one Lua step)
-subtracts those that exist, found through the set INTERNAL_INDEX that lists them.
+Versions and wait. A key's version is the revision of its last change (0: never written; a deleted key
+keeps its version). Redis expires keys without running a script, so an expiry is recorded when it is
+next looked at: by get_versioned, by a waiter, or by the expiry sweep of size() and of writes with a ttl.
+wait SUBSCRIBEs to the key's channel (no keyspace notifications needed), then reads the version, and
+sleeps until a change is published or the key's expiry time passes: it never polls.
+
+Locks: SET NX PX holding a fencing token from a per-lock INCR counter; release and extend are scripts that
+check the token (LockLost otherwise). A waiter BLPOPs the lock's wake-up list, which a release pushes one
+wake-up onto, for no longer than the holder's lease has left, then tries again. A dead holder's lock lasts
+until its lease ends, and waiters are not granted in arrival order.
+
+Queues: put is RPUSH; get moves the first item into a processing list of its own connection (LMOVE, or
+BLMOVE to wait), then removes it from there. A get whose reply is lost leaves its item in that list,
+`<0xFF>kvmgr:processing:<queue><0xFF><CLIENT ID>`; requeue_lost(queue) puts such items back at the queue's head.
+
+Blocking calls (lock_acquire, wait, queue_get, rendezvous) run on a connection of their own, whose read
+deadline is their timeout plus the client's.
+
+kvmgr's own keys start with the byte 0xFF, which no UTF-8 key can start with, so no user key can collide
+with them; keys() leaves them out, and size() (one Lua step) subtracts those that exist, found through the
+set INTERNAL_INDEX that lists them.
 """
 
 from __future__ import annotations
 
 import contextlib
-import math
 import re
 import time
 import uuid
 from collections.abc import Mapping
-from decimal import Decimal
 from typing import TYPE_CHECKING, Any, cast, overload
 from urllib.parse import urlsplit, urlunsplit
 
 from kvmgr.client.operations import Operations, with_history
 from kvmgr.client.pool import ConnectionPool
-from kvmgr.client.retry import DEFAULT_RETRY, RetryPolicy
-from kvmgr.config import DEFAULT_LIMITS, DEFAULT_TIMEOUT, RENDEZVOUS_TIMEOUT, SCAN_PAGE, Limits
+from kvmgr.client.redis_scripts import (
+    CHANNEL_PREFIX,
+    INTERNAL_INDEX,
+    INTERNAL_PREFIX,
+    LOCK_PREFIX,
+    PROCESSING_PREFIX,
+    QUEUE_PREFIX,
+    RENDEZVOUS_PREFIX,
+    SCRIPTS,
+    TOKENS_PREFIX,
+    VERSIONED_SCRIPTS,
+    WAKE_PREFIX,
+)
+from kvmgr.client.retry import DEFAULT_RETRY, NO_RETRY, RetryPolicy
+from kvmgr.config import BLOCKING_CEILING, DEFAULT_LIMITS, DEFAULT_TIMEOUT, RENDEZVOUS_TIMEOUT, SCAN_PAGE, VERSION, Limits
 from kvmgr.errors import (
     AuthenticationFailed,
     ConfigError,
     InvalidValue,
     KeyNotFound,
     KvmgrError,
+    LockLost,
+    LockTimeout,
     OutcomeUnknown,
     ProtocolError,
+    QueueEmpty,
     ServerUnavailable,
     UnknownOperation,
+    WaitTimeout,
     WrongType,
 )
 from kvmgr.protocol import wire
 from kvmgr.protocol.validation import (
+    check_counter,
     check_delta,
     check_expected,
     check_key,
     check_key_list,
     check_keys_page,
+    check_lease,
     check_mapping,
+    check_name,
     check_rendezvous,
     check_ttl,
     check_value,
+    check_wait,
     page_of_keys,
+    ttl_milliseconds,
 )
 from kvmgr.protocol.values import Number, Value, ValueRuleError, decode, encode, same_value
 
@@ -77,175 +116,12 @@ if TYPE_CHECKING:
     from kvmgr.verify.history import HistoryWriter
 
 NO_VALUE = b""  # what cas sends for expected=None: no encoded value is empty
-INTERNAL_PREFIX = b"\xffkvmgr:"  # 0xFF never occurs in UTF-8, so no user key starts like this
-INTERNAL_INDEX = INTERNAL_PREFIX + b"internal"  # a set of kvmgr's own keys that may exist now
-EXPIRING_INDEX = INTERNAL_PREFIX + b"expiring"  # a sorted set: user keys given an expiry, scored a little before it (ms)
-RENDEZVOUS_PREFIX = INTERNAL_PREFIX + b"rendezvous:"
 GO = b"go"
 MISSING_REDIS = "redis:// targets need redis-py: pip install 'kvmgr[redis]'"
 QUIT_REFUSED = "quit is not supported on a Redis target: kvmgr never shuts down a Redis server it did not start"
-INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 CAS_ATTEMPTS = 16  # cas asks again at most this often when the value there is expected's value in other bytes
-RECLAIM_BATCH = 16  # how many due entries of EXPIRING_INDEX each write with a ttl checks, besides its own key
-
-# Redis reclaims an expired key when a command touches it, or later in a background sweep: until then DBSIZE
-# counts it. So every key kvmgr gives an expiry is listed in EXPIRING_INDEX, scored a second before it expires
-# (the clock read by TIME is a little later than the one Redis expires by); size() touches every key that is
-# due there first, so Redis reclaims those that have expired. `reclaim(limit)` does that for at most limit
-# entries: a key that is gone (or lost its expiry) leaves the index; one still expiring stays until it is gone.
-RECLAIM = """
-local function now_ms()
-  local time = redis.call('TIME')
-  return tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
-end
-local function reclaim(index, limit)
-  local due = redis.call('ZRANGEBYSCORE', index, '-inf', now_ms(), 'LIMIT', 0, limit)
-  for _, key in ipairs(due) do
-    if redis.call('PTTL', key) < 0 then redis.call('ZREM', index, key) end
-  end
-end
-local function expiring(index, key, ms)
-  reclaim(index, RECLAIM_BATCH)
-  redis.call('ZADD', index, now_ms() + tonumber(ms) - 1000, key)
-end
-""".replace("RECLAIM_BATCH", str(RECLAIM_BATCH))
-
-# KEYS[1]: the key, KEYS[2]: EXPIRING_INDEX. ARGV[1]: the encoded value, ARGV[2]: the ttl in ms (absent: no expiry).
-STORE_SCRIPT = RECLAIM + """
-local existed = redis.call('EXISTS', KEYS[1])
-if ARGV[2] then
-  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-  expiring(KEYS[2], KEYS[1], ARGV[2])
-else
-  redis.call('SET', KEYS[1], ARGV[1])
-end
-return existed
-"""
-
-# add: KEYS and ARGV as store. Returns 1 if it stored.
-ADD_SCRIPT = RECLAIM + """
-if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 0 end
-expiring(KEYS[2], KEYS[1], ARGV[2])
-return 1
-"""
-
-# expire: KEYS as store. ARGV[1]: the ttl in ms. Returns 1 if the key exists.
-EXPIRE_SCRIPT = RECLAIM + """
-if redis.call('PEXPIRE', KEYS[1], ARGV[1]) == 0 then return 0 end
-expiring(KEYS[2], KEYS[1], ARGV[1])
-return 1
-"""
-
-# ARGV[1]: the expected encoded value ('' for None: only if absent), ARGV[2]: the new one.
-# Returns 1 if it swapped, else 0 (absent, or present when expected None) or the encoded value that is there.
-CAS_SCRIPT = """
-local current = redis.call('GET', KEYS[1])
-if ARGV[1] == '' then
-  if current then return 0 end
-elseif current ~= ARGV[1] then
-  return current or 0
-end
-redis.call('SET', KEYS[1], ARGV[2])
-return 1
-"""
-
-STORE_MANY_SCRIPT = """
-local existed = {}
-for i, key in ipairs(KEYS) do
-  existed[i] = redis.call('EXISTS', key)
-  redis.call('SET', key, ARGV[i])
-end
-return existed
-"""
-
-# incr/decr where INCRBY alone will not do. ARGV[1]: the delta as decimal digits if it is an int ('' for a
-# float), ARGV[2]: the delta as a float's digits. An int delta is first tried with INCRBY (exact in 64 bits;
-# it may have become possible since the client's own INCRBY was refused); Lua doubles only ever add floats.
-# Returns {'i', digits} or {'f', digits}: the new value; or {'overflow'}, {'nonfinite'}, {'wrongtype', value}.
-INCR_SCRIPT = """
-if ARGV[1] ~= '' and type(redis.pcall('INCRBY', KEYS[1], ARGV[1])) == 'number' then
-  return {'i', redis.call('GET', KEYS[1])}
-end
-local current = redis.call('GET', KEYS[1])
-local base
-if not current or string.match(current, '^%-?%d+$') then
-  if ARGV[1] ~= '' then return {'overflow'} end
-  base = tonumber(current or '0')
-elseif string.sub(current, 1, 1) == 'f' then
-  base = tonumber(string.sub(current, 2))
-  if not base then return {'wrongtype', current} end
-else
-  return {'wrongtype', current}
-end
-local result = base + tonumber(ARGV[2])
-if result ~= result or result == math.huge or result == -math.huge then return {'nonfinite'} end
-local text
-for precision = 15, 17 do
-  text = string.format('%.' .. precision .. 'g', result)
-  if tonumber(text) == result then break end
-end
-redis.call('SET', KEYS[1], 'f' .. text, 'KEEPTTL')
-return {'f', text}
-"""
-
-# KEYS[1]: the set of kvmgr's own keys, KEYS[2]: EXPIRING_INDEX. Keys whose expiry is due are touched first, so
-# Redis reclaims those that expired; expired internal keys leave the set here. DBSIZE comes after, so it never
-# counts a key that expired but was not yet reclaimed.
-SIZE_SCRIPT = RECLAIM + """
-reclaim(KEYS[2], -1)
-local own = 0
-for _, key in ipairs(redis.call('SMEMBERS', KEYS[1])) do
-  if redis.call('EXISTS', key) == 1 then own = own + 1 else redis.call('SREM', KEYS[1], key) end
-end
-own = own + redis.call('EXISTS', KEYS[1]) + redis.call('EXISTS', KEYS[2])
-return redis.call('DBSIZE') - own
-"""
-
-# KEYS[1]: the rendezvous hash, KEYS[2]: the set of kvmgr's own keys. ARGV: parties, a fresh generation id, expiry in ms.
-# Returns {arrival index, parties, generation}; index -1 means it is open for a different number of parties.
-ARRIVE_SCRIPT = """
-local parties = tonumber(ARGV[1])
-local opened = redis.call('HGET', KEYS[1], 'parties')
-if opened and tonumber(opened) ~= parties then return {-1, tonumber(opened), ''} end
-if not opened then
-  redis.call('HSET', KEYS[1], 'parties', parties, 'generation', ARGV[2], 'arrived', 0)
-  redis.call('SADD', KEYS[2], KEYS[1])
-end
-local generation = redis.call('HGET', KEYS[1], 'generation')
-local index = redis.call('HINCRBY', KEYS[1], 'arrived', 1) - 1
-if index + 1 < parties then
-  redis.call('PEXPIRE', KEYS[1], ARGV[3])
-  return {index, parties, generation}
-end
-redis.call('DEL', KEYS[1])
-local release = KEYS[1] .. ':' .. generation
-for _ = 1, parties - 1 do redis.call('RPUSH', release, 'go') end
-if parties > 1 then
-  redis.call('PEXPIRE', release, ARGV[3])
-  redis.call('SADD', KEYS[2], release)
-end
-return {index, parties, generation}
-"""
-
-# A waiter that timed out breaks its generation (waking the others with 'broken'), unless it was released meanwhile.
-BREAK_SCRIPT = """
-if redis.call('HGET', KEYS[1], 'generation') == ARGV[1] then
-  local others = tonumber(redis.call('HGET', KEYS[1], 'arrived')) - 1
-  redis.call('DEL', KEYS[1])
-  for _ = 1, others do redis.call('RPUSH', KEYS[2], 'broken') end
-  if others > 0 then
-    redis.call('PEXPIRE', KEYS[2], ARGV[2])
-    redis.call('SADD', KEYS[3], KEYS[2])
-  end
-  return 'broken'
-end
-return redis.call('LPOP', KEYS[2]) or 'broken'
-"""
-
-SCRIPTS = {
-    "store": STORE_SCRIPT, "add": ADD_SCRIPT, "expire": EXPIRE_SCRIPT, "cas": CAS_SCRIPT, "store_many": STORE_MANY_SCRIPT,
-    "incr": INCR_SCRIPT, "size": SIZE_SCRIPT, "arrive": ARRIVE_SCRIPT, "break": BREAK_SCRIPT,
-}
+WAKE_MS = 10_000  # how long a lock's wake-up waits in its list for a waiter about to BLPOP
+SHORTEST_BLOCK = 0.001  # seconds: BLPOP/BLMOVE take 0 as "forever", so a wait never asks for less than this
 
 
 def import_redis() -> ModuleType:
@@ -292,9 +168,23 @@ def unpack_value(raw: bytes, key: str) -> Value:
         raise ProtocolError(f"key {key!r} holds a value kvmgr did not write ({exc})") from None
 
 
-def milliseconds(ttl: float) -> int:
-    """A ttl in whole milliseconds, rounded up (0.05 is 50 ms, as written, and 0.0001 is 1 ms)."""
-    return math.ceil(Decimal(repr(ttl)) * 1000)
+milliseconds = ttl_milliseconds  # a ttl in whole milliseconds, as every backend keeps it
+
+
+def info_figures(info: dict[str, Any], url: str, where: str, keys: int) -> dict[str, Any]:
+    """The info operation's figures from Redis's INFO (server, clients, memory, persistence, stats, keyspace)."""
+    database = int(urlsplit(url).path.strip("/") or 0)
+    keyspace = info.get(f"db{database}")
+    return {
+        "uptime_seconds": info.get("uptime_in_seconds"), "version": f"kvmgr {VERSION}, Redis {info.get('redis_version')}",
+        "protocol_version": None, "address": where,
+        "durable": bool(info.get("aof_enabled")),  # an append-only file (RDB snapshots alone can lose minutes of writes)
+        "fsync": info.get("aof_fsync") if info.get("aof_enabled") else None, "keys": keys,
+        "expiring_keys": keyspace.get("expires", 0) if isinstance(keyspace, dict) else 0,
+        "rss_bytes": info.get("used_memory_rss"), "connected_clients": info.get("connected_clients"),
+        "max_connections": info.get("maxclients"), "operations": {}, "errors": {},
+        "ops_per_second": info.get("instantaneous_ops_per_sec"), "commands_processed": info.get("total_commands_processed"),
+    }
 
 
 def incr_error(key: str, outcome: list[bytes]) -> KvmgrError:
@@ -339,6 +229,7 @@ class RedisClient(Operations):
         self._limits = limits  # validated exactly as the server-side Store does
         self._pool: ConnectionPool[redis.Redis] = ConnectionPool(lambda: self._open(self.timeout), _close_quietly, self._stale)
         self._scripts: dict[str, Script] = {}
+        self._channels = CHANNEL_PREFIX + str(self._database()).encode() + b":"  # + a key: its change notifications
 
     def _check_url(self) -> None:
         """Reject a malformed URL, or one with options redis-py does not know, before any network traffic."""
@@ -356,6 +247,14 @@ class RedisClient(Operations):
         if parts.scheme in ("redis", "rediss") and database and not database.isdigit():
             raise ConfigError(f"bad Redis URL {self._where!r}: the database after the port must be a number, like /0")
 
+    def _database(self) -> int:
+        """The database number the URL selects (pub/sub channels are shared by all of a server's databases)."""
+        return int(self._redis.connection.parse_url(self.address).get("db", 0))
+
+    def session(self) -> RedisClient:
+        """A client of the same database with connections of its own, never repeating a call."""
+        return RedisClient(self.address, self.timeout, self.name, limits=self._limits, retry=NO_RETRY)
+
     # --- one call: dispatch, connection, error translation ---
 
     def _call(self, method: str, args: tuple, timeout: float | None) -> Any:
@@ -371,6 +270,8 @@ class RedisClient(Operations):
             own = self._open(timeout)
             try:
                 return operation(own, *args)
+            except KvmgrError:  # ours; LockTimeout, WaitTimeout and QueueEmpty are TimeoutErrors, so OSErrors too
+                raise
             except (self._redis.RedisError, OSError) as exc:
                 raise self._command_error(method, exc) from None
             finally:
@@ -441,7 +342,9 @@ class RedisClient(Operations):
         self._pool.release(lease)
 
     def _script(self, db: redis.Redis, name: str, keys: list[bytes], args: list[Any]) -> Any:
-        """Run one of SCRIPTS on db (EVALSHA, loading it if Redis lacks it)."""
+        """Run one of SCRIPTS on db (EVALSHA, loading it if Redis lacks it); a versioned one is given the channel prefix."""
+        if name in VERSIONED_SCRIPTS:
+            args = [self._channels, *args]
         return self._scripts[name](keys=keys, args=args, client=db)
 
     def close(self) -> None:
@@ -464,7 +367,7 @@ class RedisClient(Operations):
         """store: one Lua step that checks EXISTS, then SETs (with PX given a ttl; without, clearing any expiry)."""
         key, value, ttl = check_key(key, self._limits), check_value(value, self._limits), check_ttl(ttl)
         args: list[Any] = [encode(value)] if ttl is None else [encode(value), milliseconds(ttl)]
-        existed = self._script(db, "store", [pack_key(key), EXPIRING_INDEX], args)
+        existed = self._script(db, "store", [pack_key(key)], args)
         return "updated" if existed else "saved"
 
     def _do_get(self, db: redis.Redis, key: str) -> Value:
@@ -476,9 +379,9 @@ class RedisClient(Operations):
         return unpack_value(raw, key)
 
     def _do_delete(self, db: redis.Redis, key: str) -> bool:
-        """delete: DEL."""
+        """delete: a Lua step: DEL, and a new version if it existed."""
         check_key(key, self._limits)
-        return db.delete(pack_key(key)) == 1
+        return bool(self._script(db, "delete", [pack_key(key)], []) == 1)
 
     def _do_exists(self, db: redis.Redis, key: str) -> bool:
         """exists: EXISTS."""
@@ -506,7 +409,11 @@ class RedisClient(Operations):
 
     def _do_size(self, db: redis.Redis) -> int:
         """size: DBSIZE less kvmgr's own keys, in one Lua step that first has Redis reclaim the keys that expired."""
-        return int(self._script(db, "size", [INTERNAL_INDEX, EXPIRING_INDEX], []))
+        return int(self._script(db, "size", [], []))
+
+    def _do_info(self, db: redis.Redis) -> dict[str, Any]:
+        """info: what kvmgr knows from Redis's INFO and its own key count."""
+        return info_figures(cast("dict[str, Any]", db.info("everything")), self.address, self._where, self._do_size(db))
 
     def _do_cas(self, db: redis.Redis, key: str, expected: Value | None, value: Value) -> bool:
         """cas: a Lua step comparing encoded values (b'' stands for None: only if absent), asked again with the
@@ -548,11 +455,8 @@ class RedisClient(Operations):
         return self._add_number(db, check_key(key, self._limits), -check_delta(by))
 
     def _add_number(self, db: redis.Redis, key: str, delta: Number) -> Number:
-        """Add delta to the number at key in one step: INCRBY, or INCR_SCRIPT for floats, overflow and wrong types."""
-        whole = isinstance(delta, int)
-        if isinstance(delta, int) and INT64_MIN <= delta <= INT64_MAX:
-            with contextlib.suppress(self._redis.ResponseError):  # not an int there, or an overflow: the script says which
-                return int(db.incrby(pack_key(key), delta))
+        """Add delta to the number at key in one Lua step: INCRBY within 64 bits, else a float sum, overflow or WrongType."""
+        whole = isinstance(delta, int)  # beyond 64 bits INCRBY refuses it and the script answers overflow
         try:
             as_float = repr(float(delta))
         except OverflowError:  # an int beyond any float: only an int there could take it, and not within 64 bits
@@ -566,16 +470,15 @@ class RedisClient(Operations):
         raise incr_error(key, outcome)
 
     def _do_add(self, db: redis.Redis, key: str, value: Value, ttl: float | None = None) -> bool:
-        """add: SET NX (with a ttl, a Lua step: SET NX PX, and the key listed as expiring)."""
+        """add: a Lua step: SET NX (PX given a ttl, and the key listed as expiring)."""
         key, value, ttl = check_key(key, self._limits), check_value(value, self._limits), check_ttl(ttl)
-        if ttl is None:
-            return bool(db.set(pack_key(key), encode(value), nx=True))
-        return bool(self._script(db, "add", [pack_key(key), EXPIRING_INDEX], [encode(value), milliseconds(ttl)]) == 1)
+        args: list[Any] = [encode(value)] if ttl is None else [encode(value), milliseconds(ttl)]
+        return bool(self._script(db, "add", [pack_key(key)], args) == 1)
 
     def _do_pop(self, db: redis.Redis, key: str) -> Value:
-        """pop: GETDEL, KeyNotFound if absent."""
+        """pop: a Lua step: GET and DEL; KeyNotFound if absent."""
         key = check_key(key, self._limits)
-        raw = cast(bytes | None, db.getdel(pack_key(key)))
+        raw = cast(bytes | None, self._script(db, "pop", [pack_key(key)], []))
         if raw is None:
             raise KeyNotFound(key)
         return unpack_value(raw, key)
@@ -585,7 +488,7 @@ class RedisClient(Operations):
         key, seconds = check_key(key, self._limits), check_ttl(ttl)
         if seconds is None:
             raise InvalidValue("expire: ttl must be a number of seconds above 0, not None")
-        return bool(self._script(db, "expire", [pack_key(key), EXPIRING_INDEX], [milliseconds(seconds)]) == 1)
+        return bool(self._script(db, "expire", [pack_key(key)], [milliseconds(seconds)]) == 1)
 
     def _do_ttl(self, db: redis.Redis, key: str) -> float | None:
         """ttl: PTTL in seconds; None for no expiry (-1), KeyNotFound if absent (-2)."""
@@ -596,8 +499,8 @@ class RedisClient(Operations):
         return None if left == -1 else left / 1000
 
     def _do_persist(self, db: redis.Redis, key: str) -> bool:
-        """persist: PERSIST; True if the key had an expiry."""
-        return bool(db.persist(pack_key(check_key(key, self._limits))))
+        """persist: a Lua step: PERSIST; True if the key had an expiry."""
+        return bool(self._script(db, "persist", [pack_key(check_key(key, self._limits))], []) == 1)
 
     def _do_quit(self, db: redis.Redis) -> str:
         """quit: refused, kvmgr never shuts down a Redis server."""
@@ -623,6 +526,152 @@ class RedisClient(Operations):
         if popped is not None:
             return popped[1] == GO
         return bool(self._script(db, "break", [hash_key, release_key, INTERNAL_INDEX], [generation, expiry_ms]) == GO)
+
+    # --- versions and wait ---
+
+    def _do_get_versioned(self, db: redis.Redis, key: str) -> tuple[Value | None, int]:
+        """get_versioned: one Lua step reading the value and the version (an expiry not yet recorded is recorded first)."""
+        value, version, _ = self._versioned(db, check_key(key, self._limits))
+        return value, version
+
+    def _versioned(self, db: redis.Redis, key: str) -> tuple[Value | None, int, int]:
+        """(value or None, version, PTTL in ms: -1 no expiry, -2 absent) of key, in one step."""
+        version, left_ms, *raw = self._script(db, "get_versioned", [pack_key(key)], [])
+        value = None if not raw or raw[0] is None else unpack_value(raw[0], key)
+        return value, int(version), int(left_ms)
+
+    def _do_wait(self, db: redis.Redis, key: str, after: int, timeout: float | None = None) -> tuple[Value | None, int]:
+        """wait: SUBSCRIBE to the key's channel, then read its version; sleep until a change is published, the
+        key's expiry time passes (Redis runs no script then: the read after it records the expiry), or the timeout."""
+        key, after, wait = check_key(key, self._limits), check_counter(after, "after (a version)"), check_wait(timeout)
+        seconds = blocking_seconds(wait)
+        deadline = time.monotonic() + seconds
+        changes = db.pubsub()
+        try:
+            changes.subscribe(self._channels + pack_key(key))
+            subscribed = _confirm_subscription(changes, deadline)
+            while True:
+                value, version, left_ms = self._versioned(db, key)
+                remaining = deadline - time.monotonic()
+                if version > after:
+                    return value, version
+                if remaining <= 0 or not subscribed:
+                    raise WaitTimeout(f"key {key!r} did not change within {seconds:g}s (still version {version})")
+                changes.get_message(ignore_subscribe_messages=True, timeout=until_expiry(remaining, left_ms))
+        finally:
+            changes.close()
+
+    # --- locks ---
+
+    def _do_lock_acquire(self, db: redis.Redis, name: str, lease: float, timeout: float | None = None) -> int:
+        """lock_acquire: SET NX PX with the next token, in a Lua step; while held, BLPOP the lock's wake-up list
+        (a release pushes one) no longer than the holder's lease has left, then try again."""
+        name, lease, wait = check_name(name, "a lock name"), check_lease(lease), check_wait(timeout)
+        seconds = blocking_seconds(wait)
+        deadline = time.monotonic() + seconds
+        raw = pack_key(name)
+        keys = [LOCK_PREFIX + raw, TOKENS_PREFIX + raw, WAKE_PREFIX + raw, INTERNAL_INDEX]
+        while True:
+            token, left_ms = self._script(db, "lock_acquire", keys, [milliseconds(lease)])
+            remaining = deadline - time.monotonic()
+            if token:
+                return int(token)
+            if remaining <= 0:
+                raise LockTimeout(f"lock {name!r} was not acquired within {seconds:g}s")
+            db.blpop([keys[2]], timeout=until_expiry(remaining, int(left_ms)))
+
+    def _do_lock_release(self, db: redis.Redis, name: str, token: int) -> bool:
+        """lock_release: a Lua step that frees the lock only if it holds token, and wakes one waiter; LockLost otherwise."""
+        name, token = check_name(name, "a lock name"), check_counter(token, "a fencing token")
+        raw = pack_key(name)
+        if self._script(db, "lock_release", [LOCK_PREFIX + raw, WAKE_PREFIX + raw, INTERNAL_INDEX], [token, WAKE_MS]) != 1:
+            raise LockLost(f"lock {name!r} is not held with token {token} (its lease ended): nothing was freed")
+        return True
+
+    def _do_lock_extend(self, db: redis.Redis, name: str, token: int, lease: float) -> bool:
+        """lock_extend: a Lua step that sets the lease (PEXPIRE) only if the lock holds token; LockLost otherwise."""
+        name, token, lease = check_name(name, "a lock name"), check_counter(token, "a fencing token"), check_lease(lease)
+        if self._script(db, "lock_extend", [LOCK_PREFIX + pack_key(name)], [token, milliseconds(lease)]) != 1:
+            raise LockLost(f"lock {name!r} is not held with token {token} (its lease ended): its lease was not extended")
+        return True
+
+    def _do_lock_locked(self, db: redis.Redis, name: str) -> bool:
+        """lock_locked: EXISTS."""
+        return bool(db.exists(LOCK_PREFIX + pack_key(check_name(name, "a lock name"))) == 1)
+
+    # --- queues ---
+
+    def _do_queue_put(self, db: redis.Redis, name: str, value: Value) -> int:
+        """queue_put: a Lua step: RPUSH (and the queue listed as kvmgr's own key); the length after it."""
+        name, value = check_name(name, "a queue name"), check_value(value, self._limits)
+        return int(self._script(db, "queue_put", [QUEUE_PREFIX + pack_key(name), INTERNAL_INDEX], [encode(value)]))
+
+    def _do_queue_get(self, db: redis.Redis, name: str, timeout: float | None = None) -> Value:
+        """queue_get: move the first item into this connection's processing list (LMOVE, else BLMOVE up to the
+        timeout), then remove it from there: a reply lost in between leaves the item in the processing list."""
+        name, wait = check_name(name, "a queue name"), check_wait(timeout)
+        seconds = blocking_seconds(wait)
+        queue, processing = QUEUE_PREFIX + pack_key(name), processing_list(name, int(db.client_id()))
+        item = self._script(db, "queue_take", [queue, processing, INTERNAL_INDEX], [])
+        if item is None and seconds > 0:
+            item = db.blmove(queue, processing, max(seconds, SHORTEST_BLOCK), "LEFT", "RIGHT")  # type: ignore[arg-type]
+        if item is None:
+            self._script(db, "queue_done", [processing, INTERNAL_INDEX], [b""])
+            raise QueueEmpty(f"queue {name!r} had no item within {seconds:g}s")
+        self._script(db, "queue_done", [processing, INTERNAL_INDEX], [item])
+        return unpack_value(cast(bytes, item), name)
+
+    def _do_queue_size(self, db: redis.Redis, name: str) -> int:
+        """queue_size: LLEN."""
+        return int(db.llen(QUEUE_PREFIX + pack_key(check_name(name, "a queue name"))))
+
+    def requeue_lost(self, name: str) -> int:
+        """Put back at the head of queue `name` every item whose get lost its reply (its connection is gone); how many."""
+        name = check_name(name, "a queue name")
+        lease = self._pool.acquire()
+        try:
+            moved = self._requeue_lost(lease.connection, name)
+        except (self._redis.RedisError, OSError) as exc:
+            self._pool.discard(lease)
+            raise self._command_error("requeue_lost", exc) from None
+        self._pool.release(lease)
+        return moved
+
+    def _requeue_lost(self, db: redis.Redis, name: str) -> int:
+        """requeue_lost on one connection: each processing list of the queue whose CLIENT ID is no longer connected."""
+        prefix = processing_list(name, None)
+        connected = {int(client["id"]) for client in db.client_list()}
+        moved = 0
+        for member in cast(set[bytes], db.smembers(INTERNAL_INDEX)):
+            if member.startswith(prefix) and int(member[len(prefix):]) not in connected:
+                moved += int(self._script(db, "queue_requeue", [member, QUEUE_PREFIX + pack_key(name), INTERNAL_INDEX], []))
+        return moved
+
+
+def blocking_seconds(timeout: float | None) -> float:
+    """How long a blocking call waits: its own timeout, never more than the ceiling (None: the ceiling)."""
+    return BLOCKING_CEILING if timeout is None else min(timeout, BLOCKING_CEILING)
+
+
+def until_expiry(remaining: float, left_ms: int) -> float:
+    """How long to block: what is left of the call's wait, but no longer than until a key's expiry (left_ms >= 0)."""
+    nap = remaining if left_ms < 0 else min(remaining, (left_ms + 1) / 1000)
+    return max(nap, SHORTEST_BLOCK)
+
+
+def processing_list(queue: str, client_id: int | None) -> bytes:
+    """The processing list of one connection (its CLIENT ID) for a queue; given None, the prefix of them all."""
+    prefix = PROCESSING_PREFIX + pack_key(queue) + b"\xff"  # 0xFF never occurs in a UTF-8 name
+    return prefix if client_id is None else prefix + str(client_id).encode()
+
+
+def _confirm_subscription(changes: redis.client.PubSub, deadline: float) -> bool:
+    """Wait for Redis to confirm the subscription (so no change after the next read can be missed); False if it never did."""
+    while (remaining := deadline - time.monotonic()) > 0:
+        message = changes.get_message(timeout=remaining)
+        if message is not None and message["type"] == "subscribe":
+            return True
+    return False
 
 
 def _close_quietly(db: redis.Redis) -> None:

@@ -81,7 +81,7 @@ OPERATIONS: tuple[OpSpec, ...] = (
     OpSpec(name="info", safe_to_repeat=True, in_scenarios=False,
            summary="what the server is doing: a dict of figures (uptime_seconds, keys, connected_clients, ...)"),
     OpSpec(name="quit", summary="ask the server to shut down gracefully (kvmgr's own server only)"),
-    OpSpec(name="rendezvous", params=("name", "parties", "timeout"), optional=1, in_scenarios=False,
+    OpSpec(name="rendezvous", params=("name", "parties", "timeout"), optional=1, in_scenarios=False, blocks=True,
            summary="block until `parties` callers have arrived under name, then release them together"),
     OpSpec(name="lock_acquire", params=("name", "lease", "timeout"), optional=1, in_scenarios=False, blocks=True,
            summary="block until the lock is held (for lease seconds); its fencing token; LockTimeout"),

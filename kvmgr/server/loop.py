@@ -28,8 +28,7 @@ from functools import partial
 
 from kvmgr.config import ACCEPT_PAUSE, DRAIN_TIMEOUT, MAX_READ, READ_SIZE, Limits, format_address
 from kvmgr.errors import KvmgrError, ProtocolError, ServerUnavailable
-from kvmgr.protocol import wire
-from kvmgr.server import handshake
+from kvmgr.protocol import handshake, wire
 from kvmgr.server.deferred import Deferred
 
 log = logging.getLogger("kvmgr.server.manager")

@@ -1,8 +1,9 @@
-"""The server's half of multiprocessing.connection's HMAC handshake, as steps the event loop takes one message at a time.
+"""multiprocessing.connection's HMAC handshake, one message at a time: the digests both sides compute.
 
-The server delivers a challenge (and answers the peer's response with #WELCOME# or #FAILURE#), then answers the
-peer's challenge and reads its verdict, exactly as `deliver_challenge` then `answer_challenge` do, so the stdlib
-client of the running Python always works. Python 3.12 and later name the digest in the challenge
+The server (its event loop) delivers a challenge (and answers the peer's response with #WELCOME# or #FAILURE#), then
+answers the peer's challenge and reads its verdict, exactly as `deliver_challenge` then `answer_challenge` do, so the
+stdlib client of the running Python always works; the asyncio client (kvmgr/client/aio_handshake.py) takes the
+other side with the same functions. Python 3.12 and later name the digest in the challenge
 (`connection._create_response` / `_verify_challenge`); Python 3.11 uses HMAC-MD5 of 20 random bytes.
 """
 
