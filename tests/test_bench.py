@@ -44,7 +44,7 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.Compl
     """One tiny benchmark run through python -m kvmgr.tools.bench, with its JSON report."""
     report = tmp_path_factory.mktemp("bench") / "report.json"
     argv = python_module("kvmgr.tools.bench", "--tiny", "--json", str(report))
-    finished = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    finished = subprocess.run(argv, capture_output=True, text=True, timeout=300)
     assert finished.returncode == 0, finished.stderr
     return finished, json.loads(report.read_text())
 
@@ -124,7 +124,7 @@ def test_incr_row_counts_exactly_on_every_system_and_is_compared(tiny_run: tuple
     assert set(rows) == {(system, transport, clients) for system, transport in systems for clients in (1, 2)}
     for row in rows.values():
         assert row["lost_updates"] == 0 and row["ops_per_s"] > 0 and row["server_cpu_us"] > 0, row
-    assert all(r["lost_updates"] is None for r in report_json["results"] if r["workload"] != "incr")
+    assert all(r["lost_updates"] is None for r in report_json["results"] if r["workload"] not in ("incr", "lock"))
     ratios = report_json["ratios"]
     for transport in ("tcp", "unix"):
         for clients in (1, 2):
@@ -163,6 +163,113 @@ def test_incr_row_fails_when_the_final_count_differs_from_the_increments(group: 
     lost = replace(sample, lost_updates=3)
     assert run.count_failure(lost) == "kvmgr/tcp lost 3 of its increments"
     assert bench.medians([replace(sample, lost_updates=0), lost, replace(sample, lost_updates=0)])[0].lost_updates == 3
+
+
+def coordination_systems() -> set[tuple[str, str]]:
+    """The systems of the lock and queue rows: kvmgr and the stdlib Manager on both transports, Redis when installed."""
+    systems = {("kvmgr", "tcp"), ("kvmgr", "unix"), ("multiprocessing-dict", "tcp"), ("multiprocessing-dict", "unix")}
+    return systems | ({("redis", "tcp")} if launch.load_redis()[0] is not None else set())
+
+
+def test_lock_rows_hand_off_between_processes_with_an_exact_count(tiny_run: tuple[subprocess.CompletedProcess, dict]) -> None:
+    finished, report_json = tiny_run
+    rows = {(r["system"], r["transport"]): r for r in report_json["results"] if r["workload"] == "lock"}
+    assert set(rows) == coordination_systems()
+    for row in rows.values():
+        assert row["clients"] == 2 and row["unit"] == "hand-offs/s", row
+        assert row["lost_updates"] == 0 and row["misdelivered"] is None, row
+        assert row["ops_per_s"] > 0 and row["p50_us"] > 0 and 0 < row["handoff_share"] <= 1, row
+    ratios = report_json["ratios"]
+    for transport in ("tcp", "unix"):
+        assert ratios[f"kvmgr/{transport} lock hand-off vs multiprocessing-dict/{transport} Manager Lock()"] > 0
+        assert ratios[f"kvmgr/{transport} lock hand-off vs multiprocessing-dict/{transport} Manager Lock(), p50 latency"] > 0
+    if ("redis", "tcp") in rows:
+        assert ratios["kvmgr/tcp lock hand-off vs redis/tcp redis-py Lock (polls every 0.1 s)"] > 0
+    assert "client.lock(name, lease=30); hand-offs" in finished.stdout and "count under the lock exact" in finished.stdout
+
+
+def test_queue_rows_deliver_every_item_once(tiny_run: tuple[subprocess.CompletedProcess, dict]) -> None:
+    finished, report_json = tiny_run
+    rows = {(r["system"], r["transport"]): r for r in report_json["results"] if r["workload"] == "queue"}
+    assert set(rows) == coordination_systems()
+    for row in rows.values():
+        assert row["clients"] == 2 and row["unit"] == "items/s", row
+        assert row["misdelivered"] == 0 and row["lost_updates"] is None and row["ops_per_s"] > 0 and row["p50_us"] > 0, row
+    ratios = report_json["ratios"]
+    for transport in ("tcp", "unix"):
+        assert ratios[f"kvmgr/{transport} queue hand-off vs multiprocessing-dict/{transport} Manager Queue put/get"] > 0
+    if ("redis", "tcp") in rows:
+        assert ratios["kvmgr/tcp queue hand-off vs redis/tcp RPUSH/BLPOP, p50 latency"] > 0
+    assert "client.queue(name).put/get; every item received once" in finished.stdout
+
+
+def test_startup_rows_compare_alice_and_help_with_python(tiny_run: tuple[subprocess.CompletedProcess, dict]) -> None:
+    finished, report_json = tiny_run
+    rows = {r["system"]: r for r in report_json["results"] if r["workload"] == "startup"}
+    assert set(rows) == {"alice --key=foo", "kvmgr --help", "python -c pass"}
+    baseline = rows["python -c pass"]["p50_us"]
+    for name in ("alice --key=foo", "kvmgr --help"):
+        row = rows[name]
+        assert row["baseline_us"] == baseline > 0 and row["unit"] == "runs/s", row
+        assert report_json["ratios"][f"{name} start time vs python -c pass"] == round(row["p50_us"] / baseline, 3)
+    assert (rows["alice --key=foo"]["transport"], rows["kvmgr --help"]["transport"]) == ("tcp", "none")
+    assert finished.stdout.count("(target <= 3.5x: ") == 2
+
+
+def test_only_startup_measures_just_the_startup_rows(tmp_path: Path) -> None:
+    out = tmp_path / "startup.json"
+    finished = subprocess.run(python_module("kvmgr.tools.bench", "--tiny", "--only", "startup", "--json", str(out)),
+                              capture_output=True, text=True, timeout=120)
+    assert finished.returncode == 0, finished.stderr
+    results = json.loads(out.read_text())["results"]
+    assert sorted(r["system"] for r in results) == ["alice --key=foo", "kvmgr --help", "python -c pass"]
+    assert {r["workload"] for r in results} == {"startup"}
+
+
+def test_lock_row_fails_when_the_count_under_the_lock_is_off(group: ProcessGroup, server: ServerProcess, tmp_path: Path) -> None:
+    with kvmgr.connect(server.address_text, authkey=server.authkey.encode(), timeout=5.0) as client:
+        client.store("seeded:record", [5, -1, 0.0])  # five acquisitions no bench client made
+    target = bench.Target("kvmgr", "tcp", "kvmgr", server.address_text, server.authkey, server.process.pid)
+    [sample] = run.Bench(group, tmp_path, bench.PROFILES["tiny"], None).lock(target, name="seeded")
+    assert sample.lost_updates == -5 and sample.handoff_share is not None
+    assert run.count_failure(sample) == "kvmgr/tcp counted 5 more than the increments under the lock made"
+    assert "FAIL: 5 more than the increments under the lock made" in report.result_note(sample, bench.PROFILES["tiny"])
+    peer = bench.Sample("multiprocessing-dict", "tcp", "lock", 2, 100.0, 1.0, 2.0, lost_updates=0)
+    assert bench.compute_ratios([sample, peer], (1, 2)) == {}
+    assert len(bench.compute_ratios([replace(sample, lost_updates=0), peer], (1, 2))) == 2
+
+
+def test_queue_row_fails_when_an_item_is_not_received_exactly_once(group: ProcessGroup, server: ServerProcess,
+                                                                   tmp_path: Path) -> None:
+    with kvmgr.connect(server.address_text, authkey=server.authkey.encode(), timeout=5.0) as client:
+        client.queue("seeded:to0").put([5, time.monotonic()])  # an item no bench client put
+    target = bench.Target("kvmgr", "tcp", "kvmgr", server.address_text, server.authkey, server.process.pid)
+    [sample] = run.Bench(group, tmp_path, bench.PROFILES["tiny"], None).queue(target, name="seeded")
+    assert sample.misdelivered and sample.misdelivered > 0
+    assert run.count_failure(sample) == f"kvmgr/tcp delivered {sample.misdelivered:,} queue item(s) not exactly once"
+    assert "FAIL:" in report.result_note(sample, bench.PROFILES["tiny"])
+    peer = bench.Sample("redis", "tcp", "queue", 2, 100.0, 1.0, 2.0, misdelivered=0)
+    assert bench.compute_ratios([sample, peer], (1, 2)) == {}
+    assert bench.medians([replace(sample, misdelivered=0), sample])[0].misdelivered == sample.misdelivered
+
+
+def test_misdelivered_counts_missing_repeated_and_unknown_items() -> None:
+    assert run.misdelivered([0, 1, 2, 3], [1, 0, 3, 2]) == 0
+    assert run.misdelivered([0, 1, 2], [0, 2]) == 1  # 1 never arrived
+    assert run.misdelivered([0, 1], [0, 1, 1]) == 1  # 1 arrived twice
+    assert run.misdelivered([0], [0, 7]) == 1  # 7 was never sent
+
+
+def test_startup_ratio_and_target_verdict_of_known_samples() -> None:
+    alice = bench.Sample("alice --key=foo", "tcp", "startup", 1, 10.0, 40_000.0, 50_000.0, "runs/s", baseline_us=10_000.0)
+    help_row = replace(alice, system="kvmgr --help", transport="none", p50_us=30_000.0)
+    python = replace(alice, system="python -c pass", transport="none", p50_us=10_000.0)
+    ratios = bench.compute_ratios([alice, help_row, python], (1,))
+    assert ratios == {"alice --key=foo start time vs python -c pass": 4.0, "kvmgr --help start time vs python -c pass": 3.0}
+    profile = bench.PROFILES["tiny"]
+    assert report.result_note(alice, profile) == "x4.00 python -c pass (target <= 3.5x: not met)"
+    assert report.result_note(help_row, profile) == "x3.00 python -c pass (target <= 3.5x: met)"
+    assert report.result_note(python, profile) == "the baseline"
 
 
 def test_selectors_floor_serves_authenticated_clients_in_order(group: ProcessGroup) -> None:
@@ -225,6 +332,7 @@ def test_add_parser_registers_the_bench_subcommand() -> None:
     assert args.handler is bench.run_bench_command
     assert (args.quick, args.repeats, args.json, args.plot, args.tiny, args.only) == (True, 2, "out.json", None, False, None)
     assert parser.parse_args(["bench", "--only", "incr", "--only", "point"]).only == ["incr", "point"]
+    assert parser.parse_args(["bench", "--only", "lock", "--only", "queue", "--only", "startup"]).only == ["lock", "queue", "startup"]
     with pytest.raises(SystemExit):
         parser.parse_args(["bench", "--repeats", "0"])
     with pytest.raises(SystemExit):

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import json
+import queue
 from collections.abc import Callable, Sequence
 from multiprocessing import connection
 from typing import Any, cast
 
 from kvmgr.config import parse_address
+from kvmgr.errors import KeyNotFound
+from kvmgr.tools.bench.common import BenchError
 from kvmgr.tools.bench.peers import stdlib_manager_class
 
 PIPELINE_DEPTH = 100
+LEASE = 30.0  # the lock row's lease (seconds): far longer than any hold, so no lock is lost to its lease ending
 
 
 class KvmgrAdapter:
@@ -29,6 +34,34 @@ class KvmgrAdapter:
     def count(self, key: str) -> Any:
         """The counter's final value."""
         return self.client.get(key)
+
+    def lock(self, name: str) -> Any:
+        """kvmgr's lock: client.lock(name, lease=30) (acquire() and release())."""
+        return self.client.lock(name, lease=LEASE)
+
+    def read_record(self, key: str) -> list | None:
+        """The lock row's record (count, holder, stamp), None while absent."""
+        try:
+            return cast("list", self.client.get(key))
+        except KeyNotFound:
+            return None
+
+    def write_record(self, key: str, record: list) -> None:
+        """Replace the lock row's record."""
+        self.client.store(key, record)
+
+    def prepare(self, names: Sequence[str]) -> None:
+        """Connect before the phase (qsize of each queue), so no hand-off pays for it."""
+        for name in names:
+            self.client.queue(name).qsize()
+
+    def put(self, name: str, item: list) -> None:
+        """client.queue(name).put(item)."""
+        self.client.queue(name).put(item)
+
+    def take(self, name: str, timeout: float) -> list:
+        """client.queue(name).get(timeout) (QueueEmpty after timeout)."""
+        return cast("list", self.client.queue(name).get(timeout))
 
     def load(self, mapping: dict[str, bytes], bulk: bool = False) -> None:
         """Store a batch of keys."""
@@ -63,8 +96,11 @@ class StdlibDictAdapter:
     def __init__(self, address: str, authkey: bytes) -> None:
         manager = stdlib_manager_class(None)(address=parse_address(address), authkey=authkey)
         manager.connect()
+        self.manager = manager
         self.point, self.bulk = manager.point_dict(), manager.bulk_dict()  # type: ignore[attr-defined]  # registered at run time
-        self.lock = manager.counter_lock()  # type: ignore[attr-defined]  # registered at run time
+        self.counter_lock = manager.counter_lock()  # type: ignore[attr-defined]  # registered at run time
+        self.locks: dict[str, Any] = {}
+        self.queues: dict[str, Any] = {}
 
     def get(self, key: str) -> bytes:
         """One read through the proxy."""
@@ -76,12 +112,47 @@ class StdlibDictAdapter:
 
     def incr(self, key: str) -> None:
         """What a Manager user must write for a counter: get and set under a Manager Lock (four round trips)."""
-        with self.lock:
+        with self.counter_lock:
             self.point[key] = self.point.get(key, 0) + 1
 
     def count(self, key: str) -> Any:
         """The counter's final value."""
         return self.point.get(key, 0)
+
+    def lock(self, name: str) -> Any:
+        """A Manager Lock() shared by name (acquire() and release() through an AcquirerProxy), one proxy per name."""
+        if name not in self.locks:
+            self.locks[name] = self.manager.named_lock(name)  # type: ignore[attr-defined]  # registered at run time
+        return self.locks[name]
+
+    def read_record(self, key: str) -> list | None:
+        """The lock row's record (count, holder, stamp), None while absent."""
+        return cast("list | None", self.point.get(key))
+
+    def write_record(self, key: str, record: list) -> None:
+        """Replace the lock row's record."""
+        self.point[key] = record
+
+    def prepare(self, names: Sequence[str]) -> None:
+        """Create the proxies before the phase (each connects and makes a call), so no hand-off pays for it."""
+        for name in names:
+            self._queue(name).qsize()
+
+    def put(self, name: str, item: list) -> None:
+        """Queue.put(item) on the Manager Queue of that name."""
+        self._queue(name).put(item)
+
+    def take(self, name: str, timeout: float) -> list:
+        """Queue.get(timeout=...) on the Manager Queue of that name; BenchError after timeout."""
+        try:
+            return cast("list", self._queue(name).get(timeout=timeout))
+        except queue.Empty:
+            raise BenchError(f"no item in the Manager Queue {name!r} within {timeout:g}s") from None
+
+    def _queue(self, name: str) -> Any:
+        if name not in self.queues:
+            self.queues[name] = self.manager.named_queue(name)  # type: ignore[attr-defined]  # registered at run time
+        return self.queues[name]
 
     def get_many(self, keys: Sequence[str]) -> dict[str, bytes]:
         """Bulk read: a copy of the dict that holds exactly the bulk keys (the proxy has no multi-get)."""
@@ -170,6 +241,35 @@ class RedisAdapter:
     def count(self, key: str) -> int:
         """The counter's final value (GET, as an int)."""
         return int(self.redis.get(key) or 0)
+
+    def lock(self, name: str) -> Any:
+        """redis-py's Lock: r.lock(name, timeout=30, blocking=True) (its acquire polls every 0.1 s, its default sleep)."""
+        return self.redis.lock(name, timeout=LEASE, blocking=True)
+
+    def read_record(self, key: str) -> list | None:
+        """The lock row's record (count, holder, stamp) from GET, as JSON; None while absent."""
+        raw = self.redis.get(key)
+        return None if raw is None else cast("list", json.loads(raw))
+
+    def write_record(self, key: str, record: list) -> None:
+        """SET the lock row's record, as JSON."""
+        self.redis.set(key, json.dumps(record))
+
+    def prepare(self, names: Sequence[str]) -> None:
+        """Connect before the phase (LLEN of each list), so no hand-off pays for it."""
+        for name in names:
+            self.redis.llen(name)
+
+    def put(self, name: str, item: list) -> None:
+        """RPUSH the item, as JSON."""
+        self.redis.rpush(name, json.dumps(item))
+
+    def take(self, name: str, timeout: float) -> list:
+        """BLPOP one item; BenchError after timeout."""
+        popped = self.redis.blpop([name], timeout=timeout)
+        if popped is None:
+            raise BenchError(f"no item in the Redis list {name!r} within {timeout:g}s")
+        return cast("list", json.loads(popped[1]))
 
     def get_many(self, keys: Sequence[str]) -> Any:
         """MGET."""

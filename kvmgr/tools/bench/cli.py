@@ -28,6 +28,23 @@ a multiprocessing.Manager user has, `with lock: d[k] = d.get(k, 0) + 1` under on
 that is not the number of increments the clients made is a FAIL in the row (no ratio is taken from it) and
 makes the command exit 1.
 
+Lock hand-off (the "lock" rows): 2 client processes take one lock in turns as fast as they can: kvmgr's
+client.lock(name, lease=30) (tcp, unix), redis-py's Lock (r.lock(name, timeout=30, blocking=True), which polls
+every 0.1 s while it waits) and a Manager Lock() (tcp, unix). Under the lock each holder reads a record and
+stores it back with its count plus 1 (a get and a store). An acquisition whose record names the other process
+is a hand-off: the rate is hand-offs/s, the latency runs from the end of the other's turn (just before its store
+and release) to acquire() returning; the note gives the share of acquisitions that were hand-offs. A final count
+that is not the number of acquisitions is a FAIL, as in the incr rows.
+
+Queue hand-off (the "queue" rows): 2 client processes pass numbered items back and forth, one item in flight:
+kvmgr's client.queue(name) put/get (tcp, unix), a Manager Queue (tcp, unix) and Redis RPUSH/BLPOP. The rate is
+items/s, the latency runs from just before a put to the return of the get in the other process. An item that
+was not received exactly once is a FAIL.
+
+Start time (the "startup" rows): `alice --key=foo` on the kvmgr/tcp server, `kvmgr --help` and `python -c pass`,
+20 runs each per repeat (interleaved), launch to exit; the note gives the median against python -c pass and
+whether it meets the 3.5x target.
+
 Server CPU µs/op: the server process's CPU time (user + system, all its threads; on Linux its CPU-time
 clock, in ns) read just before the clients start and in the gap after each workload, divided by the
 operations (keys for the batch rows) all clients did in it; connecting and preloading are not counted.

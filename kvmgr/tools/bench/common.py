@@ -13,7 +13,12 @@ POINT_WORKLOADS = ("get", "store", "mix")
 BULK_WORKLOADS = ("get_many", "store_many")
 INCR_WORKLOAD = "incr"  # every client increments one shared counter; the final count must equal the increments made
 INCR_KINDS = ("kvmgr", "stdlib", "redis")  # the adapters that can increment: kvmgr incr, locked get+set, Redis INCR
-SECTIONS = ("point", "bulk", "incr", "memory", "idle", "driver")  # the groups of rows `--only` can pick
+LOCK_WORKLOAD = "lock"  # processes take turns on one lock; each holder counts with get+store under it
+QUEUE_WORKLOAD = "queue"  # one item at a time, put in one process and got in another, passed back and forth
+STARTUP_WORKLOAD = "startup"  # the wall time of one short command, from launch to exit
+HANDOFF_CLIENTS = 2  # the processes that hand a lock or queue items to each other
+COORDINATION_KINDS = ("kvmgr", "stdlib", "redis")  # the adapters with a lock and a queue
+SECTIONS = ("point", "bulk", "incr", "lock", "queue", "startup", "memory", "idle", "driver")  # the groups of rows `--only` can pick
 PHASE_GAP = 0.03
 GO_DELAY = 0.02
 READY_TIMEOUT = 30.0
@@ -36,12 +41,13 @@ class Profile:
     keyspace: int = 1_000
     idle_connections: int = 1_000  # idle authenticated connections held in the idle-connections row
     idle_rounds: int = 2  # idle-free and held single-client measurements, alternated, per repeat
+    startup_runs: int = 20  # runs of each command per repeat in the startup rows (their median is the repeat's figure)
 
 
 PROFILES = {
     "full": Profile("full", 2.0, (1, 8), 10_000, 1_000_000),
     "quick": Profile("quick", 0.25, (1, 8), 10_000, 200_000),
-    "tiny": Profile("tiny", 0.05, (1, 2), 1_000, 20_000, idle_connections=50, idle_rounds=1),
+    "tiny": Profile("tiny", 0.05, (1, 2), 1_000, 20_000, idle_connections=50, idle_rounds=1, startup_runs=3),
 }
 
 
@@ -75,7 +81,7 @@ class WorkerSpec:
     seed: int = 0
     preload: bool = False
     output: str = ""  # the file the worker writes its results to (a pipe could fill and stall it mid-run)
-    counter_key: str = ""  # the key the incr workload increments (one per measurement, so it starts absent)
+    counter_key: str = ""  # the key the incr workload increments, the lock or queue name (one per measurement, so it starts absent)
 
 
 @dataclass
@@ -94,7 +100,10 @@ class Sample:
     server_cpu_us: float | None = None  # the server process's CPU time (user + system, all threads) per operation or key
     idle_connections: int | None = None  # the idle row: authenticated connections the server held during it
     idle_free_p50_us: float | None = None  # the idle row: the same single-client p50 without them
-    lost_updates: int | None = None  # the incr row: increments made minus the final count (0 when exact; not 0 is a FAIL)
+    lost_updates: int | None = None  # incr and lock rows: increments made minus the final count (0 when exact; not 0 is a FAIL)
+    handoff_share: float | None = None  # the lock row: the share of acquisitions that took the lock from another process
+    misdelivered: int | None = None  # the queue row: items not received exactly once (missing, duplicated or unknown; not 0 is a FAIL)
+    baseline_us: float | None = None  # the startup rows: the median wall time of `python -c pass` in the same repeat
 
     @property
     def key(self) -> tuple[str, str, str, int]:

@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import os
 import pickle
+import queue
 import selectors
 import socket
 import threading
 from collections.abc import Mapping
 from multiprocessing import AuthenticationError, connection
-from multiprocessing.managers import AcquirerProxy, DictProxy, SyncManager  # type: ignore[attr-defined]  # AcquirerProxy: not in typeshed
+from multiprocessing.managers import AcquirerProxy, AutoProxy, DictProxy, SyncManager  # type: ignore[attr-defined]  # not in typeshed
 from typing import Any, cast
 
 from kvmgr.config import HANDSHAKE_TIMEOUT, READ_SIZE, Address, address_family, format_address, parse_address
@@ -20,6 +21,8 @@ from kvmgr.protocol.wire import bound_blocking_calls, frame, message_bounds
 
 DICT_NAMES = ("point_dict", "bulk_dict")
 LOCK_NAME = "counter_lock"  # the one Lock every client of the incr row takes around its get+set
+NAMED_LOCK = "named_lock"  # named_lock(name): the lock row's Lock of that name, created on first use
+NAMED_QUEUE = "named_queue"  # named_queue(name): the queue row's Queue of that name, created on first use
 MAX_MESSAGE = 1 << 30
 
 
@@ -27,17 +30,20 @@ def stdlib_manager_class(shared: Mapping[str, Any] | None) -> type[SyncManager]:
     """A SyncManager with the benchmark's dicts and counter lock registered (served from `shared` on the server side)."""
 
     class BenchManager(SyncManager):
-        """SyncManager plus the benchmark's shared dicts and the lock of its incr row."""
+        """SyncManager plus the benchmark's shared dicts, the lock of its incr row and the named locks and queues."""
 
     for name, proxytype in [*((name, DictProxy) for name in DICT_NAMES), (LOCK_NAME, AcquirerProxy)]:
         source = None if shared is None else (lambda hosted=shared[name]: hosted)
         BenchManager.register(name, callable=source, proxytype=proxytype)
+    for name, proxytype, make in ((NAMED_LOCK, AcquirerProxy, threading.Lock), (NAMED_QUEUE, AutoProxy, queue.Queue)):
+        named = None if shared is None else (lambda key, hosted=shared[name], make=make: hosted.setdefault(key, make()))
+        BenchManager.register(name, callable=named, proxytype=proxytype)
     return BenchManager
 
 
 def serve_stdlib(address: str, authkey: bytes) -> int:
-    """Serve the benchmark dicts and counter lock from a stdlib SyncManager server until terminated."""
-    shared: dict[str, Any] = {**{name: {} for name in DICT_NAMES}, LOCK_NAME: threading.Lock()}
+    """Serve the benchmark dicts, counter lock and named locks and queues from a stdlib SyncManager server until terminated."""
+    shared: dict[str, Any] = {**{name: {} for name in (*DICT_NAMES, NAMED_LOCK, NAMED_QUEUE)}, LOCK_NAME: threading.Lock()}
     manager = stdlib_manager_class(shared)(address=parse_address(address), authkey=authkey)
     server = manager.get_server()
     print(f"ready {format_address(cast(Address, server.address))}", flush=True)

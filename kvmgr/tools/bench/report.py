@@ -6,7 +6,7 @@ import os
 import platform
 import shlex
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
@@ -15,13 +15,34 @@ from typing import Any
 import psutil
 from tabulate import tabulate
 
-from kvmgr.tools.bench.common import BULK_WORKLOADS, INCR_WORKLOAD, POINT_WORKLOADS, Profile, Sample
+from kvmgr.tools.bench.common import (
+    BULK_WORKLOADS,
+    HANDOFF_CLIENTS,
+    INCR_WORKLOAD,
+    LOCK_WORKLOAD,
+    POINT_WORKLOADS,
+    QUEUE_WORKLOAD,
+    STARTUP_WORKLOAD,
+    Profile,
+    Sample,
+)
 
 INCR_HOW = {  # what each system's incr row does per increment
     "kvmgr": "client.incr(k)",
     "multiprocessing-dict": "with lock: d[k] = d.get(k, 0) + 1",
     "redis": "INCR",
 }
+LOCK_HOW = {  # which lock each system's lock row hands off
+    "kvmgr": "client.lock(name, lease=30)",
+    "multiprocessing-dict": "Manager Lock()",
+    "redis": "redis-py Lock (polls every 0.1 s)",
+}
+QUEUE_HOW = {  # how each system's queue row puts and gets
+    "kvmgr": "client.queue(name).put/get",
+    "multiprocessing-dict": "Manager Queue put/get",
+    "redis": "RPUSH/BLPOP",
+}
+STARTUP_TARGET = 3.5  # issue 14: alice (and kvmgr --help) start in at most 3.5x the time of python -c pass
 
 
 def compute_ratios(results: Sequence[Sample], client_counts: Sequence[int]) -> dict[str, float]:
@@ -30,8 +51,8 @@ def compute_ratios(results: Sequence[Sample], client_counts: Sequence[int]) -> d
     ratios: dict[str, float] = {}
 
     def add(name: str, mine: tuple, theirs: tuple, attribute: str = "ops_per_s") -> None:
-        if mine not in found or theirs not in found or found[mine].lost_updates or found[theirs].lost_updates:
-            return  # a row that lost updates is a failure, not a figure to compare
+        if mine not in found or theirs not in found or failed(found[mine]) or failed(found[theirs]):
+            return  # a row that lost updates or misdelivered an item is a failure, not a figure to compare
         if getattr(found[theirs], attribute) and getattr(found[mine], attribute) is not None:
             ratios[name] = round(getattr(found[mine], attribute) / getattr(found[theirs], attribute), 3)
 
@@ -65,6 +86,10 @@ def compute_ratios(results: Sequence[Sample], client_counts: Sequence[int]) -> d
                 add(f"kvmgr/tcp incr x{clients} vs redis/tcp INCR", mine, ("redis", "tcp", INCR_WORKLOAD, clients))
         if most > 1:
             add(f"kvmgr/{transport} incr x{most} vs x1", ("kvmgr", transport, INCR_WORKLOAD, most), ("kvmgr", transport, INCR_WORKLOAD, 1))
+    add_handoff_ratios(add)
+    for command in ("alice --key=foo", "kvmgr --help"):
+        add(f"{command} start time vs python -c pass", (command, "tcp" if command.startswith("alice") else "none", STARTUP_WORKLOAD, 1),
+            ("python -c pass", "none", STARTUP_WORKLOAD, 1), "p50_us")
     memory = ("kvmgr", "unix", "memory", 1)
     for name, peer in (("python-dict", ("python-dict", "in-process", "memory", 1)),
                        ("multiprocessing-dict", ("multiprocessing-dict", "unix", "memory", 1)), ("redis", ("redis", "tcp", "memory", 1))):
@@ -77,6 +102,22 @@ def compute_ratios(results: Sequence[Sample], client_counts: Sequence[int]) -> d
     if driver is not None:
         ratios["driver p50 seconds"] = round(driver.p50_us / 1e6, 3)
     return ratios
+
+
+def add_handoff_ratios(add: Callable[..., None]) -> None:
+    """The lock and queue hand-off ratios: kvmgr ÷ each peer in hand-offs/s, and in p50 latency (>1: kvmgr's is longer)."""
+    for workload, how in ((LOCK_WORKLOAD, LOCK_HOW), (QUEUE_WORKLOAD, QUEUE_HOW)):
+        for transport in ("tcp", "unix"):
+            mine = ("kvmgr", transport, workload, HANDOFF_CLIENTS)
+            for system, theirs in [("multiprocessing-dict", transport), *([("redis", "tcp")] if transport == "tcp" else [])]:
+                name = f"kvmgr/{transport} {workload} hand-off vs {system}/{theirs} {how[system]}"
+                add(name, mine, (system, theirs, workload, HANDOFF_CLIENTS))
+                add(f"{name}, p50 latency", mine, (system, theirs, workload, HANDOFF_CLIENTS), "p50_us")
+
+
+def failed(sample: Sample) -> bool:
+    """Whether a row's own check failed (a count that is off, an item not received exactly once)."""
+    return bool(sample.lost_updates or sample.misdelivered)
 
 
 def results_table(results: Sequence[Sample], profile: Profile) -> str:
@@ -93,7 +134,9 @@ def results_table(results: Sequence[Sample], profile: Profile) -> str:
 
 def result_note(sample: Sample, profile: Profile) -> str:
     """How an incr row counts and whether its count was exact, the memory figures of a memory result, the idle
-    connections' cost, the seconds per run of the driver, else nothing."""
+    connections' cost, the seconds per run of the driver, what a lock, queue or startup row did, else nothing."""
+    if sample.workload in (LOCK_WORKLOAD, QUEUE_WORKLOAD, STARTUP_WORKLOAD):
+        return coordination_note(sample)
     if sample.lost_updates is not None:
         return f"{INCR_HOW.get(sample.system, 'incr')}; {incr_verdict(sample.lost_updates)}"
     if sample.idle_connections is not None and sample.idle_free_p50_us:
@@ -106,6 +149,24 @@ def result_note(sample: Sample, profile: Profile) -> str:
     if sample.workload == "driver":
         return f"{sample.p50_us / 1e6:.2f} s per run"
     return ""
+
+
+def coordination_note(sample: Sample) -> str:
+    """A lock row: its lock, the share of acquisitions that were hand-offs and its count; a queue row: whether every item
+    arrived once; a startup row: its time against python -c pass and the target."""
+    if sample.workload == LOCK_WORKLOAD:
+        share = f"hand-offs {sample.handoff_share:.0%} of acquisitions" if sample.handoff_share is not None else ""
+        lost = sample.lost_updates or 0
+        verdict = incr_verdict(lost).replace("increments", "increments under the lock").replace("final count", "count under the lock")
+        return f"{LOCK_HOW.get(sample.system, 'lock')}; {share}; {verdict}"
+    if sample.workload == QUEUE_WORKLOAD:
+        wrong = sample.misdelivered or 0
+        verdict = f"FAIL: {wrong:,} item(s) not received exactly once" if wrong else "every item received once"
+        return f"{QUEUE_HOW.get(sample.system, 'queue')}; {verdict}"
+    if not sample.baseline_us or sample.system == "python -c pass":
+        return "the baseline"
+    ratio = sample.p50_us / sample.baseline_us
+    return f"x{ratio:.2f} python -c pass (target <= {STARTUP_TARGET:g}x: {'met' if ratio <= STARTUP_TARGET else 'not met'})"
 
 
 def incr_verdict(lost_updates: int) -> str:

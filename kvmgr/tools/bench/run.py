@@ -4,6 +4,7 @@ rotated every repeat."""
 from __future__ import annotations
 
 import functools
+import statistics
 import subprocess
 import sys
 import time
@@ -18,12 +19,17 @@ from kvmgr.errors import KvmgrError
 from kvmgr.tools.bench.adapters import ADAPTERS
 from kvmgr.tools.bench.common import (
     BULK_WORKLOADS,
+    COORDINATION_KINDS,
     GO_DELAY,
+    HANDOFF_CLIENTS,
     INCR_KINDS,
     INCR_WORKLOAD,
+    LOCK_WORKLOAD,
     PHASE_GAP,
     POINT_WORKLOADS,
+    QUEUE_WORKLOAD,
     SECTIONS,
+    STARTUP_WORKLOAD,
     BenchError,
     Profile,
     Sample,
@@ -32,12 +38,15 @@ from kvmgr.tools.bench.common import (
     progress,
 )
 from kvmgr.tools.bench.launch import established_connections, last_line, run_clients, start_holders, start_peer_server
-from kvmgr.tools.bench.stats import combine, medians
-from kvmgr.tools.processes import ProcessGroup, child_environment, reap
+from kvmgr.tools.bench.stats import combine, medians, percentile
+from kvmgr.tools.processes import ProcessGroup, child_environment, python_module, reap
 
 FINISH_MARGIN = 60.0
 MEMORY_TIMEOUT = 600.0
 DRIVER_TIMEOUT = 120.0
+STARTUP_TIMEOUT = 60.0
+STARTUP_KEY, STARTUP_VALUE = "foo", "bar"  # what `alice --key=foo` reads in the startup row
+BASELINE = "python -c pass"  # the startup rows' baseline command
 RUN_DRIVER = Path(__file__).resolve().parents[3] / "run_driver.py"  # kvmgr/tools/bench/run.py -> the checkout
 
 
@@ -124,6 +133,60 @@ class Bench:
         increments = sum(per_client[0]["ops"] for per_client in outputs)
         return [replace(sample, lost_updates=increments - final_count(target, key))]
 
+    def lock(self, target: Target, name: str | None = None) -> list[Sample]:
+        """HANDOFF_CLIENTS processes taking a lock (by default a fresh one) in turns; lost_updates: acquisitions minus the
+        count kept under it."""
+        name = name or Path(self.scratch("lock")).name
+        spec = replace(self.spec(target.kind, [LOCK_WORKLOAD], preload=False), counter_key=name)
+        outputs, [sample] = self.run_spec(target, spec, HANDOFF_CLIENTS)
+        acquisitions = sum(per_client[0]["acquisitions"] for per_client in outputs)
+        handoffs = sum(per_client[0]["ops"] for per_client in outputs)
+        final = final_record_count(target, f"{name}:record")
+        return [replace(sample, lost_updates=acquisitions - final, handoff_share=handoffs / acquisitions)]
+
+    def queue(self, target: Target, name: str | None = None) -> list[Sample]:
+        """HANDOFF_CLIENTS processes passing numbered items through queues (by default fresh ones); misdelivered: items not
+        received exactly once."""
+        spec = replace(self.spec(target.kind, [QUEUE_WORKLOAD], preload=False), counter_key=name or Path(self.scratch("queue")).name)
+        outputs, [sample] = self.run_spec(target, spec, HANDOFF_CLIENTS)
+        sent = [number for per_client in outputs for number in per_client[0]["sent"]]
+        received = [number for per_client in outputs for number in per_client[0]["received"]]
+        return [replace(sample, misdelivered=misdelivered(sent, received))]
+
+    def startup(self, repeat: int) -> list[Sample]:
+        """Wall time of `alice --key=foo` (on the kvmgr/tcp server), `kvmgr --help` and `python -c pass`, runs interleaved."""
+        target = next(t for t in self.targets if (t.system, t.transport) == ("kvmgr", "tcp"))
+        adapter = ADAPTERS["kvmgr"](target.address, target.authkey.encode())
+        try:
+            adapter.client.store(STARTUP_KEY, STARTUP_VALUE)
+        finally:
+            adapter.close()
+        commands = startup_commands(target.address)
+        times: dict[str, list[float]] = {name: [] for name in commands}
+        for run in range(self.profile.startup_runs):
+            for name in rotated(list(commands), repeat + run):
+                times[name].append(self.wall_time(name, commands[name], target.environment()))
+        baseline = statistics.median(times[BASELINE])
+        return [startup_sample(name, "tcp" if name.startswith("alice") else "none", sorted(seconds), baseline)
+                for name, seconds in times.items()]
+
+    def wall_time(self, name: str, argv: list[str], env: dict[str, str]) -> float:
+        """Seconds from launching argv to its exit, which must be status 0 (alice must print the value stored)."""
+        started = time.perf_counter()
+        process = self.group.launch(argv, env)
+        try:
+            out, err = process.communicate(timeout=STARTUP_TIMEOUT)
+            seconds = time.perf_counter() - started
+        except subprocess.TimeoutExpired as exc:
+            raise BenchError(f"{name} did not finish within {STARTUP_TIMEOUT:g}s") from exc
+        finally:
+            reap(process)
+        if process.returncode != 0:
+            raise BenchError(f"{name} failed with exit status {process.returncode}: {last_line(err.decode(errors='replace'))}")
+        if name.startswith("alice") and STARTUP_VALUE not in out.decode(errors="replace"):
+            raise BenchError(f"{name} printed {last_line(out.decode(errors='replace'))!r}, not the value {STARTUP_VALUE!r}")
+        return seconds
+
     def idle(self) -> list[Sample]:
         """Single-client gets on a fresh kvmgr/tcp server, alternately without and with idle connections held; RSS growth."""
         server = self.group.start_server("127.0.0.1:0")
@@ -206,13 +269,50 @@ def final_count(target: Target, key: str) -> int:
     return count
 
 
+def final_record_count(target: Target, key: str) -> int:
+    """The count in the lock row's record, read once every client has exited."""
+    adapter = ADAPTERS[target.kind](target.address, target.authkey.encode())
+    try:
+        record = adapter.read_record(key)
+    finally:
+        adapter.close()
+    if not isinstance(record, list | tuple) or len(record) != 3 or type(record[0]) is not int:
+        raise BenchError(f"the lock record {key!r} on {target.system}/{target.transport} holds {record!r}, not (count, holder, stamp)")
+    return record[0]
+
+
+def misdelivered(sent: Sequence[int], received: Sequence[int]) -> int:
+    """How many items were not received exactly once: sent but never received, received again, received but never sent."""
+    once = set(received)
+    return len(set(sent) - once) + (len(received) - len(once)) + len(once - set(sent)) + (len(sent) - len(set(sent)))
+
+
+def startup_commands(address: str) -> dict[str, list[str]]:
+    """The startup rows' commands: the console scripts next to this Python when installed, else their modules."""
+    scripts = Path(sys.executable).parent
+    alice = [str(scripts / "alice")] if (scripts / "alice").exists() else python_module("kvmgr.tools.actor", "--name", "alice")
+    kvmgr = [str(scripts / "kvmgr")] if (scripts / "kvmgr").exists() else python_module("kvmgr")
+    return {f"alice --key={STARTUP_KEY}": [*alice, f"--key={STARTUP_KEY}", "--address", address],
+            "kvmgr --help": [*kvmgr, "--help"], BASELINE: [sys.executable, "-c", "pass"]}
+
+
+def startup_sample(name: str, transport: str, seconds: Sequence[float], baseline: float) -> Sample:
+    """One command's startup row: runs/s from the median wall time, which is also the p50 (and p99: nearest rank)."""
+    p50, p99 = statistics.median(seconds), percentile(seconds, 99)
+    return Sample(name, transport, STARTUP_WORKLOAD, 1, 1 / p50, p50 * 1e6, p99 * 1e6, "runs/s", baseline_us=baseline * 1e6)
+
+
 def count_failure(sample: Sample) -> str | None:
-    """Why an incr measurement failed (its final count is not the number of increments made), None if it did not."""
+    """Why an incr, lock or queue measurement failed (a count that is off, an item not received exactly once), None if not."""
+    where = f"{sample.system}/{sample.transport}"
+    if sample.misdelivered:
+        return f"{where} delivered {sample.misdelivered:,} queue item(s) not exactly once"
     if not sample.lost_updates:
         return None
+    what = "increments under the lock" if sample.workload == LOCK_WORKLOAD else "increments"
     if sample.lost_updates > 0:
-        return f"{sample.system}/{sample.transport} lost {sample.lost_updates:,} of its increments"
-    return f"{sample.system}/{sample.transport} counted {-sample.lost_updates:,} more than the increments made"
+        return f"{where} lost {sample.lost_updates:,} of its {what}"
+    return f"{where} counted {-sample.lost_updates:,} more than the {what} made"
 
 
 def rotated(items: Sequence[Any], shift: int) -> list[Any]:
@@ -236,6 +336,14 @@ def repeat_jobs(bench: Bench, repeat: int) -> list[tuple[str, Callable[[], list[
     for clients in bench.profile.client_counts if "incr" in sections else ():
         for target in rotated([t for t in bench.targets if t.kind in INCR_KINDS], repeat):
             jobs.append((f"{target.system}/{target.transport} incr x{clients}", functools.partial(bench.incr, target, clients)))
+    coordination = [t for t in bench.targets if t.kind in COORDINATION_KINDS]
+    for target in rotated(coordination, repeat) if "lock" in sections else ():
+        jobs.append((f"{target.system}/{target.transport} lock hand-off x{HANDOFF_CLIENTS}", functools.partial(bench.lock, target)))
+    for target in rotated(coordination, repeat) if "queue" in sections else ():
+        jobs.append((f"{target.system}/{target.transport} queue hand-off x{HANDOFF_CLIENTS}", functools.partial(bench.queue, target)))
+    if "startup" in sections:
+        runs = bench.profile.startup_runs
+        jobs.append((f"startup: alice, kvmgr --help, {BASELINE}, {runs} runs each", functools.partial(bench.startup, repeat)))
     memory_systems = ["kvmgr", "multiprocessing-dict", "python-dict"] + (["redis"] if bench.redis_module else [])
     for system in rotated(memory_systems, repeat) if "memory" in sections else ():
         jobs.append((f"{system} memory ({bench.profile.memory_keys:,} keys)", functools.partial(bench.memory, system)))
@@ -246,6 +354,13 @@ def repeat_jobs(bench: Bench, repeat: int) -> list[tuple[str, Callable[[], list[
     if "driver" in sections and RUN_DRIVER.exists():
         jobs.append(("kvmgr driver (python run_driver.py)", bench.driver))
     return jobs
+
+
+def progress_figure(sample: Sample) -> str:
+    """One measurement in a progress line: its workload and rate, or for a startup row its command and median time."""
+    if sample.workload == STARTUP_WORKLOAD:
+        return f"{sample.system} {sample.p50_us / 1e3:,.0f} ms"
+    return f"{sample.workload} {sample.ops_per_s:,.0f} {sample.unit}"
 
 
 def run_repeats(bench: Bench, repeats: int) -> tuple[list[Sample], int]:
@@ -262,7 +377,7 @@ def run_repeats(bench: Bench, repeats: int) -> tuple[list[Sample], int]:
                 progress(f"repeat {repeat + 1}/{repeats}: {label}: FAILED: {exc}")
                 continue
             samples += measured
-            figures = ", ".join(f"{s.workload} {s.ops_per_s:,.0f} {s.unit}" for s in measured)
+            figures = ", ".join(progress_figure(s) for s in measured)
             progress(f"repeat {repeat + 1}/{repeats}: {label}: {figures} ({time.monotonic() - began:.1f}s)")
             for failure in filter(None, map(count_failure, measured)):
                 failures += 1

@@ -6,7 +6,7 @@ import statistics
 from collections.abc import Sequence
 from dataclasses import replace
 
-from kvmgr.tools.bench.common import BULK_WORKLOADS, INCR_WORKLOAD, POINT_WORKLOADS, Sample
+from kvmgr.tools.bench.common import BULK_WORKLOADS, INCR_WORKLOAD, LOCK_WORKLOAD, POINT_WORKLOADS, QUEUE_WORKLOAD, STARTUP_WORKLOAD, Sample
 
 
 def combine(system: str, transport: str, workload: str, outputs: list[list[dict]], index: int) -> Sample:
@@ -29,6 +29,10 @@ def unit_of(system: str, workload: str) -> str:
     """The unit of a rate."""
     if workload in BULK_WORKLOADS or workload == "memory":
         return "keys/s"
+    if workload == LOCK_WORKLOAD:
+        return "hand-offs/s"
+    if workload == QUEUE_WORKLOAD:
+        return "items/s"
     return "cmds/s" if system.endswith("-pipelined") else "ops/s"
 
 
@@ -51,6 +55,9 @@ def medians(samples: Sequence[Sample]) -> list[Sample]:
             idle_connections=min(connections) if connections else None,
             idle_free_p50_us=median_of([s.idle_free_p50_us for s in group]),
             lost_updates=worst_of([s.lost_updates for s in group]),
+            handoff_share=median_of([s.handoff_share for s in group]),
+            misdelivered=worst_of([s.misdelivered for s in group]),
+            baseline_us=median_of([s.baseline_us for s in group]),
         ))
     return sorted(merged, key=lambda s: (workload_order(s.workload), s.clients, s.system, s.transport))
 
@@ -69,5 +76,5 @@ def worst_of(counts: Sequence[int | None]) -> int | None:
 
 def workload_order(workload: str) -> int:
     """Position of a workload in the tables."""
-    order = [*POINT_WORKLOADS, *BULK_WORKLOADS, INCR_WORKLOAD, "memory", "idle", "driver"]
+    order = [*POINT_WORKLOADS, *BULK_WORKLOADS, INCR_WORKLOAD, LOCK_WORKLOAD, QUEUE_WORKLOAD, STARTUP_WORKLOAD, "memory", "idle", "driver"]
     return order.index(workload) if workload in order else len(order)

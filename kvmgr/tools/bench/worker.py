@@ -16,11 +16,24 @@ import psutil
 
 from kvmgr.config import AUTHKEY_ENV
 from kvmgr.tools.bench.adapters import ADAPTERS, RedisPipelineAdapter
-from kvmgr.tools.bench.common import ADDRESS_ENV, INCR_WORKLOAD, PHASE_GAP, READY_TIMEOUT, BenchError, WorkerSpec
+from kvmgr.tools.bench.common import (
+    ADDRESS_ENV,
+    HANDOFF_CLIENTS,
+    INCR_WORKLOAD,
+    LOCK_WORKLOAD,
+    PHASE_GAP,
+    QUEUE_WORKLOAD,
+    READY_TIMEOUT,
+    BenchError,
+    WorkerSpec,
+)
 
 MEMORY_BATCH = 10_000
 VALUE = b"v" * 100
 MAX_SAMPLES = 5_000
+NO_HOLDER = -1  # the lock row's record before anyone held the lock
+STOP = -1  # the queue row's last item: its receiver stops
+HANDOFF_TIMEOUT = 20.0  # the longest a queue get waits for the other process (below the clients' 30 s socket timeouts)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -54,16 +67,28 @@ def run_worker(spec: WorkerSpec) -> int:
     adapter = ADAPTERS[spec.kind](os.environ.get(ADDRESS_ENV, ""), os.environ.get(AUTHKEY_ENV, "").encode())
     if spec.preload:
         preload(adapter, spec)
+    prepare_handoffs(adapter, spec)
     print("ready", flush=True)
     start_at = wait_for_go(Path(spec.go_file))
     rng = random.Random(spec.seed)
     with open(spec.output, "w", encoding="utf-8") as results:
         for index, workload in enumerate(spec.workloads):
             begin = start_at + index * (spec.duration + PHASE_GAP)
-            outcome = run_memory_load(adapter, spec) if workload == "memory" else run_phase(adapter, workload, spec, rng, begin)
+            outcome = run_workload(adapter, workload, spec, rng, begin)
             results.write(json.dumps({"workload": workload, **outcome}) + "\n")
     adapter.close()
     return 0
+
+
+def run_workload(adapter: Any, workload: str, spec: WorkerSpec, rng: random.Random, begin: float) -> dict[str, Any]:
+    """Run one workload's phase (or the memory load) and return what it measured."""
+    if workload == "memory":
+        return run_memory_load(adapter, spec)
+    if workload == LOCK_WORKLOAD:
+        return run_lock_phase(adapter, spec, begin)
+    if workload == QUEUE_WORKLOAD:
+        return run_queue_phase(adapter, spec, begin)
+    return run_phase(adapter, workload, spec, rng, begin)
 
 
 def run_holder(count: int) -> int:
@@ -83,6 +108,22 @@ def preload(adapter: Any, spec: WorkerSpec) -> None:
     """Give every point and bulk key a value so reads find them."""
     adapter.load(dict.fromkeys(point_keys(spec.keyspace), VALUE))
     adapter.load(dict.fromkeys(bulk_keys(spec.bulk_keys), VALUE), bulk=True)
+
+
+def queue_names(spec: WorkerSpec) -> tuple[str, str]:
+    """The queue row's inbox of this client and the inbox of the next one, which is its outbox."""
+    if spec.seed >= HANDOFF_CLIENTS:
+        raise BenchError(f"the queue row runs {HANDOFF_CLIENTS} clients, not more")
+    return f"{spec.counter_key}:to{spec.seed}", f"{spec.counter_key}:to{(spec.seed + 1) % HANDOFF_CLIENTS}"
+
+
+def prepare_handoffs(adapter: Any, spec: WorkerSpec) -> None:
+    """Connect (and make the stdlib's proxies) for the lock and queue rows before saying ready: no hand-off pays for it."""
+    if LOCK_WORKLOAD in spec.workloads:
+        adapter.lock(spec.counter_key)
+        adapter.read_record(f"{spec.counter_key}:record")
+    if QUEUE_WORKLOAD in spec.workloads:
+        adapter.prepare(queue_names(spec))
 
 
 def wait_for_go(go_file: Path) -> float:
@@ -140,6 +181,73 @@ def run_phase(adapter: Any, workload: str, spec: WorkerSpec, rng: random.Random,
         if now >= stop:
             break
     return phase_outcome(len(latencies) * ops_per_call, now - started, latencies)
+
+
+def phase_clock(spec: WorkerSpec, begin: float) -> tuple[float, float]:
+    """Wait for `begin` (wall clock); the monotonic time the phase starts and the one it stops at."""
+    time.sleep(max(0.0, begin - time.time()))
+    started = time.monotonic()
+    return started, started + spec.duration - max(0.0, time.time() - begin)
+
+
+def run_lock_phase(adapter: Any, spec: WorkerSpec, begin: float) -> dict[str, Any]:
+    """Take the lock spec.counter_key in turns with the other clients until spec.duration has passed (at least once).
+
+    Under the lock each holder reads a record (count, holder, stamp) and stores it back with count + 1 (a get and a
+    store: lost increments would show a broken lock). An acquisition whose record names another holder is a hand-off;
+    its latency runs from that holder's turn ending (its stamp, taken before its store and release) or, if later,
+    from this process starting to wait, to acquire() returning. time.monotonic is one clock for every process here.
+    """
+    lock = adapter.lock(spec.counter_key)
+    record_key, me = f"{spec.counter_key}:record", spec.seed
+    started, stop = phase_clock(spec, begin)
+    acquisitions, latencies = 0, []
+    while True:
+        waiting_from = time.monotonic()
+        lock.acquire()
+        acquired = time.monotonic()
+        count, holder, stamp = adapter.read_record(record_key) or (0, NO_HOLDER, 0.0)
+        if holder not in (me, NO_HOLDER):
+            latencies.append(acquired - max(waiting_from, stamp))
+        acquisitions += 1
+        adapter.write_record(record_key, [count + 1, me, stamp if holder == me else time.monotonic()])
+        lock.release()
+        if acquired >= stop:
+            break
+    outcome = phase_outcome(len(latencies), time.monotonic() - started, latencies)
+    return {**outcome, "acquisitions": acquisitions}
+
+
+def run_queue_phase(adapter: Any, spec: WorkerSpec, begin: float) -> dict[str, Any]:
+    """Pass numbered items back and forth with the other client through two queues, one item in flight, until
+    spec.duration has passed; the first client puts item 0, whoever receives an item after that puts STOP instead.
+
+    Each item is (number, stamp): its latency runs from just before its put to the return of its get in the other
+    process. The numbers sent and received let the benchmark check that every item arrived exactly once.
+    """
+    me = spec.seed
+    inbox, outbox = queue_names(spec)
+    started, stop = phase_clock(spec, begin)
+    sent: list[int] = []
+    received: list[int] = []
+    latencies: list[float] = []
+    if me == 0:
+        adapter.put(outbox, [0, time.monotonic()])
+        sent.append(0)
+    while True:
+        number, stamp = adapter.take(inbox, HANDOFF_TIMEOUT)
+        arrived = time.monotonic()
+        if number == STOP:
+            break
+        received.append(number)
+        latencies.append(arrived - stamp)
+        following = STOP if arrived >= stop else number + 1
+        adapter.put(outbox, [following, time.monotonic()])
+        if following == STOP:
+            break
+        sent.append(following)
+    outcome = phase_outcome(len(received), time.monotonic() - started, latencies)
+    return {**outcome, "sent": sent, "received": received}
 
 
 def run_memory_load(adapter: Any, spec: WorkerSpec) -> dict[str, Any]:
