@@ -40,11 +40,19 @@ def processes_of_this_session() -> list[psutil.Process]:
     return found
 
 
+def running(process: psutil.Process) -> bool:
+    """True if the process still runs (a zombie, or one gone meanwhile, does not)."""
+    try:
+        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+    except (psutil.NoSuchProcess, psutil.ZombieProcess):
+        return False
+
+
 @pytest.fixture(scope="session", autouse=True)
 def no_orphans() -> Iterator[None]:
     """Fail the session if any process we started is still running at its end."""
     yield
-    leftovers = [p for p in processes_of_this_session() if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    leftovers = [p for p in processes_of_this_session() if running(p)]
     for process in leftovers:
         process.kill()
     assert not leftovers, f"processes left behind: {[' '.join(p.cmdline()) for p in leftovers]}"
