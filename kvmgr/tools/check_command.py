@@ -46,17 +46,26 @@ def _result_json(path: Path, result: CheckResult | None, error: str = "") -> dic
 
 
 def _check_one(path: Path, args: argparse.Namespace, label: str) -> CheckResult:
-    """Read and check one file, with progress on stderr (HistoryError if unreadable or malformed)."""
+    """Read and check one file, with progress on stderr, and write its page if --html (HistoryError if unreadable or
+    malformed, or if the page cannot be written)."""
 
     def show(progress: CheckProgress) -> None:
         print(label + progress.line(), file=sys.stderr, flush=True)
 
     ops = READERS[args.format](path)
-    return check_operations(ops, args.initial or DEFAULT_INITIAL[args.format], args.timeout, show)
+    result = check_operations(ops, args.initial or DEFAULT_INITIAL[args.format], args.timeout, show, orders=args.html is not None)
+    if args.html is not None:
+        from kvmgr.verify.html import write_history_page  # only for --html: the CLI starts without it
+
+        write_history_page(args.html, ops, result, title=f"kvmgr check {path}")
+        print(f"kvmgr check: wrote {args.html}", file=sys.stderr, flush=True)
+    return result
 
 
 def command_check(args: argparse.Namespace) -> int:
     """Check each history file in turn; report each; exit with the most severe status."""
+    if args.html is not None and len(args.histories) > 1:
+        args.parser.error(f"--html writes the page of one history (got {len(args.histories)} files)")
     statuses, reports = [], []
     for path in args.histories:
         label = f"{path}: " if len(args.histories) > 1 else ""
@@ -101,4 +110,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="give up on a file after this long and answer unknown for it (default: no limit)",
     )
     parser.add_argument("--json", action="store_true", help="print one JSON list, an object per file, instead of the verdicts")
-    parser.set_defaults(handler=command_check)
+    parser.add_argument(
+        "--html", type=Path, metavar="PAGE.html",
+        help="also write the history as one self-contained HTML page: a lane per client, the order found and each "
+        "operation's linearization point, or for a failure the longest prefix ordered and the operations that cannot be "
+        "placed (one history file only)",
+    )
+    parser.set_defaults(handler=command_check, parser=parser)

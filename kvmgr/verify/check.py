@@ -35,7 +35,7 @@ from kvmgr.verify.register import (
 from kvmgr.verify.search import PROGRESS_EVERY, SEEN_LIMIT, CheckProgress, Deepest, Progress, Search
 
 __all__ = [
-    "ABSENT", "CHECK_TIMEOUT", "INITIAL_STATES", "PROGRESS_EVERY", "SEEN_LIMIT", "CheckProgress", "CheckResult", "Progress",
+    "ABSENT", "CHECK_TIMEOUT", "INITIAL_STATES", "PROGRESS_EVERY", "SEEN_LIMIT", "CheckProgress", "CheckResult", "KeyOrder", "Progress",
     "Unknown", "check_file", "check_operations", "describe", "describe_operation", "partition_by_key", "skipped_keys", "step",
 ]
 
@@ -57,6 +57,9 @@ class CheckResult:
     detail: str = ""
     skipped_keys: dict[str, str] = field(default_factory=dict)
     """Keys left out of the check (expiry is outside the model), each with why, in sorted order."""
+    orders: dict[str, KeyOrder] = field(default_factory=dict)
+    """Only when check_operations is given orders=True: each key checked, in order, with the order the search found
+    (for the last key of a failure or a time-out, the longest prefix it could order)."""
 
     @property
     def verdict(self) -> str:
@@ -78,6 +81,36 @@ class CheckResult:
         more = len(self.skipped_keys) - SHOWN_SKIPPED
         count = len(self.skipped_keys)
         return f"{count} key{'s' if count > 1 else ''} left out of the check ({shown}{f'; and {more} more' if more > 0 else ''})"
+
+
+@dataclass(frozen=True, kw_only=True)
+class KeyOrder:
+    """One key's linearization as the search found it: the operations placed, in order, each with the key's state after
+    it (plain values: ABSENT, an Unknown, or a value); `complete` says whether every completed operation was placed
+    (else this is the longest prefix ordered). Unknown-outcome operations appear only where they took effect, failed
+    ones never; `unplaced`: for a failure, the operations none of which could come next (CheckResult.unplaced)."""
+
+    key: str
+    initial: object
+    order: tuple[Operation, ...]
+    states: tuple[object, ...]
+    complete: bool
+    unplaced: tuple[Operation, ...] = ()
+
+
+def _key_order(search: KeySearch, complete: bool, unplaced: list[Operation] | None = None) -> KeyOrder:
+    """The order a key's search reached (the deepest point), its states replayed on the recorded operations."""
+    deepest = search.deepest()
+    order = tuple(op for op, _ in deepest.order)
+    state: object = deepest.initial if isinstance(deepest.initial, Unknown) else plain_state(deepest.initial)
+    states: list[object] = []
+    for op in order:
+        state = step(state, op)[1]
+        states.append(state)
+    return KeyOrder(
+        key=search.part.name, initial=deepest.initial, order=order, states=tuple(states), complete=complete,
+        unplaced=tuple(unplaced or ()),
+    )
 
 
 SHOWN_SKIPPED = 5
@@ -184,34 +217,41 @@ def _timed_out(search: KeySearch, checked: int, total: int, budget: _search.Budg
 
 
 def check_operations(
-    ops: list[Operation], initial: str = "unknown", timeout: float | None = None, progress: Progress | None = None
+    ops: list[Operation], initial: str = "unknown", timeout: float | None = None, progress: Progress | None = None,
+    *, orders: bool = False,
 ) -> CheckResult:
     """Check a whole history, key by key in sorted order; stop at the first bad key.
 
     `initial`: "empty" (every key starts absent) or "unknown" (absent or any value). After
     `timeout` seconds the verdict is unknown (linearizable None). `progress` is called
     every PROGRESS_EVERY seconds of a long check. Keys the model leaves out (skipped_keys) are
-    not checked: CheckResult.skipped_keys names them. Raises HistoryError for a bad `initial`.
+    not checked: CheckResult.skipped_keys names them. `orders`: also keep each key's order
+    (CheckResult.orders). Raises HistoryError for a bad `initial`.
     """
     model = KeyRegister(initial)
     skipped = skipped_keys(ops, initial)
     checked = [op for op in ops if op.key not in skipped] if skipped else ops
-    outcome = _search.check(model, checked, timeout, progress)
+    found: dict[str, KeyOrder] = {}
+    solved = (lambda search: found.__setitem__(search.part.name, _key_order(search, True))) if orders else None
+    outcome = _search.check(model, checked, timeout, progress, solved)
     if outcome.search is None:
         result = CheckResult(True, None, [], outcome.parts, len(ops))
     elif outcome.verdict == "unknown":
         result = _timed_out(outcome.search, outcome.parts, len(ops), outcome.budget)
     else:
         result = _failure(outcome.search, outcome.parts, len(ops))
-    result.skipped_keys = skipped
+    if orders and outcome.search is not None:
+        found[outcome.search.part.name] = _key_order(outcome.search, False, result.unplaced)
+    result.skipped_keys, result.orders = skipped, found
     return result
 
 
 def check_file(
-    path: str | os.PathLike[str], initial: str = "unknown", timeout: float | None = None, progress: Progress | None = None
+    path: str | os.PathLike[str], initial: str = "unknown", timeout: float | None = None, progress: Progress | None = None,
+    *, orders: bool = False,
 ) -> CheckResult:
     """Read, validate and check a JSON-lines history file (HistoryError if malformed); see check_operations."""
-    return check_operations(read_history(path), initial, timeout, progress)
+    return check_operations(read_history(path), initial, timeout, progress, orders=orders)
 
 
 def _show_state(state: State) -> str:

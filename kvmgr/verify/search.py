@@ -418,21 +418,31 @@ class Outcome(Generic[S, O]):
     budget: Budget
 
 
+Solved = Callable[[Search[S, O]], None]
+"""Called with each part's search that found a linearization (its deepest() is then the whole order)."""
+
+
 def check(
-    model: Model[S, O], ops: Sequence[O], timeout: float | None = None, progress: Progress | None = None
+    model: Model[S, O], ops: Sequence[O], timeout: float | None = None, progress: Progress | None = None,
+    solved: Solved[S, O] | None = None,
 ) -> Outcome[S, O]:
-    """Check a history part by part in the model's order; stop at the first illegal part, or at `timeout` seconds."""
+    """Check a history part by part in the model's order; stop at the first illegal part, or at `timeout` seconds.
+
+    `solved`, if given, is called with the search of each part found linearizable (to read its order).
+    """
     parts = model.partition(ops)
     budget = Budget(timeout, progress, len(parts))
     for checked, part in enumerate(parts, start=1):
         budget.keys_done, budget.key = checked - 1, part.name
-        outcome = _check_part(model, part, budget, checked)
+        outcome = _check_part(model, part, budget, checked, solved)
         if outcome is not None:
             return outcome
     return Outcome("ok", len(parts), None, budget)
 
 
-def _check_part(model: Model[S, O], part: Part[O], budget: Budget, checked: int) -> Outcome[S, O] | None:
+def _check_part(
+    model: Model[S, O], part: Part[O], budget: Budget, checked: int, solved: Solved[S, O] | None
+) -> Outcome[S, O] | None:
     """Search one part from each of the model's first states in turn; None if one works."""
     search: Search[S, O] | None = None
     for start in model.init():
@@ -440,6 +450,8 @@ def _check_part(model: Model[S, O], part: Part[O], budget: Budget, checked: int)
         try:
             budget.check(0, 0, len(part.done))
             if search.run():
+                if solved is not None:
+                    solved(search)
                 return None
         except OutOfTime:
             return Outcome("unknown", checked, search, budget)
