@@ -329,3 +329,16 @@ def wait_for_shutdown(backend: Backend, call: str, errors: Any) -> None:
             errors.put(str(exc))
         else:
             errors.put("no error")
+
+
+def test_a_blocking_call_ends_at_its_own_timeout_not_at_the_servers_next_wake(client: Operations) -> None:
+    """The loop runs its timers before it releases settled replies: a timed-out call is answered in that same turn."""
+    holder = client.lock("busy", lease=60)
+    holder.acquire()  # held throughout, so that the lock call waits
+    for call in (lambda: client.queue("none").get(timeout=0.3), lambda: client.wait("k", client.get_versioned("k")[1], timeout=0.3),
+                 lambda: client.lock("busy").acquire(timeout=0.3)):
+        started = time.monotonic()
+        with pytest.raises((QueueEmpty, WaitTimeout, LockTimeout)):
+            call()
+        assert time.monotonic() - started < 0.9, "answered a turn of the loop (up to 1 s) after its timeout"
+    holder.release()

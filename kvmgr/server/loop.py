@@ -195,10 +195,10 @@ class EventLoop:
                 self._drain_wake()
             elif fd == self.listener.fileno():
                 self._accept()
+        if timers and timers[0][0] <= time.monotonic():
+            self._run_timers()  # before releasing replies: a timer may settle one (a call's timeout, a lease that ends)
         if self._ready:
             self._run_ready()
-        if timers and timers[0][0] <= time.monotonic():
-            self._run_timers()
 
     def _wake(self) -> None:
         with contextlib.suppress(OSError):
