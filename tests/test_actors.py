@@ -185,3 +185,91 @@ def test_session_steps_carry_any_value_in_json_form(server: ServerProcess) -> No
     outcomes = [json.loads(line) for line in result.stdout.splitlines()]
     assert [o.get("result") for o in outcomes[:4]] == ["saved", {"$tuple": [1, {"$bytes": "ff"}, [True, 2.5]]}, 4, 5.0]
     assert outcomes[4]["error"] == "ConfigError" and "unknown tag '$nope'" in outcomes[4]["message"]
+
+
+def test_lock_from_the_command_line_ends_with_its_process(actor_target: tuple[str, dict[str, str]]) -> None:
+    """A one-shot --op lock exits at once: kvmgr's server frees the lock then; on Redis it lasts its lease (or --token unlock)."""
+    out, err, status = actor(actor_target, "--op", "lock", "--lock", "printer", "--lease", "60")
+    first = re.fullmatch(r"Acquired lock:printer token:(\d+)\n", out)
+    assert first is not None and (err, status) == ("", 0), (out, err)
+    again = actor(actor_target, "--op", "lock", "--lock", "printer", "--timeout", "0.3", "--lease", "1")
+    if actor_target[0].startswith("redis://"):
+        assert again == ("Not acquired lock:printer within 0.3s\n", "", 1), "on Redis the lock outlives its process"
+        assert actor(actor_target, "--op", "unlock", "--lock", "printer", "--token", first[1]) == ("Released lock:printer\n", "", 0)
+    else:
+        assert re.fullmatch(r"Acquired lock:printer token:(\d+)\n", again[0]) and again[2] == 0, "freed when alice exited"
+        assert int(again[0].split(":")[-1]) > int(first[1]), "fencing tokens grow"
+    out, _, status = actor(actor_target, "--op", "unlock", "--lock", "printer", "--token", first[1])
+    assert status == 1 and out.startswith("Not held lock:printer (") and out.count("\n") == 1, "nothing of someone else's is freed"
+
+
+def test_wait_and_queues_from_the_command_line(actor_target: tuple[str, dict[str, str]]) -> None:
+    assert actor(actor_target, "--op", "wait", "--key", "cfg", "--after", "current", "--timeout", "0.2") == (
+        "No change to key:cfg after version 0 within 0.2s\n", "", 1)
+    actor(actor_target, "--key", "cfg", "--value", "v1")
+    out, _, status = actor(actor_target, "--op", "wait", "--key", "cfg", "--after", "0")
+    assert re.fullmatch(r"Changed key:cfg to 'v1' \(version [1-9]\d*\)\n", out) and status == 0, out
+    assert actor(actor_target, "--op", "qput", "--queue", "jobs", "--value", "job-1") == ("Put on queue:jobs (length 1)\n", "", 0)
+    assert actor(actor_target, "--op", "qput", "--queue", "jobs", "--value", "job-2") == ("Put on queue:jobs (length 2)\n", "", 0)
+    assert actor(actor_target, "--op", "qput", "--queue", "jobs", "--value", "job-3") == ("Put on queue:jobs (length 3)\n", "", 0)
+    assert actor(actor_target, "--op", "qget", "--queue", "jobs") == ("Got from queue:jobs value:'job-1'\n", "", 0)
+    assert actor(actor_target, "--op", "qget", "--queue", "jobs", "--until-empty", "--timeout", "0.2") == (
+        "Got 2 items from queue:jobs: 'job-2', 'job-3'\n", "", 0)
+    empty = ("Queue empty:jobs (no item within 0.2s)\n", "", 1)
+    assert actor(actor_target, "--op", "qget", "--queue", "jobs", "--timeout", "0.2") == empty
+    assert actor(actor_target, "--op", "qget", "--queue", "jobs", "--timeout", "0.2", "--until-empty") == empty
+    report = json.loads(actor(actor_target, "--op", "wait", "--key", "cfg", "--after", "0", "--json")[0])
+    assert (report["result"], report["after"], report["status"]) == ("v1", 0, "ok") and report["version"] > 0
+
+
+@pytest.mark.parametrize(("args", "problem"), [
+    (["--op", "lock"], "alice: error: lock needs --lock\n"),
+    (["--op", "lock", "--key", "k", "--lock", "l"], "alice: error: --key does not apply to lock (it has a name: --lock)\n"),
+    (["--op", "qget", "--queue", "q", "--value", "v"], "alice: error: --value does not apply to qget (it has a name: --queue)\n"),
+    (["--op", "unlock", "--lock", "l"], "alice: error: unlock needs --token N: a one-shot process holds no lock"),
+    (["--op", "get", "--key", "k", "--lock", "l"], "alice: error: --lock does not apply to get (only to lock, unlock)\n"),
+    (["--op", "qget", "--key", "k", "--queue", "q", "--lease", "2"], "alice: error: --lease does not apply to qget (only to lock)\n"),
+    (["--op", "qput", "--queue", "q"], "alice: error: qput needs --value\n"),
+    (["--op", "wait", "--key", "k"], "alice: error: wait needs --after\n"),
+    (["--op", "store", "--key", "k", "--value", "v", "--until-empty"], "alice: error: --until_empty does not apply to store"),
+    (["--op", "lock", "--lock", "l", "--repeat", "2"], "alice: error: --repeat does not apply to lock\n"),
+])
+def test_misused_coordination_flags_are_usage_errors(server: ServerProcess, args: list[str], problem: str) -> None:
+    result = run_actor(server, *args)
+    assert (result.stdout, result.returncode) == ("", 2), result.stderr
+    assert result.stderr.startswith(problem) and result.stderr.count("\n") == 1, result.stderr
+
+
+@pytest.mark.parametrize("args", [["--after", "later"], ["--after", "-1"], ["--token", "x"], ["--lease", "0"]])
+def test_bad_coordination_numbers_are_refused_before_connecting(args: list[str]) -> None:
+    result = subprocess.run(python_module("kvmgr.tools.actor", "--name", "alice", "--address", "127.0.0.1:1", "--op", "wait",
+                                          "--key", "k", *args), capture_output=True, text=True, timeout=30)
+    assert result.returncode == 2 and f"argument {args[0]}: expected" in result.stderr
+
+
+def test_a_session_holds_its_lock_from_the_lock_step_to_the_unlock_step(actor_target: tuple[str, dict[str, str]]) -> None:
+    address, env = actor_target
+    session = subprocess.Popen(python_module("kvmgr.tools.actor", "--name", "alice", "--address", address, "--session"),
+                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, text=True)
+    try:
+        def step(request: dict) -> dict:
+            assert session.stdin is not None and session.stdout is not None
+            session.stdin.write(json.dumps(request) + "\n")
+            session.stdin.flush()
+            return json.loads(session.stdout.readline())
+
+        assert step({"op": "lock", "lock": "L", "lease": 60})["status"] == "ok"
+        assert step({"op": "store", "key": "k", "value": "v"})["result"] == "saved"
+        assert actor(actor_target, "--op", "lock", "--lock", "L", "--timeout", "0.2")[2] == 1, "alice still holds L"
+        again = step({"op": "lock", "lock": "L"})
+        assert again["error"] == "ConfigError" and "already holds lock 'L'" in again["message"]
+        assert step({"op": "unlock", "lock": "L"})["result"] is True
+        assert step({"op": "unlock", "lock": "L"})["error"] == "LockLost"
+        assert step({"op": "lock", "lock": "L", "lease": 60})["status"] == "ok"
+        session.stdin.close()  # the end of its input: it releases what it holds and exits
+        assert session.wait(timeout=10) == 0
+    finally:
+        session.kill()
+        session.wait()
+    out, _, status = actor(actor_target, "--op", "lock", "--lock", "L", "--timeout", "0.2")
+    assert status == 0 and out.startswith("Acquired lock:L"), "released at the end of the session, on Redis too"

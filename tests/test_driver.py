@@ -473,4 +473,163 @@ def test_scenario_by_bare_name_and_an_unknown_name(tmp_path: Path) -> None:
     assert json.loads(drive("--scenario", "seed", "--json").stdout)["passed"] is True
     unknown = drive("--scenario", "nosuch")
     assert unknown.returncode == 2
-    assert unknown.stderr == "run_driver.py: error: nosuch: no such file, and no shipped scenario of that name (shipped: counter, seed)\n"
+    assert unknown.stderr == (
+        "run_driver.py: error: nosuch: no such file, and no shipped scenario of that name (shipped: coordination, counter, seed)\n"
+    )
+
+
+@pytest.mark.parametrize("backend", ["manager", "redis"])
+def test_coordination_scenario_passes_and_shows_how_long_bob_waited(request: pytest.FixtureRequest, backend: str) -> None:
+    """alice is killed -9 holding the lock: bob gets it at once from kvmgr's server (her connection closed), after her
+    2 s lease on Redis; bob sees alice's store; the three jobs are taken once each; no lock, wait or queue call is in a history."""
+    result = drive("--scenario", "coordination", "--json", *target_args(request, backend))
+    assert result.returncode == 0, result.stdout + result.stderr
+    rows = {row["step"]: row for row in json.loads(result.stdout)["rows"] if row["step"] != "shutdown"}
+    assert re.fullmatch(r"token (\d+), waited \d+\.\d{3}s; then killed -9 holding it", rows["1"]["actual"]), rows["1"]
+    taken = re.fullmatch(r"token (\d+), waited (\d+\.\d{3})s; granted (\d+\.\d{3})s after alice was killed holding it", rows["2"]["actual"])
+    assert taken is not None, rows["2"]
+    assert int(taken[1]) > int(re.findall(r"token (\d+)", rows["1"]["actual"])[0]), "fencing tokens grow"
+    granted_after = float(taken[3])
+    if backend == "manager":
+        assert granted_after < 1.0, "freed when alice's connection closed, long before her 2 s lease ends"
+    else:
+        assert 1.5 < granted_after < 3.0, "on Redis the dead holder's lock lasts until its lease ends"
+    assert rows["5"]["actual"].startswith('"v2" (version ') and rows["5"]["result"] == "PASS"
+    together = rows["10"]["actual"]
+    assert re.fullmatch(r"alice got [^;]*; bob got [^;]*", together), together
+    assert sorted(re.findall(r'"(job-\d)"', together)) == ["job-1", "job-2", "job-3"]
+    assert rows["history"]["actual"] == "yes (2 operations)", "only alice's two stores are recorded"
+
+
+DELIBERATE = """
+[[steps]]
+actors = ["alice"]
+op = "lock"
+lock = "L"
+expect_within = 5
+
+[[steps]]
+name = "alice still holds L from her last step"
+actors = ["bob"]
+op = "lock"
+lock = "L"
+timeout = 0.2
+expect_error = "LockTimeout"
+
+[[steps]]
+actors = ["bob"]
+op = "unlock"
+lock = "L"
+expect_error = "LockLost"
+
+[[steps]]
+actors = ["alice"]
+op = "unlock"
+lock = "L"
+expect = true
+
+[[steps]]
+actors = ["alice", "bob"]
+op = "lock"
+lock = "L"
+timeout = 5
+expect_within = 5
+
+[[steps]]
+actors = ["alice"]
+op = "qput"
+queue = "q"
+value = [1, "a"]
+expect = 1
+
+[[steps]]
+actors = ["alice"]
+op = "qput"
+queue = "q"
+value = [1, "a"]
+expect = 2
+
+[[steps]]
+name = "a job twice and another never: FAIL"
+actors = ["alice", "bob"]
+op = "qget"
+queue = "q"
+until_empty = true
+timeout = 0.1
+expect_together = [[1, "a"], "b"]
+
+[[steps]]
+actors = ["bob"]
+op = "wait"
+key = "never-written"
+after = 0
+timeout = 0.2
+expect_error = "WaitTimeout"
+
+[[steps]]
+name = "a wait that cannot be met in time: FAIL"
+actors = ["bob"]
+op = "wait"
+key = "never-written"
+after = "current"
+timeout = 0.3
+expect_within = 0.1
+"""
+
+
+@pytest.mark.parametrize("backend", ["manager", "redis"])
+def test_coordination_steps_pass_and_fail_as_they_should(request: pytest.FixtureRequest, backend: str, tmp_path: Path) -> None:
+    result = drive("--scenario", str(write(tmp_path, DELIBERATE)), "--json", *target_args(request, backend))
+    assert result.returncode == 1, result.stdout + result.stderr
+    report = json.loads(result.stdout)["rows"]
+    failed = {row["step"]: row["actual"] for row in report if row["result"] == "FAIL"}
+    assert set(failed) == {"5", "8", "10"}, failed
+    both = [row for row in report if row["step"] == "5"]
+    assert sorted(row["actual"].split(";")[0].startswith("token ") for row in both) == [False, True], "one of two gets the lock"
+    assert next(row["actual"] for row in both if not row["actual"].startswith("token")).startswith("error LockTimeout: ")
+    assert failed["8"].endswith('; never got "b"; got more than once or not expected [1, "a"]'), failed["8"]
+    assert failed["10"].startswith("error WaitTimeout: No change to key:never-written after version 0 within 0.3s")
+    rows = {row["step"]: row for row in report}
+    assert (rows["2"]["result"], rows["3"]["result"], rows["4"]["result"]) == ("PASS", "PASS", "PASS"), "alice held L across steps"
+    assert rows["2"]["actual"] == "error LockTimeout: Not acquired lock:L within 0.2s"
+    assert (rows["1"]["key"], rows["1"]["expected"], rows["8"]["operation"], rows["9"]["value"]) == (
+        "lock L", "acquired within 5s", "qget until empty", "timeout 0.2, after 0")
+    assert rows["history"]["result"] == "PASS"
+
+
+def test_a_kill_step_restarts_the_actor_for_its_later_steps(tmp_path: Path) -> None:
+    scenario = write(tmp_path, """
+[[steps]]
+actors = ["alice"]
+op = "lock"
+lock = "L"
+kill = true
+expect_within = 5
+
+[[steps]]
+actors = ["alice"]
+op = "incr"
+key = "n"
+repeat = 3
+expect_final = 3
+
+[[steps]]
+actors = ["alice"]
+op = "lock"
+lock = "L"
+kill = true
+timeout = 5
+expect_within = 5
+
+[[steps]]
+actors = ["alice"]
+op = "size"
+expect = 1
+""")
+    result = drive("--scenario", str(scenario), "--json")
+    assert result.returncode == 0, result.stdout + result.stderr
+    rows = {row["step"]: row["actual"] for row in json.loads(result.stdout)["rows"]}
+    pattern = r"token \d+, waited \d+\.\d{3}s; granted \d+\.\d{3}s after alice was killed holding it; then killed -9 holding it"
+    assert re.fullmatch(pattern, rows["3"]), rows["3"]
+    assert rows["4"] == "1"
+    assert rows["history"].startswith("yes (5 operations)"), "the restarted alice appends to her history"

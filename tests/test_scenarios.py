@@ -48,7 +48,8 @@ def test_new_operations_parse_with_their_arguments(tmp_path: Path) -> None:
     ({"op": "'incr'", "key": "'n'", "expect_at_most": "'ten'"}, "'expect_at_most' must be a number (got \"ten\")"),
     ({"op": "'incr'", "key": "'n'", "expect_at_least": "true"}, "'expect_at_least' must be a number (got true)"),
     ({"op": "'incr'", "key": "'n'", "expect_at_most": "1", "expect_at_least": "2"}, "'expect_at_least' is above 'expect_at_most'"),
-    ({"op": "'incr'", "key": "'n'", "expect": "1", "expect_final": "1"}, "exactly one of expect, expect_one_of, expect_error, or a final"),
+    ({"op": "'incr'", "key": "'n'", "expect": "1", "expect_final": "1"},
+     "exactly one of expect, expect_one_of, expect_error, expect_together, or a final"),
     ({"op": "'size'", "repeat": "2", "expect_final": "1"}, "a final-state expectation needs an operation on one key (size has none)"),
     ({"op": "'incr'", "key": "'n'", "expect_final": "1", "same_result": "true"}, "'same_result' goes with expect or expect_one_of"),
     ({"op": "'get'", "key": "'k'", "by": "2", "expect": "1"}, "'by' does not apply to get"),
@@ -95,7 +96,8 @@ def test_shipped_scenarios_are_found_by_bare_name(tmp_path: Path, monkeypatch: p
     (tmp_path / "counter").write_text(step(op="'size'", expect="0"))
     assert find_scenario("counter") == Path("counter"), "a file of that name comes first"
     assert find_scenario("nope.toml") == Path("nope.toml"), "a path is left for the loader to report"
-    with pytest.raises(ScenarioError, match=r"^nope: no such file, and no shipped scenario of that name \(shipped: counter, seed"):
+    shipped_names = r"\(shipped: coordination, counter, seed"
+    with pytest.raises(ScenarioError, match=r"^nope: no such file, and no shipped scenario of that name " + shipped_names):
         find_scenario("nope")
 
 
@@ -113,3 +115,99 @@ def test_actor_names_are_put_in_every_str_of_a_value(tmp_path: Path) -> None:
     [only] = load_scenario(scenario(tmp_path, text)).steps
     assert only.value_for("bob") == {"by": "bob", "tags": ["bob-1", 2]}
     assert only.value == {"by": "{actor}", "tags": ["{actor}-1", 2]}
+
+
+def test_coordination_steps_parse_with_their_fields(tmp_path: Path) -> None:
+    text = "".join([
+        step(op="'lock'", lock="'printer'", lease="2", timeout="10", kill="true", expect_within="3"),
+        step(op="'unlock'", lock="'printer'", expect="true"),
+        step(op="'wait'", key="'config'", after="'current'", timeout="0.5", expect="'v2'", with_next="true"),
+        "[[steps]]\nactors = ['bob']\nop = 'store'\nkey = 'config'\nvalue = 'v2'\nexpect = 'saved'\n",
+        step(op="'wait'", key="'config'", after="7", expect_error="'WaitTimeout'"),
+        step(op="'qput'", queue="'jobs'", value="{n = 1}", expect="1"),
+        step(op="'qget'", queue="'jobs'", until_empty="true", timeout="0", expect_together="[{n = 1}]"),
+    ])
+    scenario_file = load_scenario(scenario(tmp_path, text))
+    lock, unlock, wait, _, waited, put, get = scenario_file.steps
+    assert (lock.lock, lock.lease, lock.timeout, lock.kill, lock.within, lock.expect_kind) == ("printer", 2, 10, True, 3, "succeeds")
+    assert lock.describe_expectation() == "acquired within 3s, then killed -9" and lock.subject == "lock printer"
+    assert (unlock.lock, unlock.kill, unlock.name) == ("printer", False, "unlock printer")
+    assert (wait.after, wait.timeout, wait.with_next, waited.after) == ("current", 0.5, True, 7)
+    assert (put.queue, put.value, put.subject) == ("jobs", {"n": 1}, "queue jobs")
+    assert (get.until_empty, get.timeout, get.expect_kind, get.expect) == (True, 0, "expect_together", [{"n": 1}])
+    assert get.describe_expectation() == 'together, each once: {"n": 1}'
+    assert [tuple(s.number for s in group) for group in scenario_file.groups()] == [(1,), (2,), (3, 4), (5,), (6,), (7,)]
+
+
+@pytest.mark.parametrize(("fields", "problem"), [
+    ({"op": "'lock'", "expect_within": "1"}, "lock needs 'lock', the lock's name (`name` is the step's own label)"),
+    ({"op": "'lock'", "lock": "''", "expect_within": "1"}, "lock (its name) must be a non-empty str"),
+    ({"op": "'lock'", "lock": "3", "expect_within": "1"}, "lock (its name) must be a non-empty str, not int"),
+    ({"op": "'unlock'", "lock": "'l'", "kill": "true", "expect": "true"}, "'kill' does not apply to unlock"),
+    ({"op": "'unlock'", "lock": "'l'", "lease": "2", "expect": "true"}, "'lease' does not apply to unlock"),
+    ({"op": "'lock'", "lock": "'l'", "kill": "'yes'", "expect_within": "1"}, "'kill' must be true or false"),
+    ({"op": "'lock'", "lock": "'l'", "lease": "0", "expect_within": "1"}, "a lease must be a number of seconds above 0"),
+    ({"op": "'lock'", "lock": "'l'", "timeout": "-1", "expect_within": "1"}, "'timeout' must be a number of seconds from 0 to 300 (got -1"),
+    ({"op": "'lock'", "lock": "'l'", "timeout": "1000", "expect_within": "1"}, "'timeout' must be a number of seconds from 0 to 300"),
+    ({"op": "'lock'", "key": "'k'", "expect_within": "1"}, "'key' does not apply to lock"),
+    ({"op": "'get'", "key": "'k'", "timeout": "1", "expect": "1"}, "'timeout' does not apply to get"),
+    ({"op": "'wait'", "key": "'k'", "expect": "1"}, "wait needs 'after', a version or \"current\""),
+    ({"op": "'wait'", "key": "'k'", "after": "'later'", "expect": "1"},
+     "'after' must be a version (a whole number >= 0) or \"current\" (got \"later\")"),
+    ({"op": "'wait'", "key": "'k'", "after": "-1", "expect": "1"}, "'after' must be a version"),
+    ({"op": "'wait'", "key": "'k'", "after": "true", "expect": "1"}, "'after' must be a version"),
+    ({"op": "'wait'", "after": "0", "expect": "1"}, "wait needs 'key'"),
+    ({"op": "'qput'", "queue": "'q'", "expect": "1"}, "qput needs 'value'"),
+    ({"op": "'qput'", "queue": "'q'", "value": "1979-05-27", "expect": "1"}, "value: date is not a value type"),
+    ({"op": "'qput'", "queue": "'q'", "value": "1", "until_empty": "true", "expect": "1"}, "'until_empty' does not apply to qput"),
+    ({"op": "'qget'", "expect": "1"}, "qget needs 'queue', the queue's name"),
+    ({"op": "'qget'", "queue": "'q'", "expect_within": "0"}, "'expect_within' must be a number of seconds above 0 (got 0)"),
+    ({"op": "'qget'", "queue": "'q'", "expect_within": "1", "expect_error": "'QueueEmpty'"}, "'expect_within' goes alone or with expect"),
+    ({"op": "'qget'", "queue": "'q'", "expect_together": "[]"}, "'expect_together' must be a non-empty list"),
+    ({"op": "'qget'", "queue": "'q'", "expect_together": "['a']", "expect": "'a'"},
+     "give exactly one of expect, expect_one_of, expect_error, expect_together"),
+    ({"op": "'qget'", "queue": "'q'", "expect_together": "['a']", "same_result": "true"},
+     "'same_result' goes with expect or expect_one_of, not with expect_together"),
+    ({"op": "'qget'", "queue": "'q'", "with_next": "1", "expect": "'a'"}, "'with_next' must be true or false"),
+])
+def test_malformed_coordination_steps_are_one_line_naming_the_step(tmp_path: Path, fields: dict[str, str], problem: str) -> None:
+    path = scenario(tmp_path, step(name="'odd'", **fields))
+    with pytest.raises(ScenarioError) as caught:
+        load_scenario(path)
+    message = str(caught.value)
+    assert message.startswith(f"{path}: step 1 (odd): ") and "\n" not in message
+    assert problem in message, message
+
+
+@pytest.mark.parametrize(("text", "problem"), [
+    (step(name="'last'", op="'size'", expect="0", with_next="true"), "step 1 (last): 'with_next' on the last step"),
+    (step(name="'first'", op="'size'", expect="0", with_next="true") + step(op="'size'", expect="0"),
+     "step 1 (first): 'with_next' runs it with step 2 at one moment, but alice is in both: an actor does one thing at a time"),
+    (step(name="'first'", op="'size'", expect="0", with_next="true") + "[[steps]]\nactors = ['bob']\nop = 'quit'\nexpect = 'x'\n",
+     "step 1 (first): 'with_next' joins it to step 2, a quit, which runs alone"),
+    (step(name="'first'", op="'size'", expect="0", with_next="true")
+     + "[[steps]]\nactors = ['bob']\nop = 'incr'\nkey = 'n'\nrepeat = 2\nexpect_final = 2\n",
+     "step 1 (first): 'with_next' joins it to step 2, a step with a final-state expectation, which runs alone"),
+])
+def test_with_next_needs_a_next_step_for_other_actors(tmp_path: Path, text: str, problem: str) -> None:
+    path = scenario(tmp_path, text)
+    with pytest.raises(ScenarioError) as caught:
+        load_scenario(path)
+    assert str(caught.value).startswith(f"{path}: {problem}"), str(caught.value)
+
+
+def test_coordination_scenario_is_as_the_issue_describes() -> None:
+    shipped = load_scenario(shipped_scenarios()["coordination"])
+    killed, taken, released = shipped.steps[:3]
+    assert (killed.op, killed.actors, killed.kill) == ("lock", ("alice",), True)
+    assert (taken.op, taken.actors, taken.lock) == ("lock", ("bob",), killed.lock)
+    assert killed.lease is not None and taken.within is not None and taken.within >= killed.lease, "bob may wait out the lease (Redis)"
+    assert taken.timeout is not None and taken.timeout > taken.within and released.op == "unlock"
+    [(wait, store)] = [group for group in shipped.groups() if len(group) > 1]
+    assert (wait.op, wait.actors, wait.after) == ("wait", ("bob",), "current")
+    assert (store.op, store.actors, store.key) == ("store", ("alice",), wait.key)
+    assert wait.expect == store.value
+    puts = [s for s in shipped.steps if s.op == "qput"]
+    [get_all] = [s for s in shipped.steps if s.until_empty]
+    assert [s.value for s in puts] == ["job-1", "job-2", "job-3"] and get_all.actors == ("alice", "bob")
+    assert sorted(get_all.expect) == ["job-1", "job-2", "job-3"] and get_all.expect_kind == "expect_together"

@@ -9,21 +9,22 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import signal
 import sys
 import tempfile
 import time
 import uuid
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import psutil
 from tabulate import tabulate
 
 from kvmgr.config import DEFAULT_TIMEOUT, is_redis_url
 from kvmgr.errors import EXIT_NEGATIVE, EXIT_OK, ConfigError, KvmgrError, exit_status
-from kvmgr.protocol.values import ValueRuleError, from_json, is_number, to_json
+from kvmgr.protocol.values import ValueRuleError, from_json, is_number, same_value, to_json
 from kvmgr.tools.actor import UNSAFE_INCREMENT
 from kvmgr.tools.arguments import positive_float
 from kvmgr.tools.processes import ProcessGroup, ServerProcess, child_environment, interrupt_on_terminate, python_module, read_line, reap
@@ -64,13 +65,21 @@ class Row:
 
 @dataclass
 class ActorOutcome:
-    """What one actor process reported."""
+    """What one actor process reported (start and end: time.monotonic_ns() around its call; version: a wait's)."""
 
     actor: str
     status: str
     result: Any = None
     error: str | None = None
     message: str = ""
+    start: int | None = None
+    end: int | None = None
+    version: int | None = None
+
+    @property
+    def seconds(self) -> float | None:
+        """How long the call took (after the barrier), if the actor said."""
+        return None if self.start is None or self.end is None else (self.end - self.start) / 1e9
 
     def text(self) -> str:
         """The outcome as a table cell: the result in JSON notation, or `error NAME: message`."""
@@ -79,8 +88,15 @@ class ActorOutcome:
         return f"error {self.error}: {self.message}" if self.message else f"error {self.error}"
 
 
-def step_request(step: Step, actor: str, namespace: str = "driver") -> dict[str, Any]:
-    """What one actor is asked to do for one step (the flags of `python -m kvmgr.client`, as JSON; values in JSON form)."""
+REQUEST_FIELDS = ("by", "ttl", "repeat", "lock", "queue", "lease", "timeout", "after")
+"""Step fields passed to the actor as they are, when given."""
+
+
+def step_request(step: Step, actor: str, namespace: str = "driver", group: tuple[Step, ...] | None = None) -> dict[str, Any]:
+    """What one actor is asked to do for one step (the flags of `python -m kvmgr.client`, as JSON; values in JSON form).
+
+    `group` is the steps run at the same moment as this one (with_next): all their actors meet at one barrier.
+    """
     request: dict[str, Any] = {"op": step.op, "key": step.key, "value": _json_form(step.value_for(actor))}
     if step.op == "cas":
         request.update(absent=step.absent, expected=_json_form(step.expected))
@@ -88,11 +104,13 @@ def step_request(step: Step, actor: str, namespace: str = "driver") -> dict[str,
         request["pairs"] = json.dumps(list(step.keys))
     if step.pairs is not None:
         request["pairs"] = json.dumps(to_json(step.pairs))
-    for name in ("by", "ttl", "repeat"):
-        if getattr(step, name) is not None:
-            request[name] = getattr(step, name)
-    if len(step.actors) > 1:
-        request.update(barrier=f"{namespace}-step-{step.number}", parties=len(step.actors))
+    request.update({name: getattr(step, name) for name in REQUEST_FIELDS if getattr(step, name) is not None})
+    if step.until_empty:
+        request["until_empty"] = True
+    group = group or (step,)
+    parties = sum(len(member.actors) for member in group)
+    if parties > 1:
+        request.update(barrier=f"{namespace}-step-{group[0].number}", parties=parties)
     return request
 
 
@@ -132,29 +150,48 @@ class Actors:
 
     def run(self, step: Step) -> list[ActorOutcome]:
         """Send the step to each of its actors and collect what each reported; probe the server if one had trouble."""
-        self.start(step.actors)
-        reason = self.unavailable or self._gone(step.actors)
+        return self.run_together((step,))[0]
+
+    def run_together(self, group: tuple[Step, ...]) -> list[list[ActorOutcome]]:
+        """Run steps at one moment (their actors meet at one barrier): each step's outcomes, in the group's order."""
+        actors = [actor for step in group for actor in step.actors]
+        self.start(actors)
+        reason = self.unavailable or self._gone(actors)
         if reason is not None:
-            return [ActorOutcome(actor, "error", error="NotRun", message=reason) for actor in step.actors]
-        for actor in step.actors:
-            self._send(actor, step_request(step, actor, self.namespace))
-        deadline = time.monotonic() + self.answer_within(step.calls)
-        outcomes = [self._receive(actor, deadline, step.calls) for actor in step.actors]
-        if any(outcome.error in SERVER_TROUBLE for outcome in outcomes):
-            self.unavailable = self._probe(step)
+            return [[ActorOutcome(actor, "error", error="NotRun", message=reason) for actor in step.actors] for step in group]
+        for step in group:
+            for actor in step.actors:
+                self._send(actor, step_request(step, actor, self.namespace, group))
+        within = max(self.answer_within(step.calls, step.timeout) for step in group)
+        deadline = time.monotonic() + within
+        outcomes = [[self._receive(actor, deadline, within) for actor in step.actors] for step in group]
+        if any(outcome.error in SERVER_TROUBLE for step_outcomes in outcomes for outcome in step_outcomes):
+            self.unavailable = self._probe(group[0])
         return outcomes
+
+    def kill(self, actor: str) -> int | None:
+        """SIGKILL the actor (kill -9) and wait for it; its exit status. It is started again for its next step."""
+        process = self.processes.pop(actor)
+        with contextlib.suppress(psutil.NoSuchProcess):
+            process.kill()
+        try:
+            return cast("int | None", process.wait(timeout=SHUTDOWN_TIMEOUT))
+        except psutil.TimeoutExpired:
+            return None
 
     def read(self, actor: str, key: str) -> ActorOutcome:
         """The key's state as the actor reads it (a recorded get): its value, or error KeyNotFound when absent."""
+        self.start([actor])
         reason = self.unavailable or self._gone([actor])
         if reason is not None:
             return ActorOutcome(actor, "error", error="NotRun", message=reason)
         self._send(actor, read_request(key))
-        return self._receive(actor, time.monotonic() + self.answer_within())
+        return self._receive(actor, time.monotonic() + self.answer_within(), self.answer_within())
 
-    def answer_within(self, calls: int = 1) -> float:
-        """The longest the driver waits for an actor's answer to a step: its barrier, its calls and a reconnect."""
-        return 3 * self.timeout + ACTOR_SLACK + (calls - 1) * CALL_ALLOWANCE
+    def answer_within(self, calls: int = 1, waits: float | None = None) -> float:
+        """The longest the driver waits for an actor's answer to a step: its barrier, its calls (a blocking one
+        waiting `waits` seconds, its step's timeout) and a reconnect."""
+        return 3 * self.timeout + ACTOR_SLACK + (calls - 1) * CALL_ALLOWANCE + (waits or 0.0)
 
     def _gone(self, actors: Iterable[str]) -> str | None:
         """Why a step cannot run because one of its actors is no longer running, or None."""
@@ -180,13 +217,13 @@ class Actors:
             self.processes[actor].stdin.write(json.dumps(request).encode() + b"\n")
             self.processes[actor].stdin.flush()
 
-    def _receive(self, actor: str, deadline: float, calls: int = 1) -> ActorOutcome:
+    def _receive(self, actor: str, deadline: float, within: float) -> ActorOutcome:
         process = self.processes[actor]
         line = read_line(process, deadline)
         if line is None:
             if time.monotonic() >= deadline:
                 reap(process)  # a wedged actor: later steps that need it fail at once
-                return ActorOutcome(actor, "error", error="ActorFailed", message=f"no answer within {self.answer_within(calls):g}s")
+                return ActorOutcome(actor, "error", error="ActorFailed", message=f"no answer within {within:g}s")
             with contextlib.suppress(psutil.TimeoutExpired):
                 process.wait(timeout=SHUTDOWN_TIMEOUT)  # its output ended: it is exiting
             reason = f"exited with status {process.poll()}"
@@ -196,7 +233,10 @@ class Actors:
             result = None if report.get("result") is None else from_json(report["result"])
         except (json.JSONDecodeError, ValueRuleError):
             return ActorOutcome(actor, "error", error="ActorFailed", message=f"not a JSON outcome: {line[:80]!r}")
-        return ActorOutcome(actor, report["status"], result, report.get("error"), report.get("message", ""))
+        return ActorOutcome(
+            actor, report["status"], result, report.get("error"), report.get("message", ""),
+            report.get("start"), report.get("end"), report.get("version"),
+        )
 
     def finish(self) -> None:
         """Close every actor's stdin so it exits (the process group reaps any that do not)."""
@@ -213,6 +253,49 @@ def _last_error(process: psutil.Popen) -> str:
         return ""
     lines = process.stderr.read().decode(errors="replace").strip().splitlines()
     return lines[-1] if lines else ""
+
+
+@dataclass
+class LockLedger:
+    """What the driver saw of the run's locks: the last fencing token granted per lock, and the holders it killed."""
+
+    tokens: dict[str, int] = field(default_factory=dict)
+    killed: dict[str, tuple[str, int]] = field(default_factory=dict)  # lock -> (actor, time.monotonic_ns() of the SIGKILL)
+
+    def grant(self, lock: str, outcome: ActorOutcome) -> tuple[bool, list[str]]:
+        """Note a grant: whether its token is above every earlier one of that lock, and what its row should say."""
+        token, previous = outcome.result, self.tokens.get(lock)
+        grew = isinstance(token, int) and (previous is None or token > previous)
+        notes = [] if grew else [f"token not above {previous}, the one granted before"]
+        if isinstance(token, int):
+            self.tokens[lock] = max(token, previous or token)
+        if lock in self.killed and outcome.end is not None:
+            victim, killed_at = self.killed.pop(lock)
+            notes.append(f"granted {(outcome.end - killed_at) / 1e9:.3f}s after {victim} was killed holding it")
+        return grew, notes
+
+
+Kills = dict[tuple[int, str], tuple[int | None, int]]
+"""(step number, actor) -> (its exit status after the SIGKILL, time.monotonic_ns() when it was sent)."""
+
+
+def run_group(actors: Actors, group: tuple[Step, ...], ledger: LockLedger) -> list[Row]:
+    """Run one step, or steps joined by with_next at one moment, and judge each; kill the holders of `kill = true` locks."""
+    if len(group) == 1 and group[0].final is not None:
+        return run_step(actors, group[0])
+    outcomes = actors.run_together(group)
+    kills: Kills = {}
+    for step, step_outcomes in zip(group, outcomes, strict=True):
+        for outcome in step_outcomes if step.kill else ():
+            if outcome.status == "ok":  # it holds the lock: kill -9 it
+                killed_at = time.monotonic_ns()
+                kills[(step.number, outcome.actor)] = (actors.kill(outcome.actor), killed_at)
+    rows = [row for step, step_outcomes in zip(group, outcomes, strict=True) for row in judge(step, step_outcomes, ledger, kills)]
+    for step in group:
+        for (number, actor), (_, killed_at) in kills.items():
+            if number == step.number and step.lock is not None:
+                ledger.killed[step.lock] = (actor, killed_at)
+    return rows
 
 
 def run_step(actors: Actors, step: Step) -> list[Row]:
@@ -272,28 +355,113 @@ def lost_updates(step: Step, final: Any, before: ActorOutcome | None) -> str:
 
 
 def _arguments_cell(step: Step, actor: str | None = None) -> str:
-    """The value cell: the step's value (as the actor sends it, {actor} replaced), by and ttl."""
+    """The value cell: the step's value (as the actor sends it, {actor} replaced), by, ttl, lease, timeout and after."""
     parts = [] if step.value is None else [_cell(step.value if actor is None else step.value_for(actor))]
-    parts += [f"{name} {notation(getattr(step, name))}" for name in ("by", "ttl") if getattr(step, name) is not None]
-    return ", ".join(parts)
+    parts += [f"{name} {notation(getattr(step, name))}" for name in ("by", "ttl", "lease", "timeout") if getattr(step, name) is not None]
+    return ", ".join(parts + ([] if step.after is None else [f"after {step.after}"]))
 
 
-def judge(step: Step, outcomes: list[ActorOutcome]) -> list[Row]:
-    """A row per actor: PASS when its outcome meets the step's expectation."""
+def _operation_cell(step: Step) -> str:
+    return step.op + (" until empty" if step.until_empty else "")
+
+
+def judge(step: Step, outcomes: list[ActorOutcome], ledger: LockLedger | None = None, kills: Kills | None = None) -> list[Row]:
+    """A row per actor (one for the step with expect_together): PASS when its outcome meets the step's expectation."""
+    if step.expect_kind == "expect_together":
+        return [judge_together(step, outcomes)]
     results = {json.dumps(to_json(o.result), sort_keys=True) for o in outcomes if o.status == "ok"}
     same = not step.same_result or (len(results) == 1 and all(o.status == "ok" for o in outcomes))
+    grants = _grants(step, outcomes, ledger)
     rows = []
     for outcome in outcomes:
         if step.expect_kind == "expect_error":
             passed = outcome.status == "error" and outcome.error == step.expect
         else:
             passed = outcome.status == "ok" and step.accepts(outcome.result) and same
-        actual = outcome.text() + (" (actors disagree)" if step.same_result and len(results) > 1 else "")
+        granted, notes = grants.get(outcome.actor, (True, []))
+        killed, kill_notes = _kill_verdict(step, outcome, kills or {})
+        passed = passed and granted and killed and _in_time(step, outcome)
+        actual = "; ".join([_outcome_text(step, outcome), *notes, *kill_notes])
         rows.append(Row(
-            str(step.number), _actors_cell(step, outcome.actor), step.op, step.key or "", _arguments_cell(step, outcome.actor),
-            step.describe_expectation(), actual, passed,
+            str(step.number), _actors_cell(step, outcome.actor), _operation_cell(step), step.subject,
+            _arguments_cell(step, outcome.actor), step.describe_expectation(),
+            actual + (" (actors disagree)" if step.same_result and len(results) > 1 else ""), passed,
         ))
     return rows
+
+
+def _grants(step: Step, outcomes: list[ActorOutcome], ledger: LockLedger | None) -> dict[str, tuple[bool, list[str]]]:
+    """For a lock step, each grant checked against the ledger in the order granted: (token grew, notes) per actor."""
+    if step.op != "lock" or ledger is None or step.lock is None:
+        return {}
+    granted = sorted((o for o in outcomes if o.status == "ok"), key=lambda o: o.end or 0)
+    return {outcome.actor: ledger.grant(step.lock, outcome) for outcome in granted}
+
+
+def _kill_verdict(step: Step, outcome: ActorOutcome, kills: Kills) -> tuple[bool, list[str]]:
+    """Whether an actor the step had killed died of the SIGKILL, and what its row says of it."""
+    if (step.number, outcome.actor) not in kills:
+        return True, []
+    status, _ = kills[(step.number, outcome.actor)]
+    if status == -signal.SIGKILL:
+        return True, ["then killed -9 holding it"]
+    return False, [f"not killed by -9 (exit status {status})"]
+
+
+def _in_time(step: Step, outcome: ActorOutcome) -> bool:
+    return step.within is None or (outcome.seconds is not None and outcome.seconds <= step.within)
+
+
+BLOCKING_STEPS = ("lock", "wait", "qget")
+
+
+def _outcome_text(step: Step, outcome: ActorOutcome) -> str:
+    """An outcome's cell: as text() shows it, a lock's result as its token, and how long a blocking call waited."""
+    if outcome.status != "ok" or step.op not in BLOCKING_STEPS:
+        return outcome.text()
+    text = f"token {outcome.result}" if step.op == "lock" else outcome.text()
+    if outcome.version is not None:
+        text += f" (version {outcome.version})"
+    return text + ("" if outcome.seconds is None else f", waited {outcome.seconds:.3f}s")
+
+
+def judge_together(step: Step, outcomes: list[ActorOutcome]) -> Row:
+    """One row for an expect_together step: PASS when every call succeeded and what the actors got, pooled, is exactly
+    the expected items, each once (in any order)."""
+    failed = [f"{o.actor}: {o.text()}" for o in outcomes if o.status != "ok"]
+    got = {o.actor: _items(step, o.result) for o in outcomes if o.status == "ok"}
+    missing, extra = _difference(step.expect, [item for items in got.values() for item in items])
+    parts = failed or [f"{actor} got {', '.join(_cell_of(item) for item in items) or 'nothing'}" for actor, items in got.items()]
+    if missing:
+        parts.append("never got " + ", ".join(map(_cell_of, missing)))
+    if extra:
+        parts.append("got more than once or not expected " + ", ".join(map(_cell_of, extra)))
+    return Row(
+        str(step.number), ", ".join(step.actors), _operation_cell(step), step.subject, _arguments_cell(step),
+        step.describe_expectation(), "; ".join(parts), not failed and not missing and not extra,
+    )
+
+
+def _items(step: Step, result: Any) -> list[Any]:
+    """What one actor got in a step: every item of an until_empty qget, else its one result."""
+    return list(result) if step.until_empty and isinstance(result, list) else [result]
+
+
+def _difference(expected: list[Any], got: list[Any]) -> tuple[list[Any], list[Any]]:
+    """(expected items nobody got, items got beyond the expected ones): values compared with types."""
+    extra = list(got)
+    missing = []
+    for item in expected:
+        match = next((index for index, candidate in enumerate(extra) if same_value(item, candidate)), None)
+        if match is None:
+            missing.append(item)
+        else:
+            del extra[match]
+    return missing, extra
+
+
+def _cell_of(value: Any) -> str:
+    return notation(to_json(value)) if value is not None else "null"
 
 
 def _actors_cell(step: Step, actor: str) -> str:
@@ -398,10 +566,12 @@ def run_against_own_server(
     actors = Actors(group, server, history_dir, timeout)
     actors.start(scenario.actors)
     children: list[psutil.Process] = []
-    for step in scenario.steps:
+    ledger = LockLedger()
+    for together in scenario.groups():
+        step = together[0]
         if step.op == "quit":
             children = _children(server)
-        rows += run_step(actors, step)
+        rows += run_group(actors, together, ledger)
         if step.op == "quit" and any(row.passed for row in rows[-len(step.actors):]):
             break
     else:
@@ -428,11 +598,13 @@ def run_against_target(
     rows: list[Row] = []
     actors = Actors(group, endpoint, history_dir, timeout)
     actors.start(scenario.actors)
-    for step in scenario.steps:
+    ledger = LockLedger()
+    for together in scenario.groups():
+        step = together[0]
         if step.op == "quit":
             rows += [_skipped_row(str(step.number), actor, "quit", "kvmgr's own server only") for actor in step.actors]
         else:
-            rows += run_step(actors, step)
+            rows += run_group(actors, together, ledger)
     actors.finish()
     rows.append(check_history(history_dir))
     return rows + [_skipped_row("shutdown", "driver", what, "kvmgr's own server only") for what in SHUTDOWN_CHECKS]
@@ -476,7 +648,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--scenario", default=None, metavar="FILE|NAME",
-        help="a scenario TOML file, or the name of a shipped one (seed, counter; a file of that name comes first); "
+        help="a scenario TOML file, or the name of a shipped one (seed, counter, coordination; a file of that name comes first); "
         "default: the shipped seed scenario",
     )
     parser.add_argument("--address", default="127.0.0.1:0", help="where the driver's server listens (default: a free loopback port)")

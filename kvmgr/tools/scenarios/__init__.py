@@ -15,6 +15,16 @@ Arguments: `key`, `value` and cas's `expected` (any TOML value that is a kvmgr v
 store's operations, `unsafe_increment` is a get and then a store of the value plus one (an absent key counts
 as 0): what `d[k] += 1` does on a Manager dict. Results are compared with their types (true is not 1, 1 is
 not 1.0) and shown in JSON notation. Actor names are plain identifiers; a `quit` step can only be the last.
+
+Coordination steps: `lock` (`lock` = its name, `lease`, `timeout`, and `kill = true`: the driver kills the actor
+with SIGKILL once it holds the lock, and starts it again for its later steps) and `unlock` (`lock`); the actor
+holds a lock from its lock step to its unlock step. `wait` (`key`, `after` = a version or "current": the version
+the actor reads at the start of the step, before any barrier; `timeout`); `qput` (`queue`, `value`) and `qget`
+(`queue`, `timeout`, `until_empty = true`: get until no item comes within the timeout; the result is the list
+taken). Two more expectations: `expect_within = SECONDS` (the call succeeded and took at most that long; alone,
+or with expect/expect_one_of) and `expect_together` (a list: what all the step's actors got, every call's result
+pooled, is exactly these items, each once, in any order). `with_next = true` runs a step at the same moment as
+the next one: the actors of both meet at one barrier (an actor may be in only one of them).
 """
 
 from __future__ import annotations
@@ -26,23 +36,30 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
+from kvmgr.config import BLOCKING_CEILING
 from kvmgr.errors import ERROR_CLASSES, InvalidKey, InvalidValue, ScenarioError
 from kvmgr.protocol.operations import BY_NAME
-from kvmgr.protocol.validation import check_delta, check_mapping, check_ttl, check_value
+from kvmgr.protocol.validation import check_delta, check_lease, check_mapping, check_name, check_ttl, check_value
 from kvmgr.protocol.values import Number, is_number, same_value
-from kvmgr.tools.actor import ACTOR_OPERATIONS, PSEUDO_OPERATIONS
+from kvmgr.tools.actor import ACTOR_OPERATIONS, CURRENT, OPTIONAL_PARAMETERS, PSEUDO_OPERATIONS
 
 STEP_OPERATIONS = ACTOR_OPERATIONS
-EXPECTATIONS = ("expect", "expect_one_of", "expect_error")
+EXPECTATIONS = ("expect", "expect_one_of", "expect_error", "expect_together")
 FINAL_EXPECTATIONS = ("expect_final", "expect_at_most", "expect_at_least")
 ARGUMENT_FIELDS = {
     "key": "key", "value": "value", "expected": "expected", "absent": "expected", "keys": "keys", "pairs": "mapping",
-    "by": "by", "ttl": "ttl",
+    "by": "by", "ttl": "ttl", "lock": "lock", "lease": "lease", "timeout": "timeout", "kill": "kill", "after": "after",
+    "queue": "queue", "until_empty": "until_empty",
 }
 """Each argument field of a step and the operation parameter it gives (a field is refused where the operation has none)."""
-STEP_FIELDS = {"name", "actors", "op", "same_result", "repeat", *ARGUMENT_FIELDS, *EXPECTATIONS, *FINAL_EXPECTATIONS}
+STEP_FIELDS = {
+    "name", "actors", "op", "same_result", "repeat", "with_next", "expect_within", *ARGUMENT_FIELDS, *EXPECTATIONS,
+    *FINAL_EXPECTATIONS,
+}
+FLAGS = ("same_result", "absent", "kill", "until_empty", "with_next")
+"""The step fields that are true or false."""
 ERROR_NAMES = set(ERROR_CLASSES)
 MAX_SCENARIO_BYTES = 1024 * 1024
 MAX_ACTOR_NAME = 64
@@ -64,7 +81,7 @@ def operation_parameters(op: str) -> tuple[str, ...]:
 def required_parameters(op: str) -> tuple[str, ...]:
     """The parameters a step of op must give (cas's expected aside: `expected` or `absent`)."""
     if op in PSEUDO_OPERATIONS:
-        return PSEUDO_OPERATIONS[op]
+        return tuple(name for name in PSEUDO_OPERATIONS[op] if name not in OPTIONAL_PARAMETERS)
     spec = BY_NAME[op]
     return tuple(name for name in spec.params[:spec.least_args] if name != "expected")
 
@@ -122,6 +139,15 @@ class Step:
     ttl: Number | None = None
     repeat: int | None = None
     final: FinalState | None = None
+    lock: str | None = None
+    queue: str | None = None
+    lease: Number | None = None
+    timeout: Number | None = None
+    kill: bool = False
+    after: int | str | None = None  # a version, or "current"
+    until_empty: bool = False
+    within: Number | None = None  # expect_within: the call succeeded and took at most this many seconds
+    with_next: bool = False
 
     @property
     def calls(self) -> int:
@@ -138,16 +164,35 @@ class Step:
             return same_value(self.expect, result)
         if self.expect_kind == "expect_one_of":
             return any(same_value(choice, result) for choice in self.expect)
-        return False
+        return self.expect_kind == "succeeds"
+
+    @property
+    def subject(self) -> str:
+        """What the step acts on, as the key cell shows it: the key, `lock NAME` or `queue NAME`."""
+        if self.lock is not None:
+            return f"lock {self.lock}"
+        if self.queue is not None:
+            return f"queue {self.queue}"
+        return self.key or ""
 
     def describe_expectation(self) -> str:
         """The expectation as a table cell (values in JSON notation, like the actual results)."""
+        text = self._describe_result()
+        if self.within is not None:
+            text = (text + " " if text else "acquired " if self.op == "lock" else "ok ") + f"within {self.within:g}s"
+        return text + (", then killed -9" if self.kill else "")
+
+    def _describe_result(self) -> str:
         if self.final is not None:
             return self.final.describe()
         if self.expect_kind == "expect_error":
             return f"error {self.expect}"
         if self.expect_kind == "expect_one_of":
             return "one of " + ", ".join(map(notation, self.expect)) + (" (same for all)" if self.same_result else "")
+        if self.expect_kind == "expect_together":
+            return "together, each once: " + ", ".join(map(notation, self.expect))
+        if self.expect_kind == "succeeds":
+            return ""
         return notation(self.expect)
 
 
@@ -170,6 +215,16 @@ class Scenario:
     steps: tuple[Step, ...]
     description: str = ""
     actors: tuple[str, ...] = field(default=())
+
+    def groups(self) -> list[tuple[Step, ...]]:
+        """The steps in the order they run, those joined by `with_next` in one group (run at one moment)."""
+        groups: list[tuple[Step, ...]] = []
+        for step in self.steps:
+            if groups and groups[-1][-1].with_next:
+                groups[-1] = (*groups[-1], step)
+            else:
+                groups.append((step,))
+        return groups
 
 
 def shipped_scenarios() -> dict[str, Path]:
@@ -210,6 +265,7 @@ def load_scenario(path: str | Path) -> Scenario:
         raise ScenarioError(f"{path}: no [[steps]]: a scenario needs at least one step")
     steps = tuple(_parse_step(path, number, raw) for number, raw in enumerate(raw_steps, start=1))
     _check_quit_is_last(path, steps)
+    _check_groups(path, steps)
     actors = tuple(dict.fromkeys(actor for step in steps for actor in step.actors))
     name = document.get("name", path.stem)
     return Scenario(str(name), str(path), steps, str(document.get("description", "")), actors)
@@ -238,6 +294,25 @@ def _check_quit_is_last(path: Path, steps: tuple[Step, ...]) -> None:
         )
 
 
+def _check_groups(path: Path, steps: tuple[Step, ...]) -> None:
+    """Steps joined by with_next run at one moment: there must be a next step, not a quit, and no actor in two of them."""
+    for step, after in zip(steps, (*steps[1:], None), strict=True):
+        if not step.with_next:
+            continue
+        where = f"{path}: step {step.number} ({step.name})"
+        if after is None:
+            raise ScenarioError(f"{where}: 'with_next' on the last step: there is no next step to run with")
+        if after.op == "quit" or after.final is not None:
+            why = "a quit" if after.op == "quit" else "a step with a final-state expectation"
+            raise ScenarioError(f"{where}: 'with_next' joins it to step {after.number}, {why}, which runs alone")
+        shared = set(step.actors) & set(after.actors)
+        if shared:
+            raise ScenarioError(
+                f"{where}: 'with_next' runs it with step {after.number} at one moment, but {', '.join(sorted(shared))} "
+                "is in both: an actor does one thing at a time"
+            )
+
+
 def _parse_step(path: Path, number: int, raw: Any) -> Step:
     label = raw.get("name", "") if isinstance(raw, dict) else ""
 
@@ -256,10 +331,12 @@ def _parse_step(path: Path, number: int, raw: Any) -> Step:
     actors = _actors(raw.get("actors"), problem)
     arguments = _arguments(op, raw, problem)
     kind, expect, final = _expectation(op, raw, problem)
+    subject = raw.get("key", raw.get("lock", raw.get("queue", "")))
     return Step(
-        number=number, name=str(label or f"{op} {raw.get('key', '')}".strip()), actors=actors, op=op,
+        number=number, name=str(label or f"{op} {subject}".strip()), actors=actors, op=op,
         keys=tuple(raw["keys"]) if "keys" in raw else None, expect_kind=kind, expect=expect,
-        same_result=bool(raw.get("same_result", False)), repeat=_repeat(raw, final, problem), final=final, **arguments,
+        same_result=bool(raw.get("same_result", False)), repeat=_repeat(raw, final, problem), final=final,
+        within=_within(raw, kind, problem), with_next=bool(raw.get("with_next", False)), **arguments,
     )
 
 
@@ -289,16 +366,20 @@ def _arguments(op: str, raw: dict, problem: Problem) -> dict[str, Any]:
             raise problem(f"{op} needs '{name}'" + _FIELD_HINTS.get(name, ""))
     if op == "cas" and ("expected" in raw) == bool(raw.get("absent")):
         raise problem("cas needs exactly one of 'expected' or 'absent = true'")
-    for name in ("same_result", "absent"):
+    for name in FLAGS:
         if name in raw and not isinstance(raw[name], bool):
             raise problem(f"'{name}' must be true or false")
     try:
-        return _checked_arguments(raw, problem)
+        return {**_checked_arguments(raw, problem), **_coordination_arguments(raw, problem)}
     except (InvalidKey, InvalidValue) as exc:
         raise problem(str(exc)) from None
 
 
-_FIELD_HINTS = {"keys": ", a list of strings", "pairs": ", a table of key = value"}
+_FIELD_HINTS = {
+    "keys": ", a list of strings", "pairs": ", a table of key = value",
+    "lock": ", the lock's name (`name` is the step's own label)", "queue": ", the queue's name (`name` is the step's own label)",
+    "after": ', a version or "current"',
+}
 
 
 def _checked_arguments(raw: dict, problem: Problem) -> dict[str, Any]:
@@ -317,6 +398,34 @@ def _checked_arguments(raw: dict, problem: Problem) -> dict[str, Any]:
         "by": check_delta(raw["by"]) if "by" in raw else None,
         "ttl": raw["ttl"] if "ttl" in raw and check_ttl(raw["ttl"]) else None,  # as written (60 stays 60)
     }
+
+
+def _coordination_arguments(raw: dict, problem: Problem) -> dict[str, Any]:
+    """The lock, queue, lease, timeout, after, kill and until_empty fields, checked, as Step fields."""
+    timeout = raw.get("timeout")
+    if timeout is not None and (not is_number(timeout) or not 0 <= timeout <= BLOCKING_CEILING):
+        raise problem(f"'timeout' must be a number of seconds from 0 to {BLOCKING_CEILING:g} (got {notation(timeout)})")
+    after = raw.get("after")
+    if after is not None and after != CURRENT and (isinstance(after, bool) or not isinstance(after, int) or after < 0):
+        raise problem(f"'after' must be a version (a whole number >= 0) or \"{CURRENT}\" (got {notation(after)})")
+    return {
+        "lock": check_name(raw["lock"], "lock (its name)") if "lock" in raw else None,
+        "queue": check_name(raw["queue"], "queue (its name)") if "queue" in raw else None,
+        "lease": raw["lease"] if "lease" in raw and check_lease(raw["lease"]) else None,  # as written (2 stays 2)
+        "timeout": timeout, "after": after, "kill": raw.get("kill", False), "until_empty": raw.get("until_empty", False),
+    }
+
+
+def _within(raw: dict, kind: str, problem: Problem) -> Number | None:
+    """expect_within: a number of seconds above 0, alone or with expect or expect_one_of."""
+    if "expect_within" not in raw:
+        return None
+    within = raw["expect_within"]
+    if not is_number(within) or not within > 0:
+        raise problem(f"'expect_within' must be a number of seconds above 0 (got {notation(within)})")
+    if kind not in ("expect", "expect_one_of", "succeeds"):
+        raise problem("'expect_within' goes alone or with expect or expect_one_of (it bounds how long a call that succeeds takes)")
+    return cast("Number", within)
 
 
 def _check_expected(expected: Any) -> Any:
@@ -344,17 +453,21 @@ def _expectation(op: str, raw: dict, problem: Problem) -> tuple[str, Any, FinalS
     """The kind and value of the per-call expectation, or ("final", None, the final-state expectation)."""
     given = [name for name in EXPECTATIONS if name in raw]
     finals = [name for name in FINAL_EXPECTATIONS if name in raw]
+    if not given and not finals and "expect_within" in raw:
+        return "succeeds", None, None
     if len(given) + bool(finals) != 1:
         raise problem(
-            "give exactly one of expect, expect_one_of, expect_error, or a final state "
+            "give exactly one of expect, expect_one_of, expect_error, expect_together, or a final state "
             "(expect_final, expect_at_most, expect_at_least)"
         )
     if finals:
         return "final", None, _final_state(op, raw, problem)
     kind = given[0]
     value = raw[kind]
-    if kind == "expect_one_of" and (not isinstance(value, list) or not value):
-        raise problem("'expect_one_of' must be a non-empty list")
+    if kind in ("expect_one_of", "expect_together") and (not isinstance(value, list) or not value):
+        raise problem(f"'{kind}' must be a non-empty list")
+    if kind == "expect_together" and "same_result" in raw:
+        raise problem("'same_result' goes with expect or expect_one_of, not with expect_together")
     if kind == "expect_error" and (not isinstance(value, str) or value not in ERROR_NAMES):
         raise problem(f"'expect_error' must name a kvmgr error such as KeyNotFound or InvalidKey (got {value!r})")
     return kind, value, None
