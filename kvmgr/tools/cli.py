@@ -117,6 +117,24 @@ def add_bench(subparsers: argparse._SubParsersAction) -> None:
     add_parser(subparsers)
 
 
+def add_one_shot(subparsers: argparse._SubParsersAction) -> None:
+    from kvmgr.tools.commands import add_parsers
+
+    add_parsers(subparsers)
+
+
+def add_shell(subparsers: argparse._SubParsersAction) -> None:
+    from kvmgr.tools.shell import add_parser
+
+    add_parser(subparsers)
+
+
+def add_info(subparsers: argparse._SubParsersAction) -> None:
+    from kvmgr.tools.info_command import add_parser
+
+    add_parser(subparsers)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The `kvmgr` argument parser with every subcommand."""
     parser = argparse.ArgumentParser(
@@ -131,7 +149,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [add_serve, add_check, add_stress, add_faults, add_bench]
+SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
+    add_serve, add_check, add_stress, add_faults, add_bench, add_one_shot, add_shell, add_info,
+]
 
 
 def main(argv: list[str] | None = None) -> int:
