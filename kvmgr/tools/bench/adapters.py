@@ -10,6 +10,7 @@ from typing import Any, cast
 
 from kvmgr.config import parse_address
 from kvmgr.errors import KeyNotFound
+from kvmgr.tools.bench.aio import Rounds, aio_concurrent_gets, redis_asyncio_concurrent_gets
 from kvmgr.tools.bench.common import BenchError
 from kvmgr.tools.bench.peers import stdlib_manager_class
 
@@ -30,14 +31,18 @@ class KvmgrAdapter:
         self.store: Callable[..., Any] = self.client.store
         self.get_many, self.store_many = self.client.get_many, self.client.store_many
         self.incr: Callable[[str], Any] = self.client.incr
+        self.locks: dict[str, Any] = {}
 
     def count(self, key: str) -> Any:
         """The counter's final value."""
         return self.client.get(key)
 
     def lock(self, name: str) -> Any:
-        """kvmgr's lock: client.lock(name, lease=30) (acquire() and release())."""
-        return self.client.lock(name, lease=LEASE)
+        """kvmgr's lock: client.lock(name, lease=30) (acquire() and release()), one Lock object per name, so every
+        acquire after the first reuses the session (connection) the Lock keeps."""
+        if name not in self.locks:
+            self.locks[name] = self.client.lock(name, lease=LEASE)
+        return self.locks[name]
 
     def read_record(self, key: str) -> list | None:
         """The lock row's record (count, holder, stamp), None while absent."""
@@ -68,7 +73,9 @@ class KvmgrAdapter:
         self.client.store_many(mapping)
 
     def close(self) -> None:
-        """Disconnect."""
+        """Disconnect, the locks' sessions too."""
+        for lock in self.locks.values():
+            lock.close()
         self.client.close()
 
 
@@ -225,6 +232,7 @@ class RedisAdapter:
         import redis
 
         self.redis = redis.Redis.from_url(address, socket_timeout=30.0)
+        self.locks: dict[str, Any] = {}
 
     def get(self, key: str) -> Any:
         """GET."""
@@ -243,8 +251,11 @@ class RedisAdapter:
         return int(self.redis.get(key) or 0)
 
     def lock(self, name: str) -> Any:
-        """redis-py's Lock: r.lock(name, timeout=30, blocking=True) (its acquire polls every 0.1 s, its default sleep)."""
-        return self.redis.lock(name, timeout=LEASE, blocking=True)
+        """redis-py's Lock: r.lock(name, timeout=30, blocking=True) (its acquire polls every 0.1 s, its default sleep),
+        one Lock object per name."""
+        if name not in self.locks:
+            self.locks[name] = self.redis.lock(name, timeout=LEASE, blocking=True)
+        return self.locks[name]
 
     def read_record(self, key: str) -> list | None:
         """The lock row's record (count, holder, stamp) from GET, as JSON; None while absent."""
@@ -329,6 +340,28 @@ class BareDictAdapter:
         """Nothing to close."""
 
 
+class AioAdapter:
+    """kvmgr.aio, the asyncio client (a kvmgr server or redis://): rounds of concurrent gets from one process."""
+
+    def __init__(self, address: str, authkey: bytes) -> None:
+        self.address, self.authkey = address, authkey or None
+
+    def concurrent_gets(self, count: int, rounds: int, warmup: int, prefix: str) -> Rounds:
+        """Store `count` keys, then time rounds of `count` concurrent gets on one client, every answer checked."""
+        return aio_concurrent_gets(self.address, self.authkey, count, rounds, warmup, prefix)
+
+    def close(self) -> None:
+        """Nothing to close: each measurement connects and closes inside its own event loop."""
+
+
+class RedisAsyncioAdapter(AioAdapter):
+    """redis.asyncio (redis-py) against the benchmark's own redis-server: the same rounds of concurrent GETs."""
+
+    def concurrent_gets(self, count: int, rounds: int, warmup: int, prefix: str) -> Rounds:
+        """MSET `count` keys, then time rounds of `count` concurrent GETs on one client, every answer checked."""
+        return redis_asyncio_concurrent_gets(self.address, count, rounds, warmup, prefix)
+
+
 ADAPTERS: dict[str, Callable[[str, bytes], Any]] = {
     "kvmgr": KvmgrAdapter,
     "kvmgr-pipelined": KvmgrPipelineAdapter,
@@ -338,4 +371,6 @@ ADAPTERS: dict[str, Callable[[str, bytes], Any]] = {
     "redis": RedisAdapter,
     "redis-pipelined": RedisPipelineAdapter,
     "bare": BareDictAdapter,
+    "kvmgr.aio": AioAdapter,
+    "redis.asyncio": RedisAsyncioAdapter,
 }

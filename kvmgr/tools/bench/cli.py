@@ -41,13 +41,22 @@ kvmgr's client.queue(name) put/get (tcp, unix), a Manager Queue (tcp, unix) and 
 items/s, the latency runs from just before a put to the return of the get in the other process. An item that
 was not received exactly once is a FAIL.
 
+Asyncio (the "aio" rows): one client process starts 1,000 tasks (--tiny: 100) that each get one of 1,000 distinct
+keys, gathers them and checks every answer, 20 measured rounds after 3 warm-up rounds (--quick: 5 after 1):
+kvmgr.aio on the kvmgr server (tcp, unix) and on the benchmark's redis-server, and redis.asyncio (redis-py, a
+BlockingConnectionPool of 64, the cap kvmgr.aio's Redis client uses; its default pool refuses 1,000 commands at
+once) on the same redis-server. The rate is gets/s over the rounds, the latency that of one round. An answer that
+is not the task's own value is a FAIL, as in the incr rows.
+
 Start time (the "startup" rows): `alice --key=foo` on the kvmgr/tcp server, `kvmgr --help` and `python -c pass`,
 20 runs each per repeat (interleaved), launch to exit; the note gives the median against python -c pass and
 whether it meets the 3.5x target.
 
 Server CPU µs/op: the server process's CPU time (user + system, all its threads; on Linux its CPU-time
-clock, in ns) read just before the clients start and in the gap after each workload, divided by the
-operations (keys for the batch rows) all clients did in it; connecting and preloading are not counted.
+clock, in ns) read before each workload starts and after it ends, divided by the operations (keys for the
+batch rows) all clients did in it; connecting and preloading are not counted. Workloads run as phases: a phase
+starts in every client only once every client has finished the one before, so the clock is read while no
+client works.
 
 Idle connections (the "idle" row): a fresh kvmgr/tcp server, a single client's gets alternately without
 and with 1,000 idle authenticated connections held open (holder processes of 250 `kvmgr.connect` clients

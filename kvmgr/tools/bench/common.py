@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 from kvmgr.errors import KvmgrError
 from kvmgr.tools.processes import child_environment
@@ -16,11 +17,11 @@ INCR_KINDS = ("kvmgr", "stdlib", "redis")  # the adapters that can increment: kv
 LOCK_WORKLOAD = "lock"  # processes take turns on one lock; each holder counts with get+store under it
 QUEUE_WORKLOAD = "queue"  # one item at a time, put in one process and got in another, passed back and forth
 STARTUP_WORKLOAD = "startup"  # the wall time of one short command, from launch to exit
+AIO_WORKLOAD = "aio"  # rounds of concurrent gets from one process through an asyncio client, every answer checked
 HANDOFF_CLIENTS = 2  # the processes that hand a lock or queue items to each other
 COORDINATION_KINDS = ("kvmgr", "stdlib", "redis")  # the adapters with a lock and a queue
-SECTIONS = ("point", "bulk", "incr", "lock", "queue", "startup", "memory", "idle", "driver")  # the groups of rows `--only` can pick
-PHASE_GAP = 0.03
-GO_DELAY = 0.02
+SECTIONS = ("point", "bulk", "incr", "lock", "queue", "aio", "startup", "memory", "idle", "driver")  # the groups of rows `--only` can pick
+GO_DELAY = 0.02  # from writing a phase's go file to the start time written in it
 READY_TIMEOUT = 30.0
 HOLDER_CONNECTIONS = 250  # idle connections one holder process opens at most
 
@@ -42,12 +43,16 @@ class Profile:
     idle_connections: int = 1_000  # idle authenticated connections held in the idle-connections row
     idle_rounds: int = 2  # idle-free and held single-client measurements, alternated, per repeat
     startup_runs: int = 20  # runs of each command per repeat in the startup rows (their median is the repeat's figure)
+    aio_gets: int = 1_000  # the aio rows: concurrent gets per round
+    aio_rounds: int = 20  # the aio rows: measured rounds per repeat
+    aio_warmup: int = 3  # the aio rows: unmeasured rounds before them
 
 
 PROFILES = {
     "full": Profile("full", 2.0, (1, 8), 10_000, 1_000_000),
-    "quick": Profile("quick", 0.25, (1, 8), 10_000, 200_000),
-    "tiny": Profile("tiny", 0.05, (1, 2), 1_000, 20_000, idle_connections=50, idle_rounds=1, startup_runs=3),
+    "quick": Profile("quick", 0.25, (1, 8), 10_000, 200_000, aio_rounds=5, aio_warmup=1),
+    "tiny": Profile("tiny", 0.05, (1, 2), 1_000, 20_000, idle_connections=50, idle_rounds=1, startup_runs=3, aio_gets=100,
+                    aio_rounds=2, aio_warmup=1),
 }
 
 
@@ -81,7 +86,14 @@ class WorkerSpec:
     seed: int = 0
     preload: bool = False
     output: str = ""  # the file the worker writes its results to (a pipe could fill and stall it mid-run)
-    counter_key: str = ""  # the key the incr workload increments, the lock or queue name (one per measurement, so it starts absent)
+    counter_key: str = ""  # the key the incr workload increments, the lock or queue name, the aio keys' prefix (one per measurement)
+    aio_gets: int = 0  # the aio workload: concurrent gets per round
+    aio_rounds: int = 0  # the aio workload: measured rounds
+    aio_warmup: int = 0  # the aio workload: unmeasured rounds before them
+
+    def go_file_of(self, phase: int) -> Path:
+        """The file whose appearance starts phase `phase` (the workload of that index) in every client."""
+        return Path(f"{self.go_file}.{phase}")
 
 
 @dataclass
@@ -104,6 +116,7 @@ class Sample:
     handoff_share: float | None = None  # the lock row: the share of acquisitions that took the lock from another process
     misdelivered: int | None = None  # the queue row: items not received exactly once (missing, duplicated or unknown; not 0 is a FAIL)
     baseline_us: float | None = None  # the startup rows: the median wall time of `python -c pass` in the same repeat
+    wrong_answers: int | None = None  # the aio rows: answers that were not the task's own value (not 0 is a FAIL)
 
     @property
     def key(self) -> tuple[str, str, str, int]:

@@ -99,32 +99,45 @@ def established_connections(server: psutil.Process) -> int:
 
 
 def run_clients(
-    group: ProcessGroup, target: Target, spec: WorkerSpec, clients: int, timeout: float, on_go: Callable[[float], None] | None = None,
+    group: ProcessGroup, target: Target, spec: WorkerSpec, clients: int, phase_timeout: float,
+    on_boundary: Callable[[], None] | None = None,
 ) -> list[list[dict]]:
-    """Run `clients` worker processes that start together; return each one's per-workload outputs.
+    """Run `clients` worker processes through spec's workloads, one phase each; return each one's per-workload outputs.
 
-    on_go, if given, is called with the start time once the go file is written, before the outputs are collected.
+    Every phase starts in all clients together when its go file appears, and the next go file is written only once
+    every client has said done, so at each boundary no client is working. on_boundary, if given, is called there:
+    before the first phase and after each one.
     """
     env = target.environment()
     workers = []
+    where = f"{target.system}/{target.transport}"
     try:
         outputs = [Path(spec.go_file).with_name(f"{Path(spec.go_file).name}-client{index}.jsonl") for index in range(clients)]
         for index in range(clients):
             worker_spec = replace(spec, seed=index, preload=spec.preload and index == 0, output=str(outputs[index]))
             workers.append(group.launch(python_module("kvmgr.tools.bench", "--worker", json.dumps(asdict(worker_spec))), env))
-        deadline = time.monotonic() + READY_TIMEOUT
-        for worker in workers:
-            if read_line(worker, deadline) != "ready":
-                raise BenchError(f"a {target.system}/{target.transport} client did not get ready: {failure_text(worker)}")
-        start_at = time.time() + GO_DELAY
-        write_go_file(Path(spec.go_file), start_at)
-        if on_go is not None:
-            on_go(start_at)
-        return [finished_output(worker, timeout, output) for worker, output in zip(workers, outputs, strict=True)]
+        await_line(workers, "ready", READY_TIMEOUT, f"a {where} client did not get ready")
+        for phase, workload in enumerate(spec.workloads):
+            if on_boundary is not None:
+                on_boundary()
+            write_go_file(spec.go_file_of(phase), time.time() + GO_DELAY)
+            await_line(workers, "done", GO_DELAY + phase_timeout, f"a {where} client did not finish its {workload} phase")
+        if on_boundary is not None:
+            on_boundary()
+        return [finished_output(worker, READY_TIMEOUT, output) for worker, output in zip(workers, outputs, strict=True)]
     finally:
         for worker in workers:
             reap(worker)
-        Path(spec.go_file).unlink(missing_ok=True)
+        for phase in range(len(spec.workloads)):
+            spec.go_file_of(phase).unlink(missing_ok=True)
+
+
+def await_line(workers: list[psutil.Popen], expected: str, timeout: float, failure: str) -> None:
+    """Wait until every worker has printed the line `expected` (within timeout seconds); BenchError saying why one did not."""
+    deadline = time.monotonic() + timeout
+    for worker in workers:
+        if read_line(worker, deadline) != expected:
+            raise BenchError(f"{failure}: {failure_text(worker)}")
 
 
 def write_go_file(path: Path, start_at: float) -> None:

@@ -16,6 +16,7 @@ import psutil
 from tabulate import tabulate
 
 from kvmgr.tools.bench.common import (
+    AIO_WORKLOAD,
     BULK_WORKLOADS,
     HANDOFF_CLIENTS,
     INCR_WORKLOAD,
@@ -41,6 +42,11 @@ QUEUE_HOW = {  # how each system's queue row puts and gets
     "kvmgr": "client.queue(name).put/get",
     "multiprocessing-dict": "Manager Queue put/get",
     "redis": "RPUSH/BLPOP",
+}
+AIO_HOW = {  # which client and server each aio row uses
+    "kvmgr.aio": "kvmgr.aio on a kvmgr server, one pipelined connection",
+    "kvmgr.aio-redis": "kvmgr.aio on redis://, a pool of 64 connections",
+    "redis.asyncio": "redis.asyncio (redis-py), a BlockingConnectionPool of 64",
 }
 STARTUP_TARGET = 3.5  # issue 14: alice (and kvmgr --help) start in at most 3.5x the time of python -c pass
 
@@ -87,6 +93,9 @@ def compute_ratios(results: Sequence[Sample], client_counts: Sequence[int]) -> d
         if most > 1:
             add(f"kvmgr/{transport} incr x{most} vs x1", ("kvmgr", transport, INCR_WORKLOAD, most), ("kvmgr", transport, INCR_WORKLOAD, 1))
     add_handoff_ratios(add)
+    for system, transport in (("kvmgr.aio", "tcp"), ("kvmgr.aio", "unix"), ("kvmgr.aio-redis", "tcp")):
+        add(f"{system}/{transport} asyncio concurrent gets vs redis.asyncio/tcp", (system, transport, AIO_WORKLOAD, 1),
+            ("redis.asyncio", "tcp", AIO_WORKLOAD, 1))
     for command in ("alice --key=foo", "kvmgr --help"):
         add(f"{command} start time vs python -c pass", (command, "tcp" if command.startswith("alice") else "none", STARTUP_WORKLOAD, 1),
             ("python -c pass", "none", STARTUP_WORKLOAD, 1), "p50_us")
@@ -116,8 +125,8 @@ def add_handoff_ratios(add: Callable[..., None]) -> None:
 
 
 def failed(sample: Sample) -> bool:
-    """Whether a row's own check failed (a count that is off, an item not received exactly once)."""
-    return bool(sample.lost_updates or sample.misdelivered)
+    """Whether a row's own check failed (a count that is off, an item not received exactly once, a wrong answer)."""
+    return bool(sample.lost_updates or sample.misdelivered or sample.wrong_answers)
 
 
 def results_table(results: Sequence[Sample], profile: Profile) -> str:
@@ -137,6 +146,8 @@ def result_note(sample: Sample, profile: Profile) -> str:
     connections' cost, the seconds per run of the driver, what a lock, queue or startup row did, else nothing."""
     if sample.workload in (LOCK_WORKLOAD, QUEUE_WORKLOAD, STARTUP_WORKLOAD):
         return coordination_note(sample)
+    if sample.workload == AIO_WORKLOAD:
+        return aio_note(sample, profile)
     if sample.lost_updates is not None:
         return f"{INCR_HOW.get(sample.system, 'incr')}; {incr_verdict(sample.lost_updates)}"
     if sample.idle_connections is not None and sample.idle_free_p50_us:
@@ -167,6 +178,13 @@ def coordination_note(sample: Sample) -> str:
         return "the baseline"
     ratio = sample.p50_us / sample.baseline_us
     return f"x{ratio:.2f} python -c pass (target <= {STARTUP_TARGET:g}x: {'met' if ratio <= STARTUP_TARGET else 'not met'})"
+
+
+def aio_note(sample: Sample, profile: Profile) -> str:
+    """An aio row: its client and server, what its latency is, and whether every answer was the task's own."""
+    wrong = sample.wrong_answers or 0
+    verdict = f"FAIL: {wrong:,} answer(s) not the task's own" if wrong else "every answer right"
+    return f"{AIO_HOW.get(sample.system, sample.system)}; latency: a round of {profile.aio_gets:,} gets; {verdict}"
 
 
 def incr_verdict(lost_updates: int) -> str:

@@ -18,14 +18,13 @@ import psutil
 from kvmgr.errors import KvmgrError
 from kvmgr.tools.bench.adapters import ADAPTERS
 from kvmgr.tools.bench.common import (
+    AIO_WORKLOAD,
     BULK_WORKLOADS,
     COORDINATION_KINDS,
-    GO_DELAY,
     HANDOFF_CLIENTS,
     INCR_KINDS,
     INCR_WORKLOAD,
     LOCK_WORKLOAD,
-    PHASE_GAP,
     POINT_WORKLOADS,
     QUEUE_WORKLOAD,
     SECTIONS,
@@ -43,6 +42,7 @@ from kvmgr.tools.processes import ProcessGroup, child_environment, python_module
 
 FINISH_MARGIN = 60.0
 MEMORY_TIMEOUT = 600.0
+AIO_TIMEOUT = 600.0
 DRIVER_TIMEOUT = 120.0
 STARTUP_TIMEOUT = 60.0
 STARTUP_KEY, STARTUP_VALUE = "foo", "bar"  # what `alice --key=foo` reads in the startup row
@@ -63,21 +63,17 @@ def cpu_clock(pid: int) -> Callable[[], float]:
 
 
 class ServerCpu:
-    """The server process's CPU time at the boundaries of one client run's phases: its CPU per operation in each."""
+    """The server process's CPU time at the boundaries of one client run's phases (read when no client is working):
+    its CPU per operation in each phase."""
 
-    def __init__(self, pid: int, spec: WorkerSpec, phases: int) -> None:
+    def __init__(self, pid: int) -> None:
         self.read = cpu_clock(pid)
         self.read()  # a server that is gone fails here, before any client starts
-        self.spec, self.phases = spec, phases
         self.marks: list[float] = []
 
-    def __call__(self, start_at: float) -> None:
-        """Read the clock before the first phase starts, then in the middle of the gap after each phase."""
-        self.marks = [self.read()]
-        for index in range(1, self.phases + 1):
-            boundary = start_at + index * (self.spec.duration + PHASE_GAP) - PHASE_GAP / 2
-            time.sleep(max(0.0, boundary - time.time()))
-            self.marks.append(self.read())
+    def __call__(self) -> None:
+        """Read the clock at a boundary: before the first phase, then after each one."""
+        self.marks.append(self.read())
 
     def per_operation_us(self, outputs: list[list[dict]], index: int) -> float | None:
         """Server CPU µs per operation (or key) of phase `index`, over every client's operations."""
@@ -117,9 +113,8 @@ class Bench:
     def run_spec(self, target: Target, spec: WorkerSpec, clients: int) -> tuple[list[list[dict]], list[Sample]]:
         """Run spec's workloads in `clients` processes; every client's outputs, and one Sample per workload."""
         workloads = spec.workloads
-        timeout = GO_DELAY + len(workloads) * (spec.duration + PHASE_GAP) + FINISH_MARGIN
-        cpu = ServerCpu(target.server_pid, spec, len(workloads)) if target.server_pid else None
-        outputs = run_clients(self.group, target, spec, clients, timeout, cpu)
+        cpu = ServerCpu(target.server_pid) if target.server_pid else None
+        outputs = run_clients(self.group, target, spec, clients, spec.duration + FINISH_MARGIN, cpu)
         samples = [combine(target.system, target.transport, workload, outputs, index) for index, workload in enumerate(workloads)]
         if cpu is not None:
             samples = [replace(sample, server_cpu_us=cpu.per_operation_us(outputs, index)) for index, sample in enumerate(samples)]
@@ -152,6 +147,16 @@ class Bench:
         sent = [number for per_client in outputs for number in per_client[0]["sent"]]
         received = [number for per_client in outputs for number in per_client[0]["received"]]
         return [replace(sample, misdelivered=misdelivered(sent, received))]
+
+    def aio(self, target: Target) -> list[Sample]:
+        """One process of rounds of concurrent gets through an asyncio client, keys fresh for the measurement;
+        wrong_answers: answers that were not the task's own value."""
+        profile = self.profile
+        spec = replace(self.spec(target.kind, [AIO_WORKLOAD], preload=False), counter_key=Path(self.scratch("aio")).name,
+                       aio_gets=profile.aio_gets, aio_rounds=profile.aio_rounds, aio_warmup=profile.aio_warmup)
+        outputs = run_clients(self.group, target, spec, 1, AIO_TIMEOUT)
+        sample = combine(target.system, target.transport, AIO_WORKLOAD, outputs, 0)
+        return [replace(sample, wrong_answers=outputs[0][0]["wrong_answers"])]
 
     def startup(self, repeat: int) -> list[Sample]:
         """Wall time of `alice --key=foo` (on the kvmgr/tcp server), `kvmgr --help` and `python -c pass`, runs interleaved."""
@@ -303,8 +308,11 @@ def startup_sample(name: str, transport: str, seconds: Sequence[float], baseline
 
 
 def count_failure(sample: Sample) -> str | None:
-    """Why an incr, lock or queue measurement failed (a count that is off, an item not received exactly once), None if not."""
+    """Why an incr, lock, queue or aio measurement failed (a count that is off, an item not received exactly once, a
+    wrong answer), None if not."""
     where = f"{sample.system}/{sample.transport}"
+    if sample.wrong_answers:
+        return f"{where} gave {sample.wrong_answers:,} concurrent get(s) an answer that was not their own"
     if sample.misdelivered:
         return f"{where} delivered {sample.misdelivered:,} queue item(s) not exactly once"
     if not sample.lost_updates:
@@ -341,6 +349,9 @@ def repeat_jobs(bench: Bench, repeat: int) -> list[tuple[str, Callable[[], list[
         jobs.append((f"{target.system}/{target.transport} lock hand-off x{HANDOFF_CLIENTS}", functools.partial(bench.lock, target)))
     for target in rotated(coordination, repeat) if "queue" in sections else ():
         jobs.append((f"{target.system}/{target.transport} queue hand-off x{HANDOFF_CLIENTS}", functools.partial(bench.queue, target)))
+    for target in rotated(aio_targets(bench.targets), repeat) if "aio" in sections else ():
+        gets = f"{bench.profile.aio_gets:,} concurrent gets x{bench.profile.aio_rounds} rounds"
+        jobs.append((f"{target.system}/{target.transport} asyncio, {gets}", functools.partial(bench.aio, target)))
     if "startup" in sections:
         runs = bench.profile.startup_runs
         jobs.append((f"startup: alice, kvmgr --help, {BASELINE}, {runs} runs each", functools.partial(bench.startup, repeat)))
@@ -354,6 +365,15 @@ def repeat_jobs(bench: Bench, repeat: int) -> list[tuple[str, Callable[[], list[
     if "driver" in sections and RUN_DRIVER.exists():
         jobs.append(("kvmgr driver (python run_driver.py)", bench.driver))
     return jobs
+
+
+def aio_targets(targets: Sequence[Target]) -> list[Target]:
+    """The aio rows' targets: kvmgr.aio on each kvmgr server and on Redis, and redis.asyncio on the same Redis."""
+    chosen = [replace(t, system="kvmgr.aio", kind="kvmgr.aio", server_pid=None) for t in targets if t.kind == "kvmgr"]
+    for redis in (t for t in targets if t.kind == "redis"):
+        chosen += [replace(redis, system="kvmgr.aio-redis", kind="kvmgr.aio", server_pid=None),
+                   replace(redis, system="redis.asyncio", kind="redis.asyncio", server_pid=None)]
+    return chosen
 
 
 def progress_figure(sample: Sample) -> str:

@@ -6,7 +6,16 @@ import statistics
 from collections.abc import Sequence
 from dataclasses import replace
 
-from kvmgr.tools.bench.common import BULK_WORKLOADS, INCR_WORKLOAD, LOCK_WORKLOAD, POINT_WORKLOADS, QUEUE_WORKLOAD, STARTUP_WORKLOAD, Sample
+from kvmgr.tools.bench.common import (
+    AIO_WORKLOAD,
+    BULK_WORKLOADS,
+    INCR_WORKLOAD,
+    LOCK_WORKLOAD,
+    POINT_WORKLOADS,
+    QUEUE_WORKLOAD,
+    STARTUP_WORKLOAD,
+    Sample,
+)
 
 
 def combine(system: str, transport: str, workload: str, outputs: list[list[dict]], index: int) -> Sample:
@@ -58,6 +67,7 @@ def medians(samples: Sequence[Sample]) -> list[Sample]:
             handoff_share=median_of([s.handoff_share for s in group]),
             misdelivered=worst_of([s.misdelivered for s in group]),
             baseline_us=median_of([s.baseline_us for s in group]),
+            wrong_answers=worst_of([s.wrong_answers for s in group]),
         ))
     return sorted(merged, key=lambda s: (workload_order(s.workload), s.clients, s.system, s.transport))
 
@@ -76,5 +86,6 @@ def worst_of(counts: Sequence[int | None]) -> int | None:
 
 def workload_order(workload: str) -> int:
     """Position of a workload in the tables."""
-    order = [*POINT_WORKLOADS, *BULK_WORKLOADS, INCR_WORKLOAD, LOCK_WORKLOAD, QUEUE_WORKLOAD, STARTUP_WORKLOAD, "memory", "idle", "driver"]
+    order = [*POINT_WORKLOADS, *BULK_WORKLOADS, INCR_WORKLOAD, LOCK_WORKLOAD, QUEUE_WORKLOAD, AIO_WORKLOAD, STARTUP_WORKLOAD, "memory",
+             "idle", "driver"]
     return order.index(workload) if workload in order else len(order)

@@ -1,5 +1,5 @@
-"""The client process (`python -m kvmgr.tools.bench --worker SPEC`): connect, say ready, wait for the go file, run
-the workloads' phases and write one JSON line per workload to the spec's output file."""
+"""The client process (`python -m kvmgr.tools.bench --worker SPEC`): connect, say ready, then for each workload wait
+for its phase's go file, run the phase, write one JSON line to the spec's output file and say done."""
 
 from __future__ import annotations
 
@@ -18,10 +18,10 @@ from kvmgr.config import AUTHKEY_ENV
 from kvmgr.tools.bench.adapters import ADAPTERS, RedisPipelineAdapter
 from kvmgr.tools.bench.common import (
     ADDRESS_ENV,
+    AIO_WORKLOAD,
     HANDOFF_CLIENTS,
     INCR_WORKLOAD,
     LOCK_WORKLOAD,
-    PHASE_GAP,
     QUEUE_WORKLOAD,
     READY_TIMEOUT,
     BenchError,
@@ -63,19 +63,24 @@ def memory_batches(count: int) -> Iterator[dict[str, bytes]]:
 
 
 def run_worker(spec: WorkerSpec) -> int:
-    """Connect, preload if asked, say ready, wait for the go file, run each workload, print one JSON line each."""
+    """Connect, preload if asked, say ready; then per workload wait for its go file, run it, write its JSON line, say done.
+
+    The benchmark writes a phase's go file only once every client has said done for the one before, so phases never
+    overlap and the server is idle at their boundaries, where the benchmark reads the server's CPU clock.
+    """
     adapter = ADAPTERS[spec.kind](os.environ.get(ADDRESS_ENV, ""), os.environ.get(AUTHKEY_ENV, "").encode())
     if spec.preload:
         preload(adapter, spec)
     prepare_handoffs(adapter, spec)
     print("ready", flush=True)
-    start_at = wait_for_go(Path(spec.go_file))
     rng = random.Random(spec.seed)
     with open(spec.output, "w", encoding="utf-8") as results:
         for index, workload in enumerate(spec.workloads):
-            begin = start_at + index * (spec.duration + PHASE_GAP)
+            begin = wait_for_go(spec.go_file_of(index))
             outcome = run_workload(adapter, workload, spec, rng, begin)
             results.write(json.dumps({"workload": workload, **outcome}) + "\n")
+            results.flush()
+            print("done", flush=True)
     adapter.close()
     return 0
 
@@ -88,6 +93,8 @@ def run_workload(adapter: Any, workload: str, spec: WorkerSpec, rng: random.Rand
         return run_lock_phase(adapter, spec, begin)
     if workload == QUEUE_WORKLOAD:
         return run_queue_phase(adapter, spec, begin)
+    if workload == AIO_WORKLOAD:
+        return run_aio_rounds(adapter, spec, begin)
     return run_phase(adapter, workload, spec, rng, begin)
 
 
@@ -118,9 +125,15 @@ def queue_names(spec: WorkerSpec) -> tuple[str, str]:
 
 
 def prepare_handoffs(adapter: Any, spec: WorkerSpec) -> None:
-    """Connect (and make the stdlib's proxies) for the lock and queue rows before saying ready: no hand-off pays for it."""
+    """Connect (and make the stdlib's proxies) for the lock and queue rows before saying ready: no hand-off pays for it.
+
+    The lock row takes and frees its Lock object once, so kvmgr's Lock has opened the session it keeps for every
+    acquire of the phase (the record is untouched: the phase counts only its own acquisitions).
+    """
     if LOCK_WORKLOAD in spec.workloads:
-        adapter.lock(spec.counter_key)
+        lock = adapter.lock(spec.counter_key)
+        lock.acquire()
+        lock.release()
         adapter.read_record(f"{spec.counter_key}:record")
     if QUEUE_WORKLOAD in spec.workloads:
         adapter.prepare(queue_names(spec))
@@ -248,6 +261,14 @@ def run_queue_phase(adapter: Any, spec: WorkerSpec, begin: float) -> dict[str, A
         sent.append(following)
     outcome = phase_outcome(len(received), time.monotonic() - started, latencies)
     return {**outcome, "sent": sent, "received": received}
+
+
+def run_aio_rounds(adapter: Any, spec: WorkerSpec, begin: float) -> dict[str, Any]:
+    """From `begin`, rounds of spec.aio_gets concurrent gets on one asyncio client: the rounds' seconds and wrong answers."""
+    time.sleep(max(0.0, begin - time.time()))
+    rounds = adapter.concurrent_gets(spec.aio_gets, spec.aio_rounds, spec.aio_warmup, spec.counter_key)
+    outcome = phase_outcome(spec.aio_gets * len(rounds.seconds), sum(rounds.seconds), rounds.seconds)
+    return {**outcome, "wrong_answers": rounds.wrong_answers}
 
 
 def run_memory_load(adapter: Any, spec: WorkerSpec) -> dict[str, Any]:
