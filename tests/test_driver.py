@@ -304,8 +304,8 @@ def test_an_answer_already_written_is_read_even_after_the_deadline() -> None:
 
 
 def target_args(request: pytest.FixtureRequest, backend: str) -> list[str]:
-    """run_driver.py's arguments for a backend: nothing (a server of its own), or an emptied Redis target."""
-    return [] if backend == "manager" else ["--target", request.getfixturevalue("redis_url"), "--flush-target"]
+    """run_driver.py's arguments for a backend: nothing (a server of its own), or the session's Redis target."""
+    return [] if backend == "manager" else ["--target", request.getfixturevalue("redis_url")]
 
 
 @pytest.mark.parametrize("backend", ["manager", "redis"])
@@ -633,3 +633,19 @@ expect = 1
     assert re.fullmatch(pattern, rows["3"]), rows["3"]
     assert rows["4"] == "1"
     assert rows["history"].startswith("yes (5 operations)"), "the restarted alice appends to her history"
+
+
+@pytest.mark.parametrize("scenario", ["seed", "counter", "coordination"])
+def test_a_run_on_a_shared_redis_leaves_it_as_it_found_it_and_writes_its_page(redis_url: str, tmp_path: Path, scenario: str) -> None:
+    import kvmgr
+
+    with kvmgr.connect(redis_url) as shared:
+        shared.store_many({"foo": "someone else's", "count": 41})  # the scenarios' own key names, held by another user
+        before = shared.get_many(shared.keys())
+        page = tmp_path / "history.html"
+        result = drive("--scenario", scenario, "--target", redis_url, "--html", str(page), timeout=120)
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert shared.get_many(shared.keys()) == before  # nothing added, nothing changed, nothing flushed
+        assert page.read_text(encoding="utf-8").startswith("<!DOCTYPE html>")
+        shared.delete("foo")
+        shared.delete("count")

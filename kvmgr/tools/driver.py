@@ -18,6 +18,7 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, cast
+from urllib.parse import urlencode, urlsplit, urlunsplit
 
 import psutil
 from tabulate import tabulate
@@ -26,7 +27,7 @@ from kvmgr.config import DEFAULT_TIMEOUT, is_redis_url
 from kvmgr.errors import EXIT_NEGATIVE, EXIT_OK, ConfigError, KvmgrError, exit_status
 from kvmgr.protocol.values import ValueRuleError, from_json, is_number, same_value, to_json
 from kvmgr.tools.actor import UNSAFE_INCREMENT
-from kvmgr.tools.arguments import positive_float
+from kvmgr.tools.arguments import positive_float, writable_path
 from kvmgr.tools.processes import ProcessGroup, ServerProcess, child_environment, interrupt_on_terminate, python_module, read_line, reap
 from kvmgr.tools.scenarios import Scenario, Step, find_scenario, load_scenario, notation, seed_scenario_path
 from kvmgr.verify.check import CHECK_TIMEOUT, check_operations
@@ -542,10 +543,13 @@ class Endpoint:
 
 def run_scenario(
     scenario: Scenario, server_address: str = "127.0.0.1:0", target: str | None = None, timeout: float = DEFAULT_TIMEOUT,
+    html: Path | None = None,
 ) -> Report:
     """Run every step against a server of our own (or a Redis target), then check the history and the shutdown.
 
     `timeout` bounds each actor's calls and barrier waits (and the driver's probe of a server that stopped answering).
+    On a target the scenario runs in a namespace of its own, deleted when the run ends, however it ends. Given `html`,
+    the history is also written there as a page (kvmgr.verify.html).
     """
     started = time.monotonic()
     with ProcessGroup() as group, tempfile.TemporaryDirectory(prefix="kvmgr-driver-") as scratch:
@@ -553,8 +557,34 @@ def run_scenario(
         if target is None:
             rows = run_against_own_server(group, scenario, server_address, history_dir, timeout)
         else:
-            rows = run_against_target(group, scenario, Endpoint(target), history_dir, timeout)
+            namespace = f"driver-{uuid.uuid4().hex[:12]}"
+            try:
+                rows = run_against_target(group, scenario, Endpoint(namespaced_url(target, namespace)), history_dir, timeout)
+            finally:
+                group.reap_all()  # no actor writes once the namespace goes
+                delete_namespace(target, namespace, timeout)
+        shutdown = next((index for index, row in enumerate(rows) if row.step == "shutdown"), len(rows))
+        rows.insert(shutdown, check_history(history_dir, html, scenario.name))  # the history row, before the shutdown checks
     return Report(scenario.name, scenario.path, rows, time.monotonic() - started)
+
+
+def namespaced_url(url: str, namespace: str) -> str:
+    """The Redis URL with ?namespace= added, so every actor sees only the run's own keys, locks, queues and barriers."""
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(query="&".join(filter(None, [parts.query, urlencode({"namespace": namespace})]))))
+
+
+def delete_namespace(target: str, namespace: str, timeout: float) -> None:
+    """Delete what the run wrote on the target (a target gone meanwhile is told of on stderr, not raised over the run)."""
+    from kvmgr.client import connect
+    from kvmgr.client.namespace import NamespacedClient
+
+    try:
+        with connect(target, timeout=timeout, namespace=namespace) as client:
+            if isinstance(client, NamespacedClient):
+                client.delete_namespace()
+    except KvmgrError as exc:
+        print(f"run_driver.py: could not delete the run's keys (namespace {namespace!r}): {exc}", file=sys.stderr, flush=True)
 
 
 def run_against_own_server(
@@ -579,7 +609,6 @@ def run_against_own_server(
         closing = _closing_quit(len(scenario.steps) + 1)
         rows += judge(closing, actors.run(closing))
     actors.finish()
-    rows.append(check_history(history_dir))
     return rows + check_shutdown(server, children, 0 if actors.unavailable else SHUTDOWN_TIMEOUT)
 
 
@@ -606,7 +635,6 @@ def run_against_target(
         else:
             rows += run_group(actors, together, ledger)
     actors.finish()
-    rows.append(check_history(history_dir))
     return rows + [_skipped_row("shutdown", "driver", what, "kvmgr's own server only") for what in SHUTDOWN_CHECKS]
 
 
@@ -614,10 +642,15 @@ def _skipped_row(step: str, actor: str, operation: str, reason: str) -> Row:
     return Row(step, actor, operation, "", "", "", f"skipped: {reason}", None)
 
 
-def check_history(history_dir: Path) -> Row:
-    """A row saying whether what the actors recorded is linearizable (keys given an expiry are left out, and named)."""
+def check_history(history_dir: Path, html: Path | None = None, title: str = "") -> Row:
+    """A row saying whether what the actors recorded is linearizable (keys given an expiry are left out, and named);
+    given `html`, the history is written there as a page too."""
     operations = [op for path in sorted(history_dir.glob("*.jsonl")) for op in read_history(path)]
-    result = check_operations(operations, initial="empty", timeout=CHECK_TIMEOUT)  # the driver's keys start absent
+    result = check_operations(operations, initial="empty", timeout=CHECK_TIMEOUT, orders=html is not None)  # keys start absent
+    if html is not None:
+        from kvmgr.verify.html import write_history_page
+
+        write_history_page(html, operations, result, title=f"run_driver.py --scenario {title}")
     checked = sum(op.key not in result.skipped_keys for op in operations)
     shown = {True: f"yes ({checked} operations)", False: f"NO: key {result.key}", None: f"unknown: {result.detail}"}
     actual = shown[result.linearizable] + (f"; {result.skipped_note}" if result.skipped_keys else "")
@@ -629,7 +662,7 @@ def _closing_quit(number: int) -> Step:
 
 
 def prepare_target(target: str, flush: bool) -> None:
-    """Check that the Redis target is reachable and empty (emptying it first when asked)."""
+    """Check that the Redis target is reachable (emptying it first only when asked: the run needs no empty database)."""
     if not is_redis_url(target):
         raise ConfigError(f"--target must be a redis:// URL (got {target!r})")
     from kvmgr.client.redis_transport import connect_redis
@@ -637,8 +670,6 @@ def prepare_target(target: str, flush: bool) -> None:
     with connect_redis(target) as client:
         if flush:
             client.flush()
-        if client.size():
-            raise ConfigError(f"--target {target} holds {client.size()} keys: use an empty database or --flush-target")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -660,10 +691,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--target", metavar="redis://HOST:PORT/DB",
-        help="run the scenario against this Redis database instead of a server of our own (it must be empty: "
-        "scenarios assume they start from nothing; see --flush-target)",
+        help="run the scenario against this Redis database instead of a server of our own; it runs in a namespace of its "
+        "own (the database may hold other data), deleted when the run ends",
     )
-    parser.add_argument("--flush-target", action="store_true", help="empty the --target database first (FLUSHDB)")
+    parser.add_argument("--flush-target", action="store_true", help="empty the whole --target database first (FLUSHDB); not needed")
+    parser.add_argument("--html", type=writable_path, metavar="PAGE.html", help="also write the history as a page (see kvmgr check --html)")
     return parser
 
 
@@ -675,7 +707,7 @@ def main(argv: list[str] | None = None) -> int:
         scenario = load_scenario(find_scenario(args.scenario) if args.scenario else seed_scenario_path())
         if args.target is not None:
             prepare_target(args.target, args.flush_target)
-        report = run_scenario(scenario, args.address, args.target, args.timeout)
+        report = run_scenario(scenario, args.address, args.target, args.timeout, args.html)
     except KvmgrError as exc:
         print(f"run_driver.py: error: {exc}", file=sys.stderr)
         return exit_status(exc)
