@@ -1,6 +1,13 @@
-"""kvmgr: a key-value store shared by Python processes through a multiprocessing.managers server."""
+"""kvmgr: a key-value store shared by Python processes through a multiprocessing.managers server.
 
-from kvmgr.client import Client, connect
+`kvmgr.connect` and `kvmgr.Client` load the client when first used, so that `import kvmgr` (and every command
+that does not talk to a server, `kvmgr --help` among them) starts fast.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
 from kvmgr.config import VERSION
 from kvmgr.errors import (
     AuthenticationFailed,
@@ -10,12 +17,20 @@ from kvmgr.errors import (
     InvalidValue,
     KeyNotFound,
     KvmgrError,
+    LockLost,
+    LockTimeout,
     OutcomeUnknown,
     ProtocolError,
+    QueueEmpty,
     ScenarioError,
     ServerUnavailable,
     UnknownOperation,
+    WaitTimeout,
+    WrongType,
 )
+
+if TYPE_CHECKING:
+    from kvmgr.client import Client, connect
 
 __version__ = VERSION
 
@@ -28,11 +43,27 @@ __all__ = [
     "InvalidValue",
     "KeyNotFound",
     "KvmgrError",
+    "LockLost",
+    "LockTimeout",
     "OutcomeUnknown",
     "ProtocolError",
+    "QueueEmpty",
     "ScenarioError",
     "ServerUnavailable",
     "UnknownOperation",
+    "WaitTimeout",
+    "WrongType",
     "__version__",
     "connect",
 ]
+
+_LAZY = {"Client", "connect"}
+
+
+def __getattr__(name: str) -> Any:
+    """kvmgr.connect and kvmgr.Client, imported on first use."""
+    if name in _LAZY:
+        from kvmgr import client
+
+        return getattr(client, name)
+    raise AttributeError(f"module 'kvmgr' has no attribute {name!r}")

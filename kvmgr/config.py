@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import contextlib
-import ipaddress
 import os
-import secrets
 import socket
 import stat
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -124,6 +121,8 @@ def is_loopback(address: Address) -> bool:
     if host == "localhost":
         return True
     try:
+        import ipaddress  # only the server checks where it listens
+
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
@@ -201,6 +200,9 @@ def generated_authkey() -> tuple[bytes, Path]:
 
 def _create_authkey_file(path: Path) -> None:
     """Write a random key to path (mode 0600) unless a file appeared there meanwhile: the first writer wins."""
+    import secrets
+    import tempfile
+
     try:
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=".authkey-")
@@ -215,11 +217,16 @@ def _create_authkey_file(path: Path) -> None:
         raise ConfigError(f"cannot write a generated authkey to {path}: {exc.strerror} (set ${AUTHKEY_ENV} instead)") from None
 
 
+REDIS_SCHEMES = ("redis://", "rediss://", "redis+sentinel://", "redis+cluster://")
+
+
 def is_redis_url(address: object) -> bool:
-    """True for redis:// and rediss:// URLs: targets served by the Redis client, not a kvmgr server."""
-    return isinstance(address, str) and address.startswith(("redis://", "rediss://"))
+    """True for redis://, rediss://, redis+sentinel:// and redis+cluster:// URLs: targets served by the Redis client."""
+    return isinstance(address, str) and address.startswith(REDIS_SCHEMES)
 
 
 def fresh_authkey() -> str:
     """A random authkey for a server that a kvmgr command starts itself (passed through the environment)."""
+    import secrets  # only where a key is made: a client that reads one need not load it
+
     return secrets.token_hex(32)

@@ -41,7 +41,6 @@ from kvmgr.errors import (
 from kvmgr.protocol.operations import BY_NAME, SCENARIO_OPERATIONS
 from kvmgr.protocol.values import ValueRuleError, from_json, is_number, to_json
 from kvmgr.tools.arguments import positive_float, positive_int, writable_path
-from kvmgr.verify.history import HistoryWriter
 
 UNSAFE_INCREMENT = "unsafe_increment"
 COORDINATION_OPERATIONS: dict[str, tuple[str, ...]] = {
@@ -435,7 +434,7 @@ def perform(client: Operations, name: str, args: argparse.Namespace, held: Held 
 def connected(name: str, args: argparse.Namespace) -> Iterator[Operations]:
     """A client for the actor, recording to --history when given."""
     with contextlib.ExitStack() as stack:
-        history = stack.enter_context(HistoryWriter(args.history)) if args.history else None
+        history = stack.enter_context(history_writer(args.history)) if args.history else None
         yield stack.enter_context(
             connect(args.address, timeout=args.timeout, name=name, authkey_file=args.authkey_file, history=history)
         )
@@ -523,3 +522,10 @@ def bob() -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
+
+
+def history_writer(path: Path) -> Any:
+    """A HistoryWriter for --history (the history module is loaded only by an actor that records)."""
+    from kvmgr.verify.history import HistoryWriter
+
+    return HistoryWriter(path)

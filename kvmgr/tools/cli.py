@@ -13,13 +13,13 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from kvmgr import __version__
 from kvmgr.config import (
     DEFAULT_ADDRESS,
     HANDSHAKE_TIMEOUT,
     MAX_CONNECTIONS,
     MAX_KEY_BYTES,
     MAX_VALUE_BYTES,
+    VERSION,
     Limits,
     configured_authkey,
     generated_authkey,
@@ -27,9 +27,8 @@ from kvmgr.config import (
     parse_address,
 )
 from kvmgr.errors import ConfigError, KvmgrError, ServerUnavailable, exit_status
-from kvmgr.server.durable import FSYNC_MODES
 from kvmgr.tools.arguments import positive_float, positive_int
-from kvmgr.tools.processes import interrupt_on_terminate
+from kvmgr.tools.interrupts import interrupt_on_terminate
 
 
 def command_serve(args: argparse.Namespace) -> int:
@@ -60,6 +59,8 @@ def command_serve(args: argparse.Namespace) -> int:
 
 
 def add_serve(subparsers: argparse._SubParsersAction) -> None:
+    from kvmgr.server.durable import FSYNC_MODES  # sqlite3: imported only when serve is the command
+
     parser = subparsers.add_parser("serve", help="run a kvmgr server", description="Run a kvmgr server until quit, SIGTERM or SIGINT.")
     parser.add_argument(
         "--address", default=DEFAULT_ADDRESS,
@@ -135,28 +136,56 @@ def add_info(subparsers: argparse._SubParsersAction) -> None:
     add_parser(subparsers)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The `kvmgr` argument parser with every subcommand."""
+Adder = Callable[[argparse._SubParsersAction], None]
+
+COMMANDS: dict[str, tuple[Adder, str]] = {
+    "serve": (add_serve, "run a kvmgr server"),
+    "get": (add_one_shot, "print a key's value"),
+    "set": (add_one_shot, "store a value"),
+    "del": (add_one_shot, "delete a key"),
+    "keys": (add_one_shot, "list keys"),
+    "incr": (add_one_shot, "add to a number"),
+    "dump": (add_one_shot, "write every key to stdout as JSON lines"),
+    "load": (add_one_shot, "store every key of a dump file"),
+    "shell": (add_shell, "an interactive prompt against a server"),
+    "info": (add_info, "what a server is doing"),
+    "check": (add_check, "are recorded histories linearizable?"),
+    "stress": (add_stress, "many client processes at once; check the history"),
+    "faults": (add_faults, "run the fault suite against real server processes"),
+    "bench": (add_bench, "measure kvmgr against its peers on loopback"),
+}
+"""Every subcommand: what adds its parser (importing its module) and its one-line help (for `kvmgr --help`, which imports none)."""
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The `kvmgr` argument parser: every subcommand's full parser, or (given the command being run) that one's only,
+    the others listed with their help, so that a command imports nothing it does not use."""
     parser = argparse.ArgumentParser(
         prog="kvmgr", description="kvmgr: a key-value store shared by Python processes through a multiprocessing.managers server.",
         epilog=__doc__.split("\n\n", 1)[1],
     )
-    parser.add_argument("--version", action="version", version=f"kvmgr {__version__}")
+    parser.add_argument("--version", action="version", version=f"kvmgr {VERSION}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in SUBCOMMANDS:
-        add(subparsers)
+    wanted = None if command is None else COMMANDS.get(command, (None, ""))[0]
+    done: set[Adder] = set()
+    for name, (add, help_text) in COMMANDS.items():
+        if command is not None and add is not wanted:
+            subparsers.add_parser(name, help=help_text, add_help=False)
+        elif add not in done:
+            add(subparsers)
+            done.add(add)
     return parser
 
 
-SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
-    add_serve, add_check, add_stress, add_faults, add_bench, add_one_shot, add_shell, add_info,
-]
+def command_word(argv: list[str]) -> str:
+    """The subcommand argv names (its first word that is not an option), or "" when it names none (`kvmgr --help`)."""
+    return next((word for word in argv if not word.startswith("-")), "")
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the kvmgr console script and python -m kvmgr."""
-    args = build_parser().parse_args(argv)
+    args = build_parser(command_word(sys.argv[1:] if argv is None else argv)).parse_args(argv)
     interrupt_on_terminate()  # `serve` installs its own graceful handlers
     logging.basicConfig(level=logging.INFO, format=f"kvmgr {args.command}: %(message)s", stream=sys.stderr)
     try:

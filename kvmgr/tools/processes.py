@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import os
 import select
-import signal
 import subprocess
 import sys
 import time
@@ -21,36 +20,13 @@ import psutil
 
 from kvmgr.config import AUTHKEY_ENV, Address, fresh_authkey, parse_address
 from kvmgr.errors import ServerUnavailable
+from kvmgr.tools.interrupts import interrupt_on_terminate
+
+__all__ = ["interrupt_on_terminate"]  # processes' users import it from here too
 
 READY_PREFIX = "kvmgr listening on "
 READY_TIMEOUT = 15.0
 REAP_TIMEOUT = 3.0
-
-
-TERMINATING_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
-
-
-def interrupt_on_terminate() -> None:
-    """Make SIGTERM and SIGHUP raise KeyboardInterrupt, so every `with ProcessGroup()` reaps its processes.
-
-    Only in this process: a forked child (a multiprocessing.Pool worker) gets the default action back, as
-    Pool.terminate() expects its SIGTERM to end a worker at once, not to raise inside it.
-    """
-    for signum in TERMINATING_SIGNALS:
-        signal.signal(signum, _interrupt)
-
-
-def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
-def _default_action_in_child() -> None:
-    for signum in TERMINATING_SIGNALS:
-        if signal.getsignal(signum) is _interrupt:
-            signal.signal(signum, signal.SIG_DFL)
-
-
-os.register_at_fork(after_in_child=_default_action_in_child)
 
 
 def python_module(module: str, *args: str) -> list[str]:
