@@ -8,7 +8,7 @@ import logging
 import socket
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from multiprocessing.managers import BaseManager
 from typing import Any
 
@@ -20,9 +20,8 @@ from kvmgr.client.manager import open_connection
 from kvmgr.config import Limits, format_address, fresh_authkey
 from kvmgr.errors import KeyNotFound, OutcomeUnknown, ServerUnavailable
 from kvmgr.protocol import wire
-from kvmgr.protocol.validation import Value
 from kvmgr.server.deferred import Deferred
-from kvmgr.server.journal import Changes, Commit, MemoryJournal
+from kvmgr.server.journal import Before, Changes, Commit, MemoryJournal
 from kvmgr.server.manager import StoreManager, StoreServer
 from tests.commit_failure import until
 
@@ -201,7 +200,7 @@ def test_the_timers_of_settled_calls_do_not_pile_up_until_their_deadlines(thread
 class StuckJournal(MemoryJournal):
     """A journal whose commits never finish (a hung disk): every write waits on a commit that is never decided."""
 
-    def append(self, changes: Changes, before: Mapping[str, Value]) -> Commit:
+    def append(self, changes: Changes, before: Before, revision: int) -> Commit:
         return Deferred()
 
 

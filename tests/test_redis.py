@@ -351,7 +351,7 @@ def test_driver_runs_the_seed_scenario_on_redis_and_skips_what_is_ours(redis_ser
     assert [row["actual"] for row in rows if row["step"] == "3"] == ['"updated"', '"updated"']
     again = subprocess.run([sys.executable, str(ROOT / "run_driver.py"), "--target", redis_server.url],
                            capture_output=True, text=True, timeout=120)
-    assert again.returncode == 2 and "use an empty database or --flush-target" in again.stderr
+    assert again.returncode == 0, again.stdout + again.stderr  # each run has a namespace of its own: no empty database needed
 
 
 def test_stress_on_redis_is_checked_for_linearizability(redis_server: RedisServer) -> None:

@@ -510,6 +510,14 @@ def _fail(actor: str, args: argparse.Namespace, exc: Exception, status: int) -> 
     return status
 
 
+
+def history_writer(path: Path) -> Any:
+    """A HistoryWriter for --history (the history module is loaded only by an actor that records)."""
+    from kvmgr.verify.history import HistoryWriter
+
+    return HistoryWriter(path)
+
+
 def alice() -> int:
     """The `alice` console script."""
     return main(name="alice")
@@ -522,10 +530,3 @@ def bob() -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
-
-
-def history_writer(path: Path) -> Any:
-    """A HistoryWriter for --history (the history module is loaded only by an actor that records)."""
-    from kvmgr.verify.history import HistoryWriter
-
-    return HistoryWriter(path)
