@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import math
 import re
 import sys
 import time
@@ -40,7 +39,7 @@ from kvmgr.errors import (
 )
 from kvmgr.protocol.operations import BY_NAME, SCENARIO_OPERATIONS
 from kvmgr.protocol.values import ValueRuleError, from_json, is_number, to_json
-from kvmgr.tools.arguments import positive_float, positive_int, writable_path
+from kvmgr.tools.arguments import number, positive_float, positive_int, seconds_to_live, writable_path
 
 UNSAFE_INCREMENT = "unsafe_increment"
 COORDINATION_OPERATIONS: dict[str, tuple[str, ...]] = {
@@ -86,27 +85,6 @@ POSITIVE_ANSWERS = {
     "persist": "Removed expiry of key:{key}",
 }
 """The message of a new operation that succeeded; results are shown with repr() so their types are visible."""
-
-
-def number(text: str) -> int | float:
-    """An argparse type: an int ("3", "-2") or a finite float ("0.5", "1e3"); what incr's --by can be."""
-    if re.fullmatch(r"[+-]?[0-9]+", text.strip()):
-        return int(text)
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"expected an int or a finite float, got {text[:40]!r}")
-    return value
-
-
-def seconds_to_live(text: str) -> int | float:
-    """An argparse type: a ttl, a number of seconds above 0 (the client refuses more than a hundred years)."""
-    value = number(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a number of seconds above 0, got {text[:40]!r}")
-    return value
 
 
 def version_or_current(text: str) -> int | str:
