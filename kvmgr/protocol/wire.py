@@ -30,6 +30,7 @@ _LONG_HEADER = struct.Struct("!iQ")  # multiprocessing.connection's form for mes
 _LONG = 0x7FFFFFFF
 _PICKLE_PROTOCOL = pickle.HIGHEST_PROTOCOL
 _pack_header = HEADER.pack
+_dumps = pickle.dumps
 
 UNPICKLING_ERRORS = (
     pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, LookupError, OverflowError, RecursionError,
@@ -83,10 +84,21 @@ def reply_frame(kind: str, result: object) -> bytes:
     """A framed reply ("#RETURN", result) or ("#ERROR", exception), ready to write; a result that cannot be encoded
     becomes an error reply."""
     try:
-        payload = pickle.dumps((kind, result), _PICKLE_PROTOCOL)
+        payload = _dumps((kind, result), _PICKLE_PROTOCOL)
     except Exception as exc:
         payload = dump((ERROR, errors.KvmgrError(f"cannot send the result: {exc}")))
-    return frame(payload)
+    size = len(payload)
+    return _pack_header(size) + payload if size <= _LONG else frame(payload)
+
+
+def return_frame(result: object) -> bytes:
+    """The framed reply ("#RETURN", result): reply_frame's bytes, made once for the constant answers (None, True, False,
+    "saved", "updated"), which are most writes' replies."""
+    if result is None or type(result) is bool or type(result) is str:  # by type first: 1 == True must not find True's
+        made = _CONSTANT_RETURNS.get(result)
+        if made is not None:
+            return made
+    return reply_frame(RETURN, result)
 
 
 def load_request(data: bytes) -> tuple[str, str, tuple, dict]:
@@ -224,3 +236,6 @@ def frame(payload: bytes) -> bytes:
     if size > _LONG:
         return _LONG_HEADER.pack(-1, size) + payload
     return _pack_header(size) + payload
+
+
+_CONSTANT_RETURNS: dict[object, bytes] = {answer: reply_frame(RETURN, answer) for answer in (None, True, False, "saved", "updated")}

@@ -429,7 +429,7 @@ class EventLoop:
         """The framed reply of a decided Deferred."""
         if deferred.error is not None:
             return self.error_frame(deferred.error)
-        return wire.reply_frame(wire.RETURN, deferred.value)
+        return wire.return_frame(deferred.value)
 
     def error_frame(self, exc: Exception) -> bytes:
         """The framed error reply for exc (logged when it is no kvmgr error: that is a bug to report)."""
@@ -582,9 +582,13 @@ class EventLoop:
         if timer is not None and timer[2] is not None:
             timer[2] = None
             self._dead_timers += 1
-            if self._dead_timers > 1024 and self._dead_timers * 2 > len(self._timers):  # mostly settled calls' timers
-                self._timers[:] = [live for live in self._timers if live[2] is not None]  # in place: _run_timers holds it
-                heapq.heapify(self._timers)
+            timers = self._timers
+            while timers and timers[0][2] is None:  # the dead at the head go now: with none left, a turn reads no clock
+                heapq.heappop(timers)
+                self._dead_timers -= 1
+            if self._dead_timers > 1024 and self._dead_timers * 2 > len(timers):  # mostly settled calls' timers
+                timers[:] = [live for live in timers if live[2] is not None]  # in place: _run_timers holds it
+                heapq.heapify(timers)
                 self._dead_timers = 0
 
     def _run_timers(self) -> None:

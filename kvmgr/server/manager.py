@@ -111,7 +111,7 @@ class StoreServer(ManagerCalls, EventLoop):
             return self.error_frame(exc)
         if type(result) is Deferred:
             return result
-        return wire.reply_frame(wire.RETURN, result)
+        return wire.return_frame(result)
 
     def _not_exposed(self, ident: object, method: str) -> KvmgrError:
         if ident != self.store_ident:
