@@ -36,10 +36,12 @@ log = logging.getLogger("kvmgr.server.manager")
 
 READ, WRITE = select.POLLIN, select.POLLOUT  # the same bits as EPOLLIN and EPOLLOUT
 BROKEN = select.POLLERR | select.POLLHUP  # reported as readable: the read says what happened
+READABLE = READ | BROKEN
 SHUTTING_DOWN = "the server is shutting down: the call was not completed"
 CHALLENGED, WELCOMED, ANSWERED, AUTHENTICATED, SERVING, CLOSING = range(6)  # a connection's phases, in order
 
 Timer = list  # [when, sequence number, callback or None once cancelled]
+_unpack_header = wire.HEADER.unpack_from
 
 
 class Poll:
@@ -175,7 +177,7 @@ class EventLoop:
         for fd, mask in self.selector.poll(timeout):
             conn = connections.get(fd)
             if conn is not None:
-                if mask & (READ | BROKEN):
+                if mask & READABLE:
                     self._on_readable(conn)
                 if mask & WRITE and not conn.closed:
                     self._send(conn)
@@ -318,7 +320,7 @@ class EventLoop:
         phase = conn.phase
         if phase == SERVING and not conn.inbuf and not conn.out and not conn.pending and not conn.paused:
             size = len(chunk)
-            if size >= 4 and wire.HEADER.unpack_from(chunk)[0] == size - 4:  # the usual case: one whole request
+            if size >= 4 and _unpack_header(chunk)[0] == size - 4:  # the usual case: one whole request
                 if not self._reply_at_once(conn, chunk[4:]):
                     self._send(conn)
                 return
