@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import builtins
+import copyreg
 import os
 import pickle
 import re
 import struct
 import subprocess
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -204,3 +206,38 @@ def test_a_reply_of_the_wrong_shape_is_unreadable() -> None:
     for reply in [(RETURN,), (RETURN, 1, 2), 5, None]:
         with pytest.raises(ProtocolError, match=r"^unreadable reply: "):
             load_reply(dump(reply))
+
+
+def test_an_extension_code_registered_for_a_global_is_refused(tmp_path: Path) -> None:
+    """EXT opcodes name a global through copyreg's registry: it goes through find_class too, and is refused there."""
+    target = tmp_path / "pwned"
+    copyreg.add_extension("os", "system", 0x7FFF_FFF0)
+    try:
+        data = b"\x80\x02\x84" + struct.pack("<i", 0x7FFF_FFF0) + pickle.dumps((f"touch {target}",), 2)[2:-1] + b"R."
+        with pytest.raises(ProtocolError, match=r"^refused to unpickle os\.system"):
+            load_request(data)
+    finally:
+        copyreg.remove_extension("os", "system", 0x7FFF_FFF0)
+    assert not target.exists()
+
+
+def test_the_refusal_holds_for_decoding_a_request_only_in_any_thread() -> None:
+    """After a request is decoded (or refused), this thread and others unpickle classes as before: the refusal is the
+    request decoder's, not the process's."""
+    with pytest.raises(ProtocolError):
+        load_request(dump(("i", "store", ("k", Plain()), {})))
+    assert load_request(dump(REQUEST)) == REQUEST
+    assert type(pickle.loads(dump(Plain()))) is Plain
+    found: list[object] = []
+    thread = threading.Thread(target=lambda: found.append(pickle.loads(dump(KeyNotFound("k")))))
+    thread.start()
+    thread.join()
+    assert type(found[0]) is KeyNotFound
+
+
+def test_bytes_hidden_after_a_requests_stop_are_never_part_of_the_next_request() -> None:
+    """Each request is decoded by an unpickler of its own: what follows its STOP is dropped with it, and the next
+    request starts afresh (its memo too)."""
+    hidden = dump(("i", "quit", (), {}))[:-1]  # a request without its STOP, hidden after the first one's
+    assert load_request(dump(REQUEST) + hidden) == REQUEST
+    assert load_request(dump(("i", "get", ("k",), {}))) == ("i", "get", ("k",), {})

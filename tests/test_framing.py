@@ -302,3 +302,11 @@ def test_link_sees_eof_when_the_server_closes_mid_reply(pair: tuple[socket.socke
     with pytest.raises(EOFError):
         client.receive(started + WAIT)
     assert time.monotonic() - started < 1.0  # at once, not at the deadline
+
+
+@pytest.mark.parametrize("result", [None, True, False, "saved", "updated", 1, 0, 1.0, "other", b"saved", ("saved",)], ids=repr)
+def test_a_return_frame_is_the_reply_frame_of_its_result_made_once_or_not(result: object) -> None:
+    """The constant answers' replies are made once; each is the same bytes as reply_frame's, and 1 is never True's."""
+    assert wire.return_frame(result) == wire.reply_frame(wire.RETURN, result)
+    kind, decoded = wire.load_reply(wire.return_frame(result)[4:])
+    assert kind == wire.RETURN and decoded == result and type(decoded) is type(result)

@@ -2,6 +2,10 @@
 
 Requests are pickled tuples (ident, method, args, kwargs); replies are ("#RETURN", result) or
 ("#ERROR", exception), exactly as multiprocessing.managers sends them, so a stdlib proxy can talk to us.
+
+A request is decoded by a fresh unpickler of its own (`pickle.loads`), which may build plain data only: while a thread
+decodes one, an audit hook refuses every class the pickle names, before anything is imported. A reply is decoded by
+_ReplyUnpickler, which admits the whitelisted exceptions besides.
 """
 
 from __future__ import annotations
@@ -12,6 +16,8 @@ import os
 import pickle
 import socket
 import struct
+import sys
+import threading
 from multiprocessing import connection
 from typing import Any
 
@@ -30,6 +36,8 @@ _LONG_HEADER = struct.Struct("!iQ")  # multiprocessing.connection's form for mes
 _LONG = 0x7FFFFFFF
 _PICKLE_PROTOCOL = pickle.HIGHEST_PROTOCOL
 _pack_header = HEADER.pack
+_dumps = pickle.dumps
+_loads = pickle.loads
 
 UNPICKLING_ERRORS = (
     pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, LookupError, OverflowError, RecursionError,
@@ -48,13 +56,27 @@ these and nothing else (`load_reply`); a server sends a kvmgr error on it as it 
 (`sendable_error`)."""
 
 
-class _PlainUnpickler(pickle.Unpickler):
-    """Unpickles built-in data only (str, bytes, numbers, None, tuples, lists, dicts, sets): never a class."""
+_decoding = threading.local()  # .plain is True while this thread decodes a request: every class it names is refused
+_hooked = False  # _refuse_classes is installed (in this process)
+_install_lock = threading.Lock()
 
-    __slots__ = ()  # no instance __dict__: one is made per request
 
-    def find_class(self, module: str, name: str) -> Any:
+def _refuse_classes(event: str, args: tuple[Any, ...]) -> None:
+    """The audit hook that keeps a request to plain data: an unpickler raises "pickle.find_class" before it imports
+    anything a pickle names (GLOBAL, STACK_GLOBAL, INST, OBJ and EXT all go through find_class), and while this thread
+    decodes a request the hook refuses it there, so nothing is imported and no callable can reach the stack."""
+    if event == "pickle.find_class" and getattr(_decoding, "plain", False):
+        module, name = args
         raise errors.ProtocolError(f"refused to unpickle {module}.{name}: only plain built-in data is accepted")
+
+
+def _install_refusal() -> None:
+    """Install _refuse_classes, once per process (only a process that decodes requests, a server, installs it)."""
+    global _hooked
+    with _install_lock:
+        if not _hooked:
+            sys.addaudithook(_refuse_classes)
+            _hooked = True
 
 
 class _ReplyUnpickler(pickle.Unpickler):
@@ -83,20 +105,36 @@ def reply_frame(kind: str, result: object) -> bytes:
     """A framed reply ("#RETURN", result) or ("#ERROR", exception), ready to write; a result that cannot be encoded
     becomes an error reply."""
     try:
-        payload = pickle.dumps((kind, result), _PICKLE_PROTOCOL)
+        payload = _dumps((kind, result), _PICKLE_PROTOCOL)
     except Exception as exc:
         payload = dump((ERROR, errors.KvmgrError(f"cannot send the result: {exc}")))
-    return frame(payload)
+    size = len(payload)
+    return _pack_header(size) + payload if size <= _LONG else frame(payload)
+
+
+def return_frame(result: object) -> bytes:
+    """The framed reply ("#RETURN", result): reply_frame's bytes, made once for the constant answers (None, True, False,
+    "saved", "updated"), which are most writes' replies."""
+    if result is None or type(result) is bool or type(result) is str:  # by type first: 1 == True must not find True's
+        made = _CONSTANT_RETURNS.get(result)
+        if made is not None:
+            return made
+    return reply_frame(RETURN, result)
 
 
 def load_request(data: bytes) -> tuple[str, str, tuple, dict]:
     """Decode a request a peer sent; raise ProtocolError unless it is (ident, method, args, kwargs) of plain data."""
+    if not _hooked:
+        _install_refusal()
+    _decoding.plain = True  # a fresh unpickler per request (pickle.loads makes one), refusing every class (the hook)
     try:
-        request = _PlainUnpickler(io.BytesIO(data)).load()
+        request = _loads(data)
     except errors.ProtocolError:
         raise
     except UNPICKLING_ERRORS as exc:
         raise errors.ProtocolError(f"unreadable request: {exc}") from None
+    finally:
+        _decoding.plain = False
     if not (isinstance(request, tuple) and len(request) == 4):
         raise errors.ProtocolError("a request must be a tuple (ident, method, args, kwargs)")
     ident, method, args, kwargs = request
@@ -224,3 +262,6 @@ def frame(payload: bytes) -> bytes:
     if size > _LONG:
         return _LONG_HEADER.pack(-1, size) + payload
     return _pack_header(size) + payload
+
+
+_CONSTANT_RETURNS: dict[object, bytes] = {answer: reply_frame(RETURN, answer) for answer in (None, True, False, "saved", "updated")}

@@ -35,10 +35,12 @@ log = logging.getLogger("kvmgr.server.manager")
 
 READ, WRITE = select.POLLIN, select.POLLOUT  # the same bits as EPOLLIN and EPOLLOUT
 BROKEN = select.POLLERR | select.POLLHUP  # reported as readable: the read says what happened
+READABLE = READ | BROKEN
 SHUTTING_DOWN = "the server is shutting down: the call was not completed"
 CHALLENGED, WELCOMED, ANSWERED, AUTHENTICATED, SERVING, CLOSING = range(6)  # a connection's phases, in order
 
 Timer = list  # [when, sequence number, callback or None once cancelled]
+_unpack_header = wire.HEADER.unpack_from
 
 
 class Poll:
@@ -187,7 +189,7 @@ class EventLoop:
         for fd, mask in self.selector.poll(timeout):
             conn = connections.get(fd)
             if conn is not None:
-                if mask & (READ | BROKEN):
+                if mask & READABLE:
                     self._on_readable(conn)
                 if mask & WRITE and not conn.closed:
                     self._send(conn)
@@ -330,7 +332,7 @@ class EventLoop:
         phase = conn.phase
         if phase == SERVING and not conn.inbuf and not conn.out and not conn.pending and not conn.paused:
             size = len(chunk)
-            if size >= 4 and wire.HEADER.unpack_from(chunk)[0] == size - 4:  # the usual case: one whole request
+            if size >= 4 and _unpack_header(chunk)[0] == size - 4:  # the usual case: one whole request
                 if not self._reply_at_once(conn, chunk[4:]):
                     self._send(conn)
                 return
@@ -443,7 +445,7 @@ class EventLoop:
         """The framed reply of a decided Deferred."""
         if deferred.error is not None:
             return self.error_frame(deferred.error)
-        return wire.reply_frame(wire.RETURN, deferred.value)
+        return wire.return_frame(deferred.value)
 
     def error_frame(self, exc: Exception) -> bytes:
         """The framed error reply for exc (logged when it is no kvmgr error: that is a bug to report)."""
@@ -599,9 +601,13 @@ class EventLoop:
         if timer is not None and timer[2] is not None:
             timer[2] = None
             self._dead_timers += 1
-            if self._dead_timers > 1024 and self._dead_timers * 2 > len(self._timers):  # mostly settled calls' timers
-                self._timers[:] = [live for live in self._timers if live[2] is not None]  # in place: _run_timers holds it
-                heapq.heapify(self._timers)
+            timers = self._timers
+            while timers and timers[0][2] is None:  # the dead at the head go now: with none left, a turn reads no clock
+                heapq.heappop(timers)
+                self._dead_timers -= 1
+            if self._dead_timers > 1024 and self._dead_timers * 2 > len(timers):  # mostly settled calls' timers
+                timers[:] = [live for live in timers if live[2] is not None]  # in place: _run_timers holds it
+                heapq.heapify(timers)
                 self._dead_timers = 0
 
     def _run_timers(self) -> None:

@@ -136,7 +136,7 @@ class StoreServer(ManagerCalls, EventLoop):
         if type(result) is Deferred:
             result.add_done_callback(partial(self.stats.settled, method))
             return result
-        return wire.reply_frame(wire.RETURN, result)
+        return wire.return_frame(result)
 
     def info(self) -> dict[str, Any]:
         """What the server is doing: its own figures and the store's (the `info` operation)."""
