@@ -30,6 +30,8 @@ bench: $(TESTING)
 
 faults: $(TESTING)
 	$(BIN)/kvmgr faults
+	$(BIN)/kvmgr faults --target redis+sentinel://
+	$(BIN)/kvmgr faults --target redis+cluster://
 
 lint: $(TESTING)
 	$(BIN)/ruff check .

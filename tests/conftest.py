@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import psutil
 import pytest
@@ -15,6 +17,9 @@ import pytest
 import kvmgr
 from kvmgr.client.operations import Operations
 from kvmgr.tools.processes import ProcessGroup, ServerProcess, child_environment, python_module
+
+if TYPE_CHECKING:
+    from kvmgr.tools.redis_server import Cluster, SentinelDeployment
 
 ROOT = Path(__file__).resolve().parent.parent
 SESSION_MARK = "KVMGR_TEST_SESSION"
@@ -87,6 +92,33 @@ def redis_url() -> Iterator[str]:
         pytest.skip("redis-server not found: apt-get install redis-server")
     with ProcessGroup() as processes:
         yield start_redis_server(processes).url
+
+
+def _skip_without_redis() -> None:
+    from kvmgr.tools.redis_server import find_redis_server
+
+    if find_redis_server() is None or shutil.which("redis-cli") is None:
+        pytest.skip("redis-server or redis-cli not found: apt-get install redis-server")
+
+
+@pytest.fixture(scope="session")
+def sentinel_deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SentinelDeployment]:
+    """A primary, 2 replicas and 3 Sentinels (down-after 1 s) for the session; tests that kill a node restart it."""
+    from kvmgr.tools.redis_server import start_sentinel_deployment
+
+    _skip_without_redis()
+    with ProcessGroup() as processes:
+        yield start_sentinel_deployment(processes, tmp_path_factory.mktemp("sentinel"))
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    """A 3-primary, 3-replica Redis Cluster (node timeout 1 s) for the session; tests that kill a node restart it."""
+    from kvmgr.tools.redis_server import start_cluster
+
+    _skip_without_redis()
+    with ProcessGroup() as processes:
+        yield start_cluster(processes, tmp_path_factory.mktemp("cluster"))
 
 
 @pytest.fixture(params=["manager", "redis"])

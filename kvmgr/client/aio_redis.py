@@ -26,7 +26,6 @@ from kvmgr.client.redis_scripts import (
     RENDEZVOUS_PREFIX,
     SCRIPTS,
     TOKENS_PREFIX,
-    VERSIONED_SCRIPTS,
     WAKE_PREFIX,
 )
 from kvmgr.client.redis_transport import (
@@ -216,9 +215,8 @@ class AsyncRedisClient(AsyncOperations):
         self._give_back(db)
 
     async def _script(self, db: AsyncRedis, name: str, keys: list[bytes], args: list[Any]) -> Any:
-        """Run one of SCRIPTS on db (EVALSHA, loading it if Redis lacks it); a versioned one is given the channel prefix."""
-        if name in VERSIONED_SCRIPTS:
-            args = [self._rules._channels, *args]
+        """Run one of SCRIPTS on db (EVALSHA, loading it if Redis lacks it), with the sync client's KEYS and ARGV."""
+        keys, args = self._rules.script_arguments(name, keys, args)
         return await self._scripts[name](keys=keys, args=args, client=db)
 
     def session(self) -> AsyncRedisClient:

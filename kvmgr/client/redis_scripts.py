@@ -1,9 +1,16 @@
 """The Lua scripts and kvmgr's own keys on Redis: every operation of the Redis backend is one of these, or one command.
 
 kvmgr's own keys start with the byte 0xFF, which no UTF-8 key can start with, so no user key collides with them.
-The internal key names are written into the scripts' source (as Lua decimal escapes); the scripts of the
-versioned family (every write, get_versioned, size) take ARGV[1]: the prefix of this database's
-notification channels, because pub/sub channels are shared by every database of a Redis server.
+The scripts of the versioned family (every write, get_versioned, size) take ARGV[1]: the prefix of this
+database's notification channels, because pub/sub channels are shared by every database of a Redis server;
+and, after their own KEYS, the four bookkeeping keys below (`bookkeeping(tag)`), so that every key a script
+touches is declared (Redis Cluster requires it).
+
+On a single server (or behind Sentinel) kvmgr's own keys are the fixed names below. On a Redis Cluster every
+script must touch keys of one hash slot only, so each of kvmgr's own keys carries, right after the 0xFF, the
+hash tag of the slot it serves (`slot_tag(slot)`): the bookkeeping keys exist once per slot, and a lock's,
+queue's or rendezvous's keys carry the tag of the slot of its name. A tag never depends on what the user's key
+or name contains, so braces in them cannot split a script's keys across slots.
 
 Versions. One counter, REVISION, numbers every change; VERSIONS maps each key ever written to the revision
 of its last change (a deleted key keeps its entry: a tombstone), and every change PUBLISHes that revision on
@@ -13,6 +20,41 @@ of its own. get_versioned, wait and the expiry sweep settle a key before reading
 """
 
 from __future__ import annotations
+
+import functools
+from binascii import crc_hqx
+
+HASH_SLOTS = 16384  # Redis Cluster's hash slots
+
+
+def own_key(name: bytes, tag: bytes = b"") -> bytes:
+    """kvmgr's own key called name; tag (b"" on a single server, a hash tag like b"{a3}" on a cluster) fixes its slot."""
+    return b"\xff" + tag + b"kvmgr:" + name
+
+
+@functools.cache
+def _slot_tags() -> tuple[bytes, ...]:
+    """For every hash slot, the shortest decimal string (the first found) that hashes to it."""
+    tags: list[bytes | None] = [None] * HASH_SLOTS
+    missing, number = HASH_SLOTS, 0
+    while missing:
+        text = str(number).encode()
+        slot = crc_hqx(text, 0) % HASH_SLOTS
+        if tags[slot] is None:
+            tags[slot], missing = text, missing - 1
+        number += 1
+    return tuple(tag for tag in tags if tag is not None)
+
+
+def slot_tag(slot: int) -> bytes:
+    """The hash tag (with its braces) that puts a key in `slot`."""
+    return b"{" + _slot_tags()[slot] + b"}"
+
+
+def bookkeeping(tag: bytes = b"") -> list[bytes]:
+    """The versioned scripts' last four KEYS: the revision counter, the versions, the expiries, the expiring index."""
+    return [own_key(b"revision", tag), own_key(b"versions", tag), own_key(b"expires", tag), own_key(b"expiring", tag)]
+
 
 INTERNAL_PREFIX = b"\xffkvmgr:"  # 0xFF never occurs in UTF-8, so no user key starts like this
 INTERNAL_INDEX = INTERNAL_PREFIX + b"internal"  # a set of kvmgr's own keys that may exist now
@@ -43,8 +85,8 @@ def lua_bytes(raw: bytes) -> str:
 # entries: a key that is gone (or lost its expiry) leaves the index, and one that expired gets its version;
 # one still expiring stays until it is gone.
 VERSIONED = f"""
-local REVISION, VERSIONS = {lua_bytes(REVISION)}, {lua_bytes(VERSIONS)}
-local EXPIRES, EXPIRING = {lua_bytes(EXPIRES)}, {lua_bytes(EXPIRING_INDEX)}
+local n = #KEYS - 4
+local REVISION, VERSIONS, EXPIRES, EXPIRING = KEYS[n + 1], KEYS[n + 2], KEYS[n + 3], KEYS[n + 4]
 local CHANNEL = ARGV[1]
 local function now_ms()
   local time = redis.call('TIME')
@@ -145,15 +187,16 @@ changed(KEYS[1])
 return 1
 """
 
-# ARGV[i + 1]: the encoded value of KEYS[i]. One revision for the whole batch. Returns each key's EXISTS before.
+# ARGV[i + 1]: the encoded value of KEYS[i] (i <= n: the KEYS before the bookkeeping). One revision for the whole batch.
+# Returns each key's EXISTS before.
 STORE_MANY_SCRIPT = VERSIONED + """
 local existed = {}
-for i, key in ipairs(KEYS) do
-  existed[i] = redis.call('EXISTS', key)
-  redis.call('SET', key, ARGV[i + 1])
+for i = 1, n do
+  existed[i] = redis.call('EXISTS', KEYS[i])
+  redis.call('SET', KEYS[i], ARGV[i + 1])
 end
 local revision = redis.call('INCR', REVISION)
-for _, key in ipairs(KEYS) do record(key, revision) end
+for i = 1, n do record(KEYS[i], revision) end
 return existed
 """
 
@@ -324,3 +367,13 @@ SCRIPTS = {
 }
 VERSIONED_SCRIPTS = frozenset({"store", "add", "expire", "persist", "delete", "pop", "cas", "store_many", "incr", "get_versioned", "size"})
 """The scripts that take ARGV[1]: this database's channel prefix."""
+
+
+def hash_slot(raw: bytes) -> int:
+    """The Redis Cluster hash slot of a key (its {hash tag}, if it has a non-empty one, decides)."""
+    start = raw.find(b"{")
+    if start > -1:
+        end = raw.find(b"}", start + 1)
+        if end > start + 1:
+            raw = raw[start + 1:end]
+    return crc_hqx(raw, 0) % HASH_SLOTS

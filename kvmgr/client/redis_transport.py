@@ -49,25 +49,21 @@ import contextlib
 import re
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, cast, overload
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from kvmgr.client.operations import Operations, with_history
 from kvmgr.client.pool import ConnectionPool
 from kvmgr.client.redis_scripts import (
     CHANNEL_PREFIX,
-    INTERNAL_INDEX,
-    INTERNAL_PREFIX,
-    LOCK_PREFIX,
     PROCESSING_PREFIX,
-    QUEUE_PREFIX,
-    RENDEZVOUS_PREFIX,
     SCRIPTS,
-    TOKENS_PREFIX,
     VERSIONED_SCRIPTS,
-    WAKE_PREFIX,
+    bookkeeping,
+    own_key,
 )
+from kvmgr.client.redis_urls import CLUSTER_SCHEME, PLAIN_SCHEMES, SENTINEL_SCHEME, RedisTarget, parse_target, redact
 from kvmgr.client.retry import DEFAULT_RETRY, NO_RETRY, RetryPolicy
 from kvmgr.config import BLOCKING_CEILING, DEFAULT_LIMITS, DEFAULT_TIMEOUT, RENDEZVOUS_TIMEOUT, SCAN_PAGE, VERSION, Limits
 from kvmgr.errors import (
@@ -87,6 +83,7 @@ from kvmgr.errors import (
     WrongType,
 )
 from kvmgr.protocol import wire
+from kvmgr.protocol.operations import BY_NAME
 from kvmgr.protocol.validation import (
     check_counter,
     check_delta,
@@ -115,6 +112,7 @@ if TYPE_CHECKING:
     from kvmgr.client.recording import RecordingClient
     from kvmgr.verify.history import HistoryWriter
 
+OWN_KEY_START = b"\xff"  # every key of kvmgr's own starts with it, and no UTF-8 key does
 NO_VALUE = b""  # what cas sends for expected=None: no encoded value is empty
 GO = b"go"
 MISSING_REDIS = "redis:// targets need redis-py: pip install 'kvmgr[redis]'"
@@ -133,18 +131,7 @@ def import_redis() -> ModuleType:
     return redis
 
 
-def redact_url(url: str) -> str:
-    """The URL with any password replaced by ***, for messages."""
-    try:
-        parts = urlsplit(url)
-        password = parts.password
-    except ValueError as exc:
-        raise ConfigError(f"bad Redis URL: {exc}") from None
-    if password is None:
-        return url
-    user = parts.username or ""
-    host = parts.netloc.rpartition("@")[2]
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+redact_url = redact  # the URL with its passwords replaced by ***, for messages
 
 
 def pack_key(key: str) -> bytes:
@@ -173,7 +160,8 @@ milliseconds = ttl_milliseconds  # a ttl in whole milliseconds, as every backend
 
 def info_figures(info: dict[str, Any], url: str, where: str, keys: int) -> dict[str, Any]:
     """The info operation's figures from Redis's INFO (server, clients, memory, persistence, stats, keyspace)."""
-    database = int(urlsplit(url).path.strip("/") or 0)
+    path = urlsplit(url).path.strip("/")
+    database = int(path.rpartition("/")[2] if path.rpartition("/")[2].isdigit() else 0)
     keyspace = info.get(f"db{database}")
     return {
         "uptime_seconds": info.get("uptime_in_seconds"), "version": f"kvmgr {VERSION}, Redis {info.get('redis_version')}",
@@ -208,11 +196,25 @@ def describe_error(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
+class Endpoint:
+    """One Redis server a client talks to: how to open a connection to it, and its pool of idle connections."""
+
+    def __init__(self, opener: Callable[[float], redis.Redis], stale: Callable[[redis.Redis], bool], timeout: float) -> None:
+        self.open = opener  # given a socket timeout, a new single-connection client (ServerUnavailable if it cannot connect)
+        self.pool: ConnectionPool[redis.Redis] = ConnectionPool(lambda: opener(timeout), _close_quietly, stale)
+
+
 class RedisClient(Operations):
     """One Redis database with the kvmgr API, for any number of threads at once; every call is bounded by `timeout`.
 
     Like the manager client, each call leases a connection of its own from a small pool: threads never
     share one, a call that is interrupted takes its connection with it, and a forked child opens its own.
+    How a connection is opened is the one thing the deployments differ in: this class reaches one server
+    (redis://); SentinelRedisClient asks Sentinels for the primary, ClusterRedisClient routes each call to
+    the node of its key's hash slot (kvmgr/client/redis_deployments.py). The operations are written once, here.
+
+    With `?durability=replicated` in the URL a write is acknowledged only once `WAIT 1` reports that a replica
+    has it; if none does within `replica_timeout`, the call raises OutcomeUnknown (the write stays on the primary).
     """
 
     def __init__(
@@ -225,16 +227,20 @@ class RedisClient(Operations):
         self.name = name
         self.retry = retry
         self._where = redact_url(url)
+        self._target: RedisTarget = parse_target(url)
         self._check_url()
         self._limits = limits  # validated exactly as the server-side Store does
-        self._pool: ConnectionPool[redis.Redis] = ConnectionPool(lambda: self._open(self.timeout), _close_quietly, self._stale)
+        self._endpoint = Endpoint(self._open, self._stale, timeout)
+        self._pool = self._endpoint.pool
         self._scripts: dict[str, Script] = {}
         self._channels = CHANNEL_PREFIX + str(self._database()).encode() + b":"  # + a key: its change notifications
 
     def _check_url(self) -> None:
         """Reject a malformed URL, or one with options redis-py does not know, before any network traffic."""
+        if self._target.scheme not in PLAIN_SCHEMES:
+            raise ConfigError(f"{self._where!r} is not a redis:// URL: open it with connect_redis (or kvmgr.connect)")
         try:
-            options = self._redis.connection.parse_url(self.address)
+            options = self._redis.connection.parse_url(self._target.url)
             connection_class = options.pop("connection_class", self._redis.Connection)
             connection_class(**options)  # only stores the options: it does not connect
         except ValueError as exc:
@@ -242,18 +248,36 @@ class RedisClient(Operations):
         except TypeError as exc:  # an option redis-py does not know
             unknown = re.search(r"argument '(\w+)'", str(exc))
             raise ConfigError(f"bad Redis URL {self._where!r}: unknown option {unknown[1] if unknown else exc}") from None
-        parts = urlsplit(self.address)
+        parts = urlsplit(self._target.url)
         database = parts.path.strip("/")
         if parts.scheme in ("redis", "rediss") and database and not database.isdigit():
             raise ConfigError(f"bad Redis URL {self._where!r}: the database after the port must be a number, like /0")
 
     def _database(self) -> int:
         """The database number the URL selects (pub/sub channels are shared by all of a server's databases)."""
-        return int(self._redis.connection.parse_url(self.address).get("db", 0))
+        return int(self._redis.connection.parse_url(self._target.url).get("db", 0))
 
     def session(self) -> RedisClient:
         """A client of the same database with connections of its own, never repeating a call."""
-        return RedisClient(self.address, self.timeout, self.name, limits=self._limits, retry=NO_RETRY)
+        return type(self)(self.address, self.timeout, self.name, limits=self._limits, retry=NO_RETRY)
+
+    # --- where kvmgr's own keys live (a cluster puts each in the hash slot it serves) ---
+
+    def _tag(self, raw: bytes) -> bytes:
+        """The hash tag of kvmgr's own keys that serve the user key or name raw: none on a single server."""
+        return b""
+
+    def _own(self, kind: bytes, raw: bytes) -> bytes:
+        """kvmgr's own key of that kind (b"lock:", b"queue:", ...) for the name raw."""
+        return own_key(kind, self._tag(raw)) + raw
+
+    def _index(self, raw: bytes) -> bytes:
+        """The set listing kvmgr's own keys that may exist now (those serving raw's slot, on a cluster)."""
+        return own_key(b"internal", self._tag(raw))
+
+    def _processing_list(self, name: str, client_id: int | None) -> bytes:
+        """The processing list of one connection (its CLIENT ID) for a queue; given None, the prefix of them all."""
+        return processing_list(name, client_id, self._tag(pack_key(name)))
 
     # --- one call: dispatch, connection, error translation ---
 
@@ -265,31 +289,52 @@ class RedisClient(Operations):
         """
         if method not in wire.EXPOSED:
             raise UnknownOperation(f"method {method!r} is not exposed; exposed are {', '.join(sorted(wire.EXPOSED))}")
+        return self._attempt(self._endpoint, method, args, timeout)
+
+    def _attempt(self, endpoint: Endpoint, method: str, args: tuple, timeout: float | None) -> Any:
+        """One attempt of one operation on a connection to endpoint (see _call)."""
         operation = getattr(self, f"_do_{method}")
         if timeout is not None:
-            own = self._open(timeout)
+            own = endpoint.open(timeout)
             try:
-                return operation(own, *args)
+                return self._replicated(own, method, operation(own, *args))
             except KvmgrError:  # ours; LockTimeout, WaitTimeout and QueueEmpty are TimeoutErrors, so OSErrors too
                 raise
             except (self._redis.RedisError, OSError) as exc:
                 raise self._command_error(method, exc) from None
             finally:
                 _close_quietly(own)
-        lease = self._pool.acquire()
+        lease = endpoint.pool.acquire()
         try:
-            result = operation(lease.connection, *args)
+            result = self._replicated(lease.connection, method, operation(lease.connection, *args))
         except KvmgrError:  # ours (KeyNotFound, InvalidKey, ...), raised after a reply was read in full
-            self._pool.release(lease)
+            endpoint.pool.release(lease)
             raise
         except (self._redis.RedisError, OSError) as exc:
             answered = isinstance(exc, self._redis.ResponseError)  # Redis refused the command: the connection is fine
-            (self._pool.release if answered else self._pool.discard)(lease)
+            (endpoint.pool.release if answered else endpoint.pool.discard)(lease)
             raise self._command_error(method, exc) from None
         except BaseException:
-            self._pool.discard(lease)  # interrupted mid-call: its reply may still come, no other call may read it
+            endpoint.pool.discard(lease)  # interrupted mid-call: its reply may still come, no other call may read it
             raise
-        self._pool.release(lease)
+        endpoint.pool.release(lease)
+        return result
+
+    def _replicated(self, db: redis.Redis, method: str, result: Any) -> Any:
+        """result, once a replica has confirmed this connection's writes (WAIT 1), given durability=replicated.
+
+        OutcomeUnknown if no replica confirms within replica_timeout (capped at half the client's timeout, so
+        the WAIT's reply still arrives within it): the write is on the primary, but a failover may lose it.
+        """
+        if not self._target.replicated or not BY_NAME[method].mutates:
+            return result
+        wait_ms = max(1, int(min(self._target.replica_timeout, self.timeout / 2) * 1000))
+        confirmed = int(db.execute_command("WAIT", 1, wait_ms))
+        if confirmed < 1:
+            raise OutcomeUnknown(
+                f"{method}: Redis at {self._where} applied the write but no replica confirmed it within {wait_ms} ms "
+                "(durability=replicated); a failover may lose it", timed_out=True,
+            )
         return result
 
     def _command_error(self, method: str, exc: BaseException) -> KvmgrError:
@@ -322,44 +367,53 @@ class RedisClient(Operations):
         module = self._redis
         try:
             db = cast("redis.Redis", module.Redis.from_url(
-                self.address, socket_timeout=socket_timeout, socket_connect_timeout=self.timeout,
+                self._target.url, socket_timeout=socket_timeout, socket_connect_timeout=self.timeout,
                 retry=module.retry.Retry(module.backoff.NoBackoff(), 0), retry_on_timeout=False, single_connection_client=True,
             ))
         except (module.RedisError, OSError) as exc:
             raise self._connect_error(exc) from None
+        return self._with_scripts(db)
+
+    def _with_scripts(self, db: redis.Redis) -> redis.Redis:
+        """db, once the scripts are registered (with the first connection opened: they are run with any connection)."""
         if not self._scripts:
             self._scripts = {name: db.register_script(source) for name, source in SCRIPTS.items()}
         return db
 
+    def _every_endpoint(self) -> list[Endpoint]:
+        """The endpoints that together hold the whole database: the one server here, every primary on a cluster."""
+        return [self._endpoint]
+
     def _ping(self) -> None:
         """Connect and PING; ServerUnavailable or AuthenticationFailed if Redis does not answer within the timeout."""
-        lease = self._pool.acquire()
-        try:
-            lease.connection.ping()
-        except (self._redis.RedisError, OSError) as exc:
-            self._pool.discard(lease)
-            raise self._connect_error(exc) from None
-        self._pool.release(lease)
+        for endpoint in self._every_endpoint():
+            lease = endpoint.pool.acquire()
+            try:
+                lease.connection.ping()
+            except (self._redis.RedisError, OSError) as exc:
+                endpoint.pool.discard(lease)
+                raise self._connect_error(exc) from None
+            endpoint.pool.release(lease)
 
     def _script(self, db: redis.Redis, name: str, keys: list[bytes], args: list[Any]) -> Any:
-        """Run one of SCRIPTS on db (EVALSHA, loading it if Redis lacks it); a versioned one is given the channel prefix."""
-        if name in VERSIONED_SCRIPTS:
-            args = [self._channels, *args]
+        """Run one of SCRIPTS on db (EVALSHA, loading it if Redis lacks it); see script_arguments."""
+        keys, args = self.script_arguments(name, keys, args)
         return self._scripts[name](keys=keys, args=args, client=db)
+
+    def script_arguments(self, name: str, keys: list[bytes], args: list[Any]) -> tuple[list[bytes], list[Any]]:
+        """A versioned script's KEYS and ARGV: its keys, then the bookkeeping keys of their slot; the channel prefix first."""
+        if name not in VERSIONED_SCRIPTS:
+            return keys, args
+        return [*keys, *bookkeeping(self._tag(keys[0]) if keys else b"")], [self._channels, *args]
 
     def close(self) -> None:
         """Close the connections (the next call reconnects)."""
-        self._pool.close()
+        self._endpoint.pool.close()
 
     def flush(self) -> None:
-        """Empty the whole database (FLUSHDB): for a database dedicated to kvmgr scenarios or stress runs."""
-        lease = self._pool.acquire()
-        try:
-            lease.connection.flushdb()
-        except BaseException:
-            self._pool.discard(lease)
-            raise
-        self._pool.release(lease)
+        """Empty the whole database (FLUSHDB; on a cluster, of every primary): for a database dedicated to kvmgr."""
+        for endpoint in self._every_endpoint():
+            self._on_endpoint(endpoint, "flush", lambda db: db.flushdb())
 
     # --- the operations, with the Store's validation and semantics ---
 
@@ -391,21 +445,24 @@ class RedisClient(Operations):
     def _do_keys(self, db: redis.Redis, prefix: str | None = None, limit: int | None = None, after: str | None = None) -> list[str]:
         """keys: SCAN (MATCH prefix*) page by page within the call's timeout; kvmgr's own keys are left out."""
         check_keys_page(prefix, limit, after)
+        found = self._scan(db, prefix, time.monotonic() + self.timeout)
+        return page_of_keys(map(unpack_key, found), prefix, limit, after)
+
+    def _scan(self, db: redis.Redis, prefix: str | None, deadline: float) -> set[bytes]:
+        """The user keys (starting with prefix) of one server, by SCAN; OutcomeUnknown if it does not finish by deadline."""
         pattern = glob_escape(pack_key(prefix)) + b"*" if prefix else None
-        deadline = time.monotonic() + self.timeout
         found: set[bytes] = set()  # SCAN may repeat a key
         cursor = 0
         while True:
             cursor, raws = cast(tuple[int, list[bytes]], db.scan(cursor, match=pattern, count=SCAN_PAGE))
-            found.update(raw for raw in raws if not raw.startswith(INTERNAL_PREFIX))
+            found.update(raw for raw in raws if not raw.startswith(OWN_KEY_START))
             if cursor == 0:
-                break
+                return found
             if time.monotonic() > deadline:
                 raise OutcomeUnknown(
                     f"keys: SCAN of Redis at {self._where} did not finish within {self.timeout:g}s; "
                     "use keys(prefix=..., limit=...) or a larger timeout", timed_out=True,
                 )
-        return page_of_keys(map(unpack_key, found), prefix, limit, after)
 
     def _do_size(self, db: redis.Redis) -> int:
         """size: DBSIZE less kvmgr's own keys, in one Lua step that first has Redis reclaim the keys that expired."""
@@ -510,22 +567,24 @@ class RedisClient(Operations):
         """rendezvous: arrive atomically, then wait for this generation's release token."""
         check_rendezvous(name, parties)
         wait = min(float(timeout), RENDEZVOUS_TIMEOUT)
-        hash_key = RENDEZVOUS_PREFIX + pack_key(name)
+        hash_key = self._own(b"rendezvous:", pack_key(name))
         expiry_ms = int((wait + self.timeout) * 1000) + 1000
-        index, opened, generation = self._script(db, "arrive", [hash_key, INTERNAL_INDEX], [parties, uuid.uuid4().hex, expiry_ms])
+        arrival = [parties, uuid.uuid4().hex, expiry_ms]
+        index, opened, generation = self._script(db, "arrive", [hash_key, self._index(pack_key(name))], arrival)
         if index < 0:
             raise InvalidValue(f"rendezvous {name!r} was opened for {opened} parties, not {parties}")
-        if index + 1 == parties or self._released(db, hash_key, generation, wait, expiry_ms):
+        if index + 1 == parties or self._released(db, name, generation, wait, expiry_ms):
             return int(index)
         raise KvmgrError(f"rendezvous {name!r}: not all {parties} parties arrived within {timeout}s")
 
-    def _released(self, db: redis.Redis, hash_key: bytes, generation: bytes, wait: float, expiry_ms: int) -> bool:
+    def _released(self, db: redis.Redis, name: str, generation: bytes, wait: float, expiry_ms: int) -> bool:
         """Wait for this generation's release token; on timeout break the rendezvous unless released meanwhile."""
+        hash_key = self._own(b"rendezvous:", pack_key(name))
         release_key = hash_key + b":" + generation
         popped = db.blpop([release_key], timeout=wait) if wait > 0 else None
         if popped is not None:
             return popped[1] == GO
-        return bool(self._script(db, "break", [hash_key, release_key, INTERNAL_INDEX], [generation, expiry_ms]) == GO)
+        return bool(self._script(db, "break", [hash_key, release_key, self._index(pack_key(name))], [generation, expiry_ms]) == GO)
 
     # --- versions and wait ---
 
@@ -570,7 +629,7 @@ class RedisClient(Operations):
         seconds = blocking_seconds(wait)
         deadline = time.monotonic() + seconds
         raw = pack_key(name)
-        keys = [LOCK_PREFIX + raw, TOKENS_PREFIX + raw, WAKE_PREFIX + raw, INTERNAL_INDEX]
+        keys = [self._own(b"lock:", raw), self._own(b"lock-tokens:", raw), self._own(b"lock-wake:", raw), self._index(raw)]
         while True:
             token, left_ms = self._script(db, "lock_acquire", keys, [milliseconds(lease)])
             remaining = deadline - time.monotonic()
@@ -584,67 +643,81 @@ class RedisClient(Operations):
         """lock_release: a Lua step that frees the lock only if it holds token, and wakes one waiter; LockLost otherwise."""
         name, token = check_name(name, "a lock name"), check_counter(token, "a fencing token")
         raw = pack_key(name)
-        if self._script(db, "lock_release", [LOCK_PREFIX + raw, WAKE_PREFIX + raw, INTERNAL_INDEX], [token, WAKE_MS]) != 1:
+        keys = [self._own(b"lock:", raw), self._own(b"lock-wake:", raw), self._index(raw)]
+        if self._script(db, "lock_release", keys, [token, WAKE_MS]) != 1:
             raise LockLost(f"lock {name!r} is not held with token {token} (its lease ended): nothing was freed")
         return True
 
     def _do_lock_extend(self, db: redis.Redis, name: str, token: int, lease: float) -> bool:
         """lock_extend: a Lua step that sets the lease (PEXPIRE) only if the lock holds token; LockLost otherwise."""
         name, token, lease = check_name(name, "a lock name"), check_counter(token, "a fencing token"), check_lease(lease)
-        if self._script(db, "lock_extend", [LOCK_PREFIX + pack_key(name)], [token, milliseconds(lease)]) != 1:
+        if self._script(db, "lock_extend", [self._own(b"lock:", pack_key(name))], [token, milliseconds(lease)]) != 1:
             raise LockLost(f"lock {name!r} is not held with token {token} (its lease ended): its lease was not extended")
         return True
 
     def _do_lock_locked(self, db: redis.Redis, name: str) -> bool:
         """lock_locked: EXISTS."""
-        return bool(db.exists(LOCK_PREFIX + pack_key(check_name(name, "a lock name"))) == 1)
+        return bool(db.exists(self._own(b"lock:", pack_key(check_name(name, "a lock name")))) == 1)
 
     # --- queues ---
 
     def _do_queue_put(self, db: redis.Redis, name: str, value: Value) -> int:
         """queue_put: a Lua step: RPUSH (and the queue listed as kvmgr's own key); the length after it."""
         name, value = check_name(name, "a queue name"), check_value(value, self._limits)
-        return int(self._script(db, "queue_put", [QUEUE_PREFIX + pack_key(name), INTERNAL_INDEX], [encode(value)]))
+        raw = pack_key(name)
+        return int(self._script(db, "queue_put", [self._own(b"queue:", raw), self._index(raw)], [encode(value)]))
 
     def _do_queue_get(self, db: redis.Redis, name: str, timeout: float | None = None) -> Value:
         """queue_get: move the first item into this connection's processing list (LMOVE, else BLMOVE up to the
         timeout), then remove it from there: a reply lost in between leaves the item in the processing list."""
         name, wait = check_name(name, "a queue name"), check_wait(timeout)
         seconds = blocking_seconds(wait)
-        queue, processing = QUEUE_PREFIX + pack_key(name), processing_list(name, int(db.client_id()))
-        item = self._script(db, "queue_take", [queue, processing, INTERNAL_INDEX], [])
+        queue, index = self._own(b"queue:", pack_key(name)), self._index(pack_key(name))
+        processing = self._processing_list(name, int(db.client_id()))
+        item = self._script(db, "queue_take", [queue, processing, index], [])
         if item is None and seconds > 0:
             item = db.blmove(queue, processing, max(seconds, SHORTEST_BLOCK), "LEFT", "RIGHT")  # type: ignore[arg-type]
         if item is None:
-            self._script(db, "queue_done", [processing, INTERNAL_INDEX], [b""])
+            self._script(db, "queue_done", [processing, index], [b""])
             raise QueueEmpty(f"queue {name!r} had no item within {seconds:g}s")
-        self._script(db, "queue_done", [processing, INTERNAL_INDEX], [item])
+        self._script(db, "queue_done", [processing, index], [item])
         return unpack_value(cast(bytes, item), name)
 
     def _do_queue_size(self, db: redis.Redis, name: str) -> int:
         """queue_size: LLEN."""
-        return int(db.llen(QUEUE_PREFIX + pack_key(check_name(name, "a queue name"))))
+        return int(db.llen(self._own(b"queue:", pack_key(check_name(name, "a queue name")))))
 
     def requeue_lost(self, name: str) -> int:
         """Put back at the head of queue `name` every item whose get lost its reply (its connection is gone); how many."""
         name = check_name(name, "a queue name")
-        lease = self._pool.acquire()
+        return int(self._on_endpoint(self._endpoint_of_name(name), "requeue_lost", lambda db: self._requeue_lost(db, name)))
+
+    def _endpoint_of_name(self, name: str) -> Endpoint:
+        """The endpoint that holds the keys of a key, lock or queue name (the one server here)."""
+        return self._endpoint
+
+    def _on_endpoint(self, endpoint: Endpoint, what: str, command: Callable[[redis.Redis], Any]) -> Any:
+        """Run command on a pooled connection of endpoint; redis-py errors become kvmgr errors."""
+        lease = endpoint.pool.acquire()
         try:
-            moved = self._requeue_lost(lease.connection, name)
+            result = command(lease.connection)
         except (self._redis.RedisError, OSError) as exc:
-            self._pool.discard(lease)
-            raise self._command_error("requeue_lost", exc) from None
-        self._pool.release(lease)
-        return moved
+            endpoint.pool.discard(lease)
+            raise self._command_error(what, exc) from None
+        except BaseException:
+            endpoint.pool.discard(lease)
+            raise
+        endpoint.pool.release(lease)
+        return result
 
     def _requeue_lost(self, db: redis.Redis, name: str) -> int:
         """requeue_lost on one connection: each processing list of the queue whose CLIENT ID is no longer connected."""
-        prefix = processing_list(name, None)
+        prefix, raw = self._processing_list(name, None), pack_key(name)
         connected = {int(client["id"]) for client in db.client_list()}
         moved = 0
-        for member in cast(set[bytes], db.smembers(INTERNAL_INDEX)):
+        for member in cast(set[bytes], db.smembers(self._index(raw))):
             if member.startswith(prefix) and int(member[len(prefix):]) not in connected:
-                moved += int(self._script(db, "queue_requeue", [member, QUEUE_PREFIX + pack_key(name), INTERNAL_INDEX], []))
+                moved += int(self._script(db, "queue_requeue", [member, self._own(b"queue:", raw), self._index(raw)], []))
         return moved
 
 
@@ -659,9 +732,9 @@ def until_expiry(remaining: float, left_ms: int) -> float:
     return max(nap, SHORTEST_BLOCK)
 
 
-def processing_list(queue: str, client_id: int | None) -> bytes:
+def processing_list(queue: str, client_id: int | None, tag: bytes = b"") -> bytes:
     """The processing list of one connection (its CLIENT ID) for a queue; given None, the prefix of them all."""
-    prefix = PROCESSING_PREFIX + pack_key(queue) + b"\xff"  # 0xFF never occurs in a UTF-8 name
+    prefix = (own_key(b"processing:", tag) if tag else PROCESSING_PREFIX) + pack_key(queue) + b"\xff"  # 0xFF is never in UTF-8
     return prefix if client_id is None else prefix + str(client_id).encode()
 
 
@@ -685,6 +758,16 @@ def glob_escape(raw: bytes) -> bytes:
     return re.sub(rb"([*?\[\]\\])", rb"\\\1", raw)
 
 
+def redis_client_class(url: str) -> type[RedisClient]:
+    """The client class for a Redis URL's scheme."""
+    scheme = url.partition("://")[0]
+    if scheme in (SENTINEL_SCHEME, CLUSTER_SCHEME):
+        from kvmgr.client.redis_deployments import ClusterRedisClient, SentinelRedisClient
+
+        return SentinelRedisClient if scheme == SENTINEL_SCHEME else ClusterRedisClient
+    return RedisClient
+
+
 @overload
 def connect_redis(
     url: str, timeout: float = ..., name: str = ..., *, history: None = None, retry: RetryPolicy = ...,
@@ -701,10 +784,12 @@ def connect_redis(
     url: str, timeout: float = DEFAULT_TIMEOUT, name: str = "client", *,
     history: HistoryWriter | None = None, retry: RetryPolicy = DEFAULT_RETRY,
 ) -> RedisClient | RecordingClient[RedisClient]:
-    """Connect to Redis at url ('redis://[[user]:password@]host:port/db') and PING it, all within `timeout`.
+    """Connect to Redis at url and PING it, all within `timeout` (ServerUnavailable, AuthenticationFailed, ConfigError).
 
-    Given a history, the client comes wrapped in a RecordingClient that records every call there.
+    url is 'redis://[[user]:password@]host:port/db' (one server), 'redis+sentinel://[user:password@]host:port[,...]/SERVICE/DB'
+    (the primary the Sentinels name) or 'redis+cluster://[user:password@]host:port[,...]' (a Redis Cluster); see
+    kvmgr/client/redis_urls.py for the options. Given a history, the client comes wrapped in a RecordingClient.
     """
-    client = RedisClient(url, timeout, name, retry=retry)
+    client = redis_client_class(url)(url, timeout, name, retry=retry)
     client._ping()
     return with_history(client, history)

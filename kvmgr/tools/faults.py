@@ -33,6 +33,9 @@ from typing import IO, Any
 from tabulate import tabulate
 
 import kvmgr
+from kvmgr.client.namespace import NamespacedClient
+from kvmgr.client.operations import with_history
+from kvmgr.client.retry import NO_RETRY
 from kvmgr.config import fresh_authkey, parse_address
 from kvmgr.errors import AuthenticationFailed, KeyNotFound, KvmgrError, ServerUnavailable
 from kvmgr.tools.arguments import positive_int
@@ -674,6 +677,163 @@ def _bounded_map(pool: Any, task: Callable[[int], Any], items: range, result: Fa
         return []
 
 
+# --- the failover audit: writers under stress while a Redis primary is killed (kvmgr faults --target redis+sentinel://) ---
+
+SHARED_KEYS = 8  # keys every audit writer also reads and overwrites, so the checker sees reads across the failover
+AFTER_FAILOVER_ACKS = 20  # writes each writer gets acknowledged after the promotion before the round ends
+AUDIT_TIMEOUT = 5.0  # the audit writers' client timeout: a call during the failover waits this long for a new primary
+AUDIT_HEADERS = ("deployment", "durability", "rounds", "acknowledged writes", "acknowledged writes lost", "unknown outcomes",
+                 "checker: linearizable rounds", "failover seconds (median, max)", "note")
+
+
+@dataclass
+class AuditResult:
+    """One row of the failover audit: a deployment and durability, over its rounds."""
+
+    deployment: str
+    durability: str
+    rounds: int = 0
+    acknowledged: int = 0
+    lost: int = 0
+    unknown: int = 0
+    linearizable_rounds: int = 0
+    failover_seconds: list[float] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def cells(self) -> list:
+        """The row as table cells."""
+        times = sorted(self.failover_seconds) or [0.0]
+        return [self.deployment, self.durability, self.rounds, self.acknowledged, self.lost, self.unknown,
+                f"{self.linearizable_rounds}/{self.rounds}", f"{times[len(times) // 2]:.1f}, {times[-1]:.1f}", *self.notes[:1]]
+
+
+def failover_writer_main(argv: list[str]) -> int:
+    """One audit writer: store unique keys, and read and overwrite shared ones, until the stop file appears; every
+    call (acknowledged, failed or of unknown outcome) goes to its history. Errors do not stop it: it writes through the failover."""
+    parser = argparse.ArgumentParser(prog="python -m kvmgr.tools.faults --failover-writer")
+    parser.add_argument("--failover-writer", required=True)
+    parser.add_argument("--address", required=True)
+    parser.add_argument("--namespace", required=True)
+    parser.add_argument("--history", required=True)
+    parser.add_argument("--stop", required=True)
+    args = parser.parse_args(argv)
+    name, stop, chooser = args.failover_writer, Path(args.stop), random.Random(args.failover_writer)
+    deadline = time.monotonic() + PROGRESS_TIMEOUT
+    while True:  # the deployment may still be settling after the last round's restart
+        try:
+            client = kvmgr.connect(args.address, timeout=AUDIT_TIMEOUT, name=name, retry=NO_RETRY, namespace=args.namespace)
+            break
+        except ServerUnavailable:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+    with HistoryWriter(args.history) as history, with_history(client, history) as client:
+        number = 0
+        while not stop.exists():
+            number += 1
+            shared = f"shared-{chooser.randrange(SHARED_KEYS)}"
+            try:
+                client.store(f"{name}-{number}", number)
+                client.get(shared)
+            except KeyNotFound:
+                pass
+            except KvmgrError:
+                time.sleep(0.01)
+            with contextlib.suppress(KvmgrError):
+                client.store(shared, f"{name}-{number}")
+    return 0
+
+
+def failover_audit(deployment: Any, replicated: bool, rounds: int, label: str) -> AuditResult:
+    """Rounds of: WRITERS writers, kill -9 the primary, writes go on through the promotion; then count the
+    acknowledged writes that are gone, and check the whole history (writers and the final read) for linearizability.
+    The killed node is started again as a replica after each round. `deployment` is a SentinelDeployment or a Cluster."""
+    result = AuditResult(label, "replicated" if replicated else "primary (default)")
+    url = deployment.url + ("?durability=replicated" if replicated else "")
+    for _ in range(rounds):
+        with tempfile.TemporaryDirectory(prefix="kvmgr-audit-") as scratch:
+            _audit_round(deployment, url, Path(scratch), result)
+    return result
+
+
+def _audit_round(deployment: Any, url: str, scratch: Path, result: AuditResult) -> None:
+    from kvmgr.verify.check import CHECK_TIMEOUT, check_operations
+
+    namespace, stop = f"audit-{os.getpid()}-{time.monotonic_ns()}", scratch / "stop"
+    paths = [scratch / f"w{n}.jsonl" for n in range(WRITERS)]
+    with ProcessGroup() as group:
+        writers = [group.launch(python_module("kvmgr.tools.faults", "--failover-writer", f"w{n}", "--address", url, "--namespace",
+                                              namespace, "--history", str(path), "--stop", str(stop)), capture=False)
+                   for n, path in enumerate(paths)]
+        try:
+            _wait_for_acks(paths, ACKS_BEFORE_KILL)
+            killed_at = time.monotonic()
+            old = deployment.kill_primary()
+            deployment.wait_for_new_primary(old)
+            result.failover_seconds.append(time.monotonic() - killed_at)
+            _wait_for_acks(paths, max(map(_count_lines, paths)) + AFTER_FAILOVER_ACKS)
+        finally:
+            stop.touch()
+            for writer in writers:
+                writer.wait(timeout=PROGRESS_TIMEOUT)
+    deployment.restart(old)
+    operations = [op for path in paths for op in read_history(path)]
+    unique = {op.key: op.value for op in operations if op.op == "store" and op.status == "ok" and not op.key.startswith("shared-")}
+    with HistoryWriter(scratch / "reader.jsonl") as history, kvmgr.connect(
+        deployment.url, timeout=AUDIT_TIMEOUT * 2, name="reader", history=history, namespace=namespace,
+    ) as reader:
+        present = reader.get_many([*unique, *(f"shared-{n}" for n in range(SHARED_KEYS))])
+    with kvmgr.connect(deployment.url, timeout=AUDIT_TIMEOUT * 2, namespace=namespace) as cleaner:
+        if isinstance(cleaner, NamespacedClient):
+            cleaner.delete_namespace()  # the audit leaves the deployment as it found it
+    verdict = check_operations([*operations, *read_history(scratch / "reader.jsonl")], "empty", CHECK_TIMEOUT)
+    result.rounds += 1
+    result.acknowledged += sum(op.status == "ok" and op.op == "store" for op in operations)
+    result.unknown += sum(op.status == "info" for op in operations)
+    result.lost += sum(present.get(key) != value for key, value in unique.items())
+    result.linearizable_rounds += verdict.linearizable is True
+    if verdict.linearizable is False and not result.notes:
+        result.notes.append(f"not linearizable at key {verdict.key!r}")
+
+
+def audit_targets(target: str, rounds: int) -> list[Callable[[], AuditResult]]:
+    """The audit rows for --target: a deployment of that kind, started for the audit, without and with durability=replicated."""
+    from kvmgr.tools.redis_server import find_redis_server, start_cluster, start_sentinel_deployment
+
+    kind = target.split("://", 1)[0]
+    starters: dict[str, Callable[[ProcessGroup, Path], Any]] = {"redis+sentinel": start_sentinel_deployment, "redis+cluster": start_cluster}
+    if kind not in starters or target.split("://", 1)[1:] not in ([], [""]):
+        raise KvmgrError(f"--target {target!r}: the audit kills and restarts Redis nodes, so it runs on a deployment of its own; "
+                         "give redis+sentinel:// or redis+cluster:// (no hosts)")
+    if find_redis_server() is None:
+        raise KvmgrError("the failover audit needs redis-server: apt-get install redis-server")
+    label = "Sentinel (1 primary, 2 replicas)" if kind == "redis+sentinel" else "Cluster (3 primaries, 3 replicas)"
+
+    def row(replicated: bool) -> AuditResult:
+        with tempfile.TemporaryDirectory(prefix="kvmgr-audit-") as scratch, ProcessGroup() as group:
+            return failover_audit(starters[kind](group, Path(scratch)), replicated, rounds, label)
+
+    return [lambda: row(False), lambda: row(True)]
+
+
+def command_audit(args: argparse.Namespace) -> int:
+    """Run `kvmgr faults --target ...`: the failover audit table."""
+    try:
+        rows = audit_targets(args.target, 1 if args.quick else args.rounds)
+    except KvmgrError as exc:
+        print(f"kvmgr faults: {exc}", file=sys.stderr)
+        return 2
+    results = []
+    for row in rows:
+        print(f"faults: failover audit on {args.target} ...", file=sys.stderr, flush=True)
+        results.append(row())
+    if args.json:
+        print(json.dumps([asdict(result) for result in results], indent=2))
+    else:
+        print(tabulate([result.cells() for result in results], headers=AUDIT_HEADERS))
+    return 0
+
+
 def scenarios(quick: bool, rounds: int) -> list[tuple[str, Callable[[], FaultResult]]]:
     """Every fault scenario, named; quick runs one round of the kill -9 rounds."""
     kill_rounds = 1 if quick else rounds
@@ -702,11 +862,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--rounds", type=positive_int, default=5, help="rounds of each kill -9 scenario (default %(default)s)")
     parser.add_argument("--quick", action="store_true", help="one round of each kill -9 scenario")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
+    parser.add_argument("--target", metavar="redis+sentinel:// | redis+cluster://",
+                        help="instead of the fault suite, the failover audit: start that kind of Redis deployment, run "
+                             f"{WRITERS} writers, kill -9 a primary each round, count lost acknowledged writes, check the history")
     parser.set_defaults(handler=command_faults)
 
 
 def command_faults(args: argparse.Namespace) -> int:
     """Run `kvmgr faults`."""
+    if args.target is not None:
+        return command_audit(args)
     results = []
     for name, scenario in scenarios(args.quick, args.rounds):
         print(f"faults: {name} ...", file=sys.stderr, flush=True)
@@ -719,4 +884,4 @@ def command_faults(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(writer_main(sys.argv[1:]))
+    raise SystemExit((failover_writer_main if "--failover-writer" in sys.argv else writer_main)(sys.argv[1:]))

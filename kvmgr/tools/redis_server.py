@@ -14,6 +14,7 @@ import socket
 import subprocess
 import tempfile
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,6 +61,9 @@ def redis_server_argv(binary: str, port: int, extra_args: Sequence[str] = ()) ->
     return [
         binary, "--port", str(port), "--bind", LOOPBACK, "--protected-mode", "yes",
         "--save", "", "--appendonly", "no", "--dir", tempfile.gettempdir(), "--loglevel", "warning", "--logfile", os.devnull,
+        # A replica's full sync would otherwise write the primary's data to <dir>/dump.rdb, which every later server
+        # started with the same --dir loads at startup: load it in memory, and never name a file another server reads.
+        "--repl-diskless-load", "swapdb", "--repl-diskless-sync-delay", "0", "--dbfilename", f"kvmgr-{port}-{uuid.uuid4().hex}.rdb",
         *extra_args,
     ]
 
@@ -107,12 +111,62 @@ class SentinelDeployment:
     replicas: list[RedisServer]
     sentinels: list[RedisServer]
     service: str
+    group: ProcessGroup  # the processes' group: a restarted node joins it
 
     @property
     def url(self) -> str:
         """The redis+sentinel:// URL of the deployment's database 0."""
         hosts = ",".join(f"{LOOPBACK}:{sentinel.port}" for sentinel in self.sentinels)
         return f"redis+sentinel://{hosts}/{self.service}/0"
+
+    @property
+    def data_nodes(self) -> list[RedisServer]:
+        """The primary and the replicas, as started (a failover swaps their roles: see current_primary)."""
+        return [self.primary, *self.replicas]
+
+    def current_primary(self) -> RedisServer | None:
+        """The data node a Sentinel names as primary now (None if none of them answers)."""
+        for sentinel in self.sentinels:
+            reply = redis_cli(sentinel.port, "SENTINEL", "get-master-addr-by-name", self.service)
+            lines = reply.stdout.split()
+            if reply.returncode == 0 and len(lines) == 2 and lines[1].isdigit():
+                return next((node for node in self.data_nodes if node.port == int(lines[1])), None)
+        return None
+
+    def kill_primary(self) -> RedisServer:
+        """kill -9 the current primary (the Sentinels will promote a replica); the node killed."""
+        primary = self.current_primary()
+        if primary is None:
+            raise ServerUnavailable(f"no Sentinel of {self.service!r} names a primary")
+        return _kill(primary)
+
+    def wait_for_new_primary(self, old: RedisServer, timeout: float = 20.0) -> RedisServer:
+        """The primary the Sentinels promoted instead of old; ServerUnavailable if none is within the timeout."""
+        promoted: list[RedisServer] = []
+
+        def moved_on() -> bool:
+            primary = self.current_primary()
+            promoted[:] = [primary] if primary is not None and primary is not old and _role(primary.port) == "master" else []
+            return bool(promoted)
+
+        _wait_for(moved_on, timeout, f"the Sentinels of {self.service!r} to promote a replica")
+        return promoted[0]
+
+    def restart(self, node: RedisServer, timeout: float = 20.0) -> RedisServer:
+        """Start a killed data node again on its port as a replica of the current primary; returns once it is in sync."""
+        primary = self.current_primary()
+        if primary is None or primary is node:
+            raise ServerUnavailable(f"no primary other than port {node.port} to restart it as a replica of")
+        again = start_redis_server(self.group, timeout, ["--replicaof", LOOPBACK, str(primary.port)], port=node.port)
+        if node is self.primary:
+            self.primary = again
+        else:
+            self.replicas[self.replicas.index(node)] = again
+        _wait_for(lambda: "master_link_status:up" in redis_cli(again.port, "INFO", "replication").stdout, timeout,
+                  f"the restarted node on port {node.port} to sync with the primary")
+        _wait_for(lambda: _online_replicas(primary.port) == len(self.replicas), timeout,
+                  "every replica to follow the new primary (Sentinel reconfigures the others after a failover)")
+        return again
 
 
 def start_sentinel_deployment(
@@ -126,7 +180,9 @@ def start_sentinel_deployment(
     quorum = sentinels // 2 + 1
     watchers = [_start_sentinel(group, scratch, primary.port, service, quorum, down_after_ms, failover_timeout_ms, timeout)
                 for _ in range(sentinels)]
-    deployment = SentinelDeployment(primary, followers, watchers, service)
+    deployment = SentinelDeployment(primary, followers, watchers, service, group)
+    _wait_for(lambda: all("master_link_status:up" in redis_cli(node.port, "INFO", "replication").stdout for node in followers),
+              timeout, "the replicas to sync with the primary")
     _wait_for(lambda: all(_sentinel_sees_all(port.port, service, replicas, sentinels) for port in watchers), timeout,
               f"the Sentinels of {service!r} to see {replicas} replicas and each other")
     return deployment
@@ -166,14 +222,48 @@ CLUSTER_HIGHEST_PORT = 55535  # a cluster node also listens on its port + 10000 
 
 @dataclass
 class Cluster:
-    """A Redis Cluster: its nodes (primaries and replicas alike)."""
+    """A Redis Cluster: its nodes (primaries and replicas alike), and the directory holding their nodes-PORT.conf."""
 
     nodes: list[RedisServer]
+    scratch: Path
+    group: ProcessGroup  # the processes' group: a restarted node joins it
 
     @property
     def url(self) -> str:
         """The redis+cluster:// URL naming every node."""
         return "redis+cluster://" + ",".join(f"{LOOPBACK}:{node.port}" for node in self.nodes)
+
+    def primaries(self) -> list[RedisServer]:
+        """The nodes that are primaries now (a failover promotes a replica)."""
+        return [node for node in self.nodes if node.process.poll() is None and _role(node.port) == "master"]
+
+    def kill_primary(self) -> RedisServer:
+        """kill -9 one primary (the cluster will promote its replica); the node killed."""
+        return _kill(self.primaries()[0])
+
+    def wait_for_new_primary(self, old: RedisServer, timeout: float = 20.0) -> RedisServer:
+        """The replica of old that the cluster promoted, once every live node reports cluster_state:ok again."""
+        before = {node.port for node in self.primaries()} - {old.port}
+        promoted: list[RedisServer] = []
+
+        def moved_on() -> bool:
+            promoted[:] = [node for node in self.primaries() if node.port not in before and node is not old]
+            live = [node for node in self.nodes if node.process.poll() is None]
+            return bool(promoted) and all("cluster_state:ok" in redis_cli(n.port, "CLUSTER", "INFO").stdout for n in live)
+
+        _wait_for(moved_on, timeout, f"the cluster to promote a replica of port {old.port}")
+        return promoted[0]
+
+    def restart(self, node: RedisServer, timeout: float = 30.0) -> RedisServer:
+        """Start a killed node again on its port with its nodes.conf: it rejoins as a replica; returns once it is in sync."""
+        again = start_redis_server(self.group, timeout, _cluster_node_args(self.scratch, node.port), port=node.port)
+        self.nodes[self.nodes.index(node)] = again
+        _wait_for(lambda: _role(again.port) == "slave" and "master_link_status:up" in redis_cli(again.port, "INFO", "replication").stdout,
+                  timeout, f"the restarted cluster node on port {node.port} to sync as a replica")
+        _wait_for(lambda: all("cluster_state:ok" in redis_cli(n.port, "CLUSTER", "INFO").stdout for n in self.nodes)
+                  and all(_online_replicas(n.port) >= 1 for n in self.primaries()), timeout,
+                  "every cluster node to report cluster_state:ok and every primary to have a replica in sync")
+        return again
 
 
 def start_cluster(group: ProcessGroup, scratch: Path, primaries: int = 3, replicas_each: int = 1, timeout: float = 30.0) -> Cluster:
@@ -181,17 +271,53 @@ def start_cluster(group: ProcessGroup, scratch: Path, primaries: int = 3, replic
     every node reports cluster_state:ok."""
     nodes = []
     for _ in range(primaries * (1 + replicas_each)):
-        port = free_loopback_port(highest=CLUSTER_HIGHEST_PORT)
-        nodes.append(start_redis_server(group, timeout, [
-            "--cluster-enabled", "yes", "--cluster-config-file", str(scratch / f"nodes-{port}.conf"), "--cluster-node-timeout", "1000",
-        ], port))
+        port = free_cluster_port()
+        nodes.append(start_redis_server(group, timeout, _cluster_node_args(scratch, port), port))
     created = redis_cli(nodes[0].port, "--cluster", "create", *(f"{LOOPBACK}:{node.port}" for node in nodes),
                         "--cluster-replicas", str(replicas_each), "--cluster-yes", timeout=timeout)
     if created.returncode != 0:
         raise ServerUnavailable(f"redis-cli --cluster create failed: {created.stdout.strip().splitlines()[-1:]}")
-    _wait_for(lambda: all("cluster_state:ok" in redis_cli(node.port, "CLUSTER", "INFO").stdout for node in nodes), timeout,
-              "every cluster node to report cluster_state:ok")
-    return Cluster(nodes)
+    cluster = Cluster(nodes, scratch, group)
+    _wait_for(lambda: all("cluster_state:ok" in redis_cli(node.port, "CLUSTER", "INFO").stdout for node in nodes)
+              and all(_online_replicas(node.port) >= replicas_each for node in cluster.primaries()), timeout,
+              "every cluster node to report cluster_state:ok and every primary's replicas to be in sync")
+    return cluster
+
+
+def free_cluster_port() -> int:
+    """A loopback port that was free a moment ago, and so was its cluster bus port (+10000)."""
+    for _ in range(1000):
+        port = free_loopback_port(highest=CLUSTER_HIGHEST_PORT)
+        with socket.socket() as probe:
+            try:
+                probe.bind((LOOPBACK, port + 10000))
+            except OSError:
+                continue
+        return port
+    raise ServerUnavailable("no free loopback port whose cluster bus port is free too")
+
+
+def _cluster_node_args(scratch: Path, port: int) -> list[str]:
+    """A cluster node's own arguments: its nodes.conf in scratch, a node timeout of 1 s (failover within seconds)."""
+    return ["--cluster-enabled", "yes", "--cluster-config-file", str(scratch / f"nodes-{port}.conf"), "--cluster-node-timeout", "1000"]
+
+
+def _kill(node: RedisServer) -> RedisServer:
+    """kill -9 a node and reap it."""
+    node.process.kill()
+    node.process.wait(timeout=5)
+    return node
+
+
+def _online_replicas(port: int) -> int:
+    """How many replicas the server on port has that are connected and in sync (state=online)."""
+    return int(redis_cli(port, "INFO", "replication").stdout.count("state=online"))
+
+
+def _role(port: int) -> str:
+    """'master', 'slave' (as Redis names them) or '' if the server on port does not answer."""
+    reply = redis_cli(port, "ROLE", timeout=2.0)
+    return reply.stdout.split("\n", 1)[0].strip() if reply.returncode == 0 else ""
 
 
 def redis_cli(port: int, *args: str, timeout: float = 5.0) -> subprocess.CompletedProcess:
@@ -199,8 +325,11 @@ def redis_cli(port: int, *args: str, timeout: float = 5.0) -> subprocess.Complet
     binary = shutil.which("redis-cli")
     if binary is None:
         raise ServerUnavailable("redis-cli not found: apt-get install redis-tools")
-    return subprocess.run([binary, "-h", LOOPBACK, "-p", str(port), *args], capture_output=True, text=True, timeout=timeout,
-                          stdin=subprocess.DEVNULL, check=False)
+    argv = [binary, "-h", LOOPBACK, "-p", str(port), *args]
+    try:
+        return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL, check=False)
+    except subprocess.TimeoutExpired:  # a stopped or hung server: as if it had failed
+        return subprocess.CompletedProcess(argv, 1, "", f"no answer within {timeout:g}s")
 
 
 def _wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
