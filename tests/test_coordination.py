@@ -9,6 +9,7 @@ import signal
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import psutil
@@ -169,7 +170,7 @@ def test_waiters_are_granted_in_arrival_order(backend: Backend, client: Operatio
             child.start()
             children.append(child)
             assert queued.get(timeout=20) == index
-            time.sleep(0.2)  # its acquire reaches the server before the next child starts
+            until(partial(waiting, client, index + 1), f"waiter {index} to be in line")  # before the next child starts
         first.release()
         assert [granted.get(timeout=20) for _ in range(5)] == [0, 1, 2, 3, 4]
     finally:
@@ -342,3 +343,8 @@ def test_a_blocking_call_ends_at_its_own_timeout_not_at_the_servers_next_wake(cl
             call()
         assert time.monotonic() - started < 0.9, "answered a turn of the loop (up to 1 s) after its timeout"
     holder.release()
+
+
+def waiting(client: Operations, count: int) -> bool:
+    """True once `count` callers wait for a lock on kvmgr's server (its info)."""
+    return bool(client.info()["lock_waiters"] == count)
