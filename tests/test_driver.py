@@ -646,6 +646,24 @@ def test_a_run_on_a_shared_redis_leaves_it_as_it_found_it_and_writes_its_page(re
         result = drive("--scenario", scenario, "--target", redis_url, "--html", str(page), timeout=120)
         assert result.returncode == 0, result.stdout + result.stderr
         assert shared.get_many(shared.keys()) == before  # nothing added, nothing changed, nothing flushed
+        assert own_keys(redis_url) <= {b"\xffkvmgr:revision", b"\xffkvmgr:versions"}  # no lock, queue or barrier left
+        assert not any(field.startswith(b"driver-") for field in version_fields(redis_url))  # nor a version of the run's keys
         assert page.read_text(encoding="utf-8").startswith("<!DOCTYPE html>")
         shared.delete("foo")
         shared.delete("count")
+
+
+def own_keys(url: str) -> set[bytes]:
+    """kvmgr's own (internal) keys in a Redis database."""
+    import redis
+
+    with redis.Redis.from_url(url) as db:
+        return {name for name in db.scan_iter(match=b"\xff*")}
+
+
+def version_fields(url: str) -> list[bytes]:
+    """The keys kvmgr's version bookkeeping remembers in a Redis database."""
+    import redis
+
+    with redis.Redis.from_url(url) as db:
+        return [field for field, _ in db.hscan_iter(b"\xffkvmgr:versions")]

@@ -105,14 +105,19 @@ class NamespacedClient(Operations, Generic[Transport]):
         return key[len(self.prefix):] if key.startswith(self.prefix) else key
 
     def delete_namespace(self, page: int = CLEANUP_PAGE) -> int:
-        """Delete every key of the namespace (a page of keys per call); how many were deleted."""
+        """Delete every key of the namespace (a page of keys per call), then, on a backend that keeps bookkeeping about
+        keys and names (Redis: versions, lock token counters), that too; how many keys were deleted."""
         deleted = 0
         while True:
             keys = self.keys(limit=page)
             for key in keys:
                 deleted += bool(self.delete(key))
             if len(keys) < page:
-                return deleted
+                break
+        forget = getattr(self.inner, "forget_namespace", None)
+        if forget is not None:
+            forget(self.prefix)
+        return deleted
 
     def session(self) -> Operations:
         """The inner client's session, in the same namespace."""

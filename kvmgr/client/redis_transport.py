@@ -50,6 +50,7 @@ import re
 import time
 import uuid
 from collections.abc import Callable, Mapping
+from functools import partial
 from typing import TYPE_CHECKING, Any, cast, overload
 from urllib.parse import urlsplit
 
@@ -156,6 +157,30 @@ def unpack_value(raw: bytes, key: str) -> Value:
 
 
 milliseconds = ttl_milliseconds  # a ttl in whole milliseconds, as every backend keeps it
+
+
+NAMED_KINDS = (b"lock:", b"lock-tokens:", b"lock-wake:", b"queue:", b"processing:", b"rendezvous:")
+"""The internal keys named after a lock, a queue or a rendezvous (their name follows the kind)."""
+
+
+def forget_bookkeeping(db: redis.Redis, pattern: bytes) -> int:
+    """On one server: delete the internal keys of names matching pattern, and the entries of keys matching it in the
+    version and expiry bookkeeping (on a cluster there is one of each per slot tag: every one found is cleaned)."""
+    removed = 0
+    for kind in NAMED_KINDS:
+        for name in db.scan_iter(match=b"\xff*kvmgr:" + kind + pattern, count=SCAN_PAGE):
+            removed += int(db.delete(name))
+    for table in (b"versions", b"expires"):
+        for name in db.scan_iter(match=b"\xff*kvmgr:" + table, count=SCAN_PAGE):
+            fields = [field for field, _ in db.hscan_iter(name, match=pattern, count=SCAN_PAGE)]
+            removed += int(db.hdel(name, *fields)) if fields else 0
+    for name in db.scan_iter(match=b"\xff*kvmgr:expiring", count=SCAN_PAGE):
+        members = [member for member, _ in db.zscan_iter(name, match=pattern, count=SCAN_PAGE)]
+        removed += int(db.zrem(name, *members)) if members else 0
+    for name in db.scan_iter(match=b"\xff*kvmgr:internal", count=SCAN_PAGE):
+        listed = [member for kind in NAMED_KINDS for member in db.sscan_iter(name, match=b"\xff*kvmgr:" + kind + pattern)]
+        removed += int(db.srem(name, *listed)) if listed else 0
+    return removed
 
 
 def info_figures(info: dict[str, Any], url: str, where: str, keys: int) -> dict[str, Any]:
@@ -414,6 +439,14 @@ class RedisClient(Operations):
         """Empty the whole database (FLUSHDB; on a cluster, of every primary): for a database dedicated to kvmgr."""
         for endpoint in self._every_endpoint():
             self._on_endpoint(endpoint, "flush", lambda db: db.flushdb())
+
+    def forget_namespace(self, prefix: str) -> int:
+        """Remove kvmgr's own bookkeeping about the keys, locks, queues and rendezvous under prefix (after a namespace's
+        keys were deleted): their versions, recorded expiries and index entries, and every internal key of theirs.
+        How many entries and keys went. (NamespacedClient.delete_namespace calls it: a run leaves no trace.)"""
+        pattern = glob_escape(pack_key(prefix)) + b"*"
+        return sum(self._on_endpoint(endpoint, "forget_namespace", partial(forget_bookkeeping, pattern=pattern))
+                   for endpoint in self._every_endpoint())
 
     # --- the operations, with the Store's validation and semantics ---
 
