@@ -667,3 +667,20 @@ def version_fields(url: str) -> list[bytes]:
 
     with redis.Redis.from_url(url) as db:
         return [field for field, _ in db.hscan_iter(b"\xffkvmgr:versions")]
+
+
+@pytest.mark.parametrize("deployment", ["sentinel_deployment", "redis_cluster"])
+@pytest.mark.parametrize("scenario", ["seed", "counter", "coordination"])
+def test_the_shipped_scenarios_pass_through_sentinel_and_on_a_cluster(
+    request: pytest.FixtureRequest, deployment: str, scenario: str,
+) -> None:
+    import kvmgr
+
+    url = request.getfixturevalue(deployment).url
+    with kvmgr.connect(url) as shared:
+        shared.store("unrelated", "kept")
+        result = drive("--scenario", scenario, "--target", url, "--json", timeout=180)
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert json.loads(result.stdout)["passed"] is True
+        assert shared.keys() == ["unrelated"] and shared.get("unrelated") == "kept"  # and nothing else of the run's
+        shared.delete("unrelated")
