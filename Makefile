@@ -23,7 +23,7 @@ run: $(RUNTIME)
 	$(BIN)/python run_driver.py
 
 test: $(TESTING)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2  # two workers (pytest-xdist): most tests wait on processes and sockets
 
 bench: $(TESTING)
 	$(BIN)/kvmgr bench
