@@ -171,9 +171,11 @@ def _count_lines(path: Path) -> int:
         return 0
 
 
-def _wait_for_acks(paths: list[Path], count: int) -> None:
+def _wait_for_acks(paths: list[Path], count: int | list[int]) -> None:
+    """Wait until each history holds `count` lines (or its own count of a list); KvmgrError after PROGRESS_TIMEOUT."""
+    counts = count if isinstance(count, list) else [count] * len(paths)
     deadline = time.monotonic() + PROGRESS_TIMEOUT
-    while any(_count_lines(path) < count for path in paths):
+    while any(_count_lines(path) < wanted for path, wanted in zip(paths, counts, strict=True)):
         if time.monotonic() > deadline:
             raise KvmgrError(f"writers made no progress within {PROGRESS_TIMEOUT:g}s")
         time.sleep(0.01)
@@ -771,7 +773,7 @@ def _audit_round(deployment: Any, url: str, scratch: Path, result: AuditResult) 
             old = deployment.kill_primary()
             deployment.wait_for_new_primary(old)
             result.failover_seconds.append(time.monotonic() - killed_at)
-            _wait_for_acks(paths, max(map(_count_lines, paths)) + AFTER_FAILOVER_ACKS)
+            _wait_for_acks(paths, [_count_lines(path) + AFTER_FAILOVER_ACKS for path in paths])  # each writer, from where it is
         finally:
             stop.touch()
             for writer in writers:
