@@ -13,6 +13,7 @@ $(RUNTIME): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e .
+	$(BIN)/python -m compileall -q kvmgr  # bytecode now: alice and kvmgr start without compiling (an editable install makes none)
 	touch $(RUNTIME)
 
 $(TESTING): $(RUNTIME)
