@@ -642,11 +642,13 @@ def test_a_run_on_a_shared_redis_leaves_it_as_it_found_it_and_writes_its_page(re
     with kvmgr.connect(redis_url) as shared:
         shared.store_many({"foo": "someone else's", "count": 41})  # the scenarios' own key names, held by another user
         before = shared.get_many(shared.keys())
+        kvmgr_keys_before = own_keys(redis_url)
         page = tmp_path / "history.html"
         result = drive("--scenario", scenario, "--target", redis_url, "--html", str(page), timeout=120)
         assert result.returncode == 0, result.stdout + result.stderr
         assert shared.get_many(shared.keys()) == before  # nothing added, nothing changed, nothing flushed
         assert own_keys(redis_url) <= {b"\xffkvmgr:revision", b"\xffkvmgr:versions"}  # no lock, queue or barrier left
+        assert own_keys(redis_url) == kvmgr_keys_before  # and kvmgr's shared bookkeeping as it was
         assert not any(field.startswith(b"driver-") for field in version_fields(redis_url))  # nor a version of the run's keys
         assert page.read_text(encoding="utf-8").startswith("<!DOCTYPE html>")
         shared.delete("foo")

@@ -180,7 +180,17 @@ def forget_bookkeeping(db: redis.Redis, pattern: bytes) -> int:
     for name in db.scan_iter(match=b"\xff*kvmgr:internal", count=SCAN_PAGE):
         listed = [member for kind in NAMED_KINDS for member in db.sscan_iter(name, match=b"\xff*kvmgr:" + kind + pattern)]
         removed += int(db.srem(name, *listed)) if listed else 0
+    for name in db.scan_iter(match=b"\xff*kvmgr:revision", count=SCAN_PAGE):  # a counter no key's version is left from
+        removed += int(db.eval(FORGET_REVISION_SCRIPT, 2, name[: -len(b"revision")] + b"versions", name))
     return removed
+
+
+FORGET_REVISION_SCRIPT = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return redis.call('DEL', KEYS[2]) end
+return 0
+"""
+"""Delete a revision counter (KEYS[2]) once no key has a version (KEYS[1], the versions hash of the same slot, is gone),
+in one step: a write meanwhile would have recorded a version first."""
 
 
 def info_figures(info: dict[str, Any], url: str, where: str, keys: int) -> dict[str, Any]:
