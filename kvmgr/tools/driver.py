@@ -28,6 +28,7 @@ from kvmgr.errors import EXIT_NEGATIVE, EXIT_OK, ConfigError, KvmgrError, exit_s
 from kvmgr.protocol.values import ValueRuleError, from_json, is_number, same_value, to_json
 from kvmgr.tools.actor import UNSAFE_INCREMENT
 from kvmgr.tools.arguments import positive_float, writable_path
+from kvmgr.tools.cleanup import delete_run_namespace
 from kvmgr.tools.processes import ProcessGroup, ServerProcess, child_environment, interrupt_on_terminate, python_module, read_line, reap
 from kvmgr.tools.scenarios import Scenario, Step, find_scenario, load_scenario, notation, seed_scenario_path
 from kvmgr.verify.check import CHECK_TIMEOUT, check_operations
@@ -562,7 +563,7 @@ def run_scenario(
                 rows = run_against_target(group, scenario, Endpoint(namespaced_url(target, namespace)), history_dir, timeout)
             finally:
                 group.reap_all()  # no actor writes once the namespace goes
-                delete_namespace(target, namespace, timeout)
+                delete_run_namespace("run_driver.py", target, namespace, timeout)
         shutdown = next((index for index, row in enumerate(rows) if row.step == "shutdown"), len(rows))
         rows.insert(shutdown, check_history(history_dir, html, scenario.name))  # the history row, before the shutdown checks
     return Report(scenario.name, scenario.path, rows, time.monotonic() - started)
@@ -572,19 +573,6 @@ def namespaced_url(url: str, namespace: str) -> str:
     """The Redis URL with ?namespace= added, so every actor sees only the run's own keys, locks, queues and barriers."""
     parts = urlsplit(url)
     return urlunsplit(parts._replace(query="&".join(filter(None, [parts.query, urlencode({"namespace": namespace})]))))
-
-
-def delete_namespace(target: str, namespace: str, timeout: float) -> None:
-    """Delete what the run wrote on the target (a target gone meanwhile is told of on stderr, not raised over the run)."""
-    from kvmgr.client import connect
-    from kvmgr.client.namespace import NamespacedClient
-
-    try:
-        with connect(target, timeout=timeout, namespace=namespace) as client:
-            if isinstance(client, NamespacedClient):
-                client.delete_namespace()
-    except KvmgrError as exc:
-        print(f"run_driver.py: could not delete the run's keys (namespace {namespace!r}): {exc}", file=sys.stderr, flush=True)
 
 
 def run_against_own_server(

@@ -33,12 +33,12 @@ from typing import IO, Any
 from tabulate import tabulate
 
 import kvmgr
-from kvmgr.client.namespace import NamespacedClient
 from kvmgr.client.operations import with_history
 from kvmgr.client.retry import NO_RETRY
 from kvmgr.config import fresh_authkey, parse_address
 from kvmgr.errors import AuthenticationFailed, KeyNotFound, KvmgrError, ServerUnavailable
 from kvmgr.tools.arguments import positive_int
+from kvmgr.tools.cleanup import delete_run_namespace
 from kvmgr.tools.processes import (
     READY_PREFIX,
     ProcessGroup,
@@ -785,9 +785,7 @@ def _audit_round(deployment: Any, url: str, scratch: Path, result: AuditResult) 
         deployment.url, timeout=AUDIT_TIMEOUT * 2, name="reader", history=history, namespace=namespace,
     ) as reader:
         present = reader.get_many([*unique, *(f"shared-{n}" for n in range(SHARED_KEYS))])
-    with kvmgr.connect(deployment.url, timeout=AUDIT_TIMEOUT * 2, namespace=namespace) as cleaner:
-        if isinstance(cleaner, NamespacedClient):
-            cleaner.delete_namespace()  # the audit leaves the deployment as it found it
+    delete_run_namespace("kvmgr faults", deployment.url, namespace, AUDIT_TIMEOUT * 2)  # the deployment as it was found
     verdict = check_operations([*operations, *read_history(scratch / "reader.jsonl")], "empty", CHECK_TIMEOUT)
     result.rounds += 1
     result.acknowledged += sum(op.status == "ok" and op.op == "store" for op in operations)

@@ -22,11 +22,11 @@ from typing import Any
 
 from tabulate import tabulate
 
-from kvmgr.client.namespace import NamespacedClient
 from kvmgr.config import client_authkey, is_redis_url
 from kvmgr.errors import ConfigError, KeyNotFound, KvmgrError, ServerUnavailable
 from kvmgr.protocol.operations import OPERATIONS
 from kvmgr.tools.arguments import positive_float, positive_int, writable_path
+from kvmgr.tools.cleanup import delete_run_namespace
 from kvmgr.tools.processes import ProcessGroup, python_module
 from kvmgr.verify.check import CHECK_TIMEOUT, CheckProgress, CheckResult, check_operations, describe
 from kvmgr.verify.history import HistoryWriter, Operation, merge_histories, read_history
@@ -285,7 +285,7 @@ def run_stress(plan: StressPlan, target: str | None, authkey: bytes | None, hist
             failed, errors = _wait_for_workers(workers, started)
         finally:
             group.reap_all()  # no worker writes once the namespace goes
-            _delete_namespace(target, authkey, namespace, plan.timeout)
+            delete_run_namespace("stress", target, namespace, plan.timeout, authkey)
         merged = history_path or Path(scratch) / "history.jsonl"
         merge_histories([p for p in paths if p.exists()], merged)
         operations = read_history(merged)
@@ -299,18 +299,6 @@ def _check_history(operations: list[Operation], timeout: float) -> CheckResult:
         print(f"stress: {progress.line()}", file=sys.stderr, flush=True)
 
     return check_operations(operations, initial="empty", timeout=timeout, progress=show)
-
-
-def _delete_namespace(target: str, authkey: bytes | None, namespace: str, timeout: float) -> None:
-    """Delete what the run wrote (a server that is gone meanwhile is told of on stderr, not raised over the run's own error)."""
-    from kvmgr import connect
-
-    try:
-        with connect(target, authkey=authkey, timeout=timeout, namespace=namespace) as client:
-            assert isinstance(client, NamespacedClient)
-            client.delete_namespace()
-    except KvmgrError as exc:
-        print(f"stress: could not delete the run's keys (namespace {namespace!r}): {exc}", file=sys.stderr, flush=True)
 
 
 def _check_reachable(target: str, authkey: bytes | None, timeout: float) -> None:
