@@ -207,9 +207,9 @@ def test_the_journal_alone_keeps_what_each_write_replaced_and_fails_every_uncomm
         handed_back: list[list[Undo]] = []
         journal.on_failure(lambda failure: handed_back.append(journal.fail_uncommitted(failure)))
         database.armed = True
-        first = journal.append({"k": ("1", None, 1)}, entries({"k": "0"}), 1)
+        first = journal.append({"k": ("1", None)}, entries({"k": "0"}), 1)
         until(database.reached.is_set, "the first group's commit")
-        second = journal.append({"k": ("2", None, 2), "new": ("n", None, 2)}, entries({"k": "1"}), 2)  # queued behind the failing group
+        second = journal.append({"k": ("2", None), "new": ("n", None)}, entries({"k": "1"}), 2)  # queued behind the failing group
         third = journal.append({"gone": None}, entries({"gone": "g", "other": "o"}), 3)
         database.release.set()
         for commit in (first, second, third):
@@ -217,7 +217,7 @@ def test_the_journal_alone_keeps_what_each_write_replaced_and_fails_every_uncomm
                 settle(commit)
         until(lambda: bool(handed_back), "the failure handler's undo records")  # the waiters may wake before it returns
         assert handed_back == [[("k", ("0", None, 0)), ("k", ("1", None, 0)), ("new", None), ("gone", ("g", None, 0))]]
-        settle(journal.append({"after": ("a", None, 4)}, entries({}), 4))  # the cause is gone: the next commit goes through
+        settle(journal.append({"after": ("a", None)}, entries({}), 4))  # the cause is gone: the next commit goes through
     finally:
         journal.close()
     again = SQLiteJournal(tmp_path)

@@ -139,11 +139,11 @@ class RecordingJournal:
     def append(self, changes: Changes, before: Before, revision: int) -> Commit:
         if self.refusing:
             raise KvmgrError("the journal refused the write")
-        self.writes.append((dict(changes), [(key, before(key)) for key in changes]))
+        self.writes.append((dict(changes), revision, [(key, before(key)) for key in changes]))
         return None
 
     def fail_uncommitted(self, failure: BaseException) -> list[Undo]:
-        undo = [record for _, records in self.writes for record in records]
+        undo = [record for *_, records in self.writes for record in records]
         self.writes.clear()
         return undo
 
@@ -169,10 +169,10 @@ def test_the_store_starts_from_its_journal_and_hands_it_every_change_in_order_wi
     assert store.delete("a") and not store.delete("a")
     assert store.store_many({}) == {}
     assert journal.writes == [  # each write is the next revision: every key it changes gets that version
-        ({"a": ("1", None, 1)}, [("a", ("0", None, 0))]),
-        ({"b": (b"2", None, 2), "a": ("3", None, 2)}, [("b", None), ("a", ("1", None, 1))]),
-        ({"b": ("4", None, 3)}, [("b", (b"2", None, 2))]),
-        ({"a": None}, [("a", ("3", None, 2))]),
+        ({"a": ("1", None)}, 1, [("a", ("0", None, 0))]),
+        ({"b": (b"2", None), "a": ("3", None)}, 2, [("b", None), ("a", ("1", None, 1))]),
+        ({"b": ("4", None)}, 3, [("b", (b"2", None, 2))]),
+        ({"a": None}, 4, [("a", ("3", None, 2))]),
     ]
     store.close()
     store.close()

@@ -143,16 +143,17 @@ class SQLiteJournal:
         store changes. In "batch" the journal keeps, from `before` (the store's data), the values the write
         replaces, to take it back out of the store should its commit fail.
         """
+        entries = [(key, None if change is None else (*change, revision)) for key, change in changes.items()]
         if self._committer is None:
             try:
-                self._commit(changes.items(), revision)
+                self._commit(entries, revision)
             except Exception as exc:
                 _report(exc, 1)
                 raise _failed(exc) from None
             return None
         with self._mutex:
             group = self._open
-            group.changes.extend(changes.items())
+            group.changes.extend(entries)
             group.undo.extend((key, before(key)) for key in changes)
             group.revision = max(group.revision, revision)
             group.writes += 1

@@ -14,7 +14,8 @@ from kvmgr.protocol.values import Value
 from kvmgr.server.deferred import Deferred
 
 Entry = tuple[Value, float | None, int]  # a key's value, when it expires (time.time() seconds; None: never), its version
-Changes = Mapping[str, Entry | None]  # None deletes the key
+Change = tuple[Value, float | None] | None  # a key's new value and expiry, or None: delete it
+Changes = Mapping[str, Change]  # a write: every key it changes gets the write's revision as its version
 Before = Callable[[str], Entry | None]  # a key's entry before a write (None: absent)
 Undo = tuple[str, Entry | None]  # (key, its entry before a write, None if absent): the change that takes the write back
 Commit = Deferred | None  # what append returns: a Deferred resolved once the write is durable (failed if its commit
@@ -37,8 +38,9 @@ class Journal(Protocol):
         """Call handler(failure) when a deferred commit fails."""
 
     def append(self, changes: Changes, before: Before, revision: int) -> Commit:
-        """Take a write before the store applies it (`before(key)`: the entry now), and the store's revision after it
-        (a write may change no key: a fencing token); KvmgrError refuses it, the store stays as it was."""
+        """Take a write before the store applies it (`before(key)`: the entry now), and the store's revision after it,
+        which is the version of every key it changes (a write may change no key: a fencing token); KvmgrError refuses
+        it, the store stays as it was."""
 
     def fail_uncommitted(self, failure: BaseException) -> list[Undo]:
         """Fail every write not yet committed (its commit fails with KvmgrError); return their undo records, oldest first."""

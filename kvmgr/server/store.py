@@ -53,12 +53,11 @@ from kvmgr.protocol.validation import (
 from kvmgr.protocol.values import Number, Value, encoded_size, is_number, same_value
 from kvmgr.server.coordination import Locks, Queues, Schedule, Session, blocking_wait, thread_schedule
 from kvmgr.server.deferred import Deferred, settle
-from kvmgr.server.journal import IN_MEMORY, Changes, Commit, Entry, Journal
+from kvmgr.server.journal import IN_MEMORY, Change, Changes, Commit, Entry, Journal
 
 QUIT_MESSAGE = "Server Quitting..!"
 T = TypeVar("T")
 P = ParamSpec("P")
-Change = tuple[Value, float | None] | None  # a key's new value and deadline, or None: delete it
 
 
 def waits_for_answer(start: Callable[P, Any]) -> Callable[P, Any]:
@@ -132,11 +131,14 @@ class Store:
 
     def start_store(self, key: str, value: Value, ttl: float | None = None) -> str | Deferred:
         """Set key (expiring after ttl seconds, if given); "saved" if the key was new, "updated" if it overwrote a value."""
-        key, value, ttl = check_key(key, self._limits), check_value(value, self._limits), check_ttl(ttl)
+        key, value = check_key(key, self._limits), check_value(value, self._limits)
+        deadline = None if ttl is None else deadline_after(check_ttl(ttl))
         with self._lock:
-            existed = self._present(key)
-            commit = self._write({key: (value, deadline_after(ttl))})
-        return _once_committed(commit, "updated" if existed else "saved")
+            if self._expiry:
+                self._drop_if_expired(key)
+            answer = "updated" if key in self._data else "saved"
+            commit = self._write({key: (value, deadline)})
+        return answer if commit is None else _once_committed(commit, answer)
 
     def get(self, key: str) -> Value:
         """Return the value of key; raise KeyNotFound if it is absent."""
@@ -437,7 +439,7 @@ class Store:
         value = self._data.get(key)
         return None if value is None else (value, self._expiry.get(key), self._versions.get(key, self._version_floor))
 
-    def _write(self, changes: Mapping[str, Change]) -> Commit:
+    def _write(self, changes: Changes) -> Commit:
         """The one path every change takes (call under the lock): journal it, then apply it, as the next revision.
 
         Each change is (value, deadline) or None (delete). Returns the journal's commit: None once the change is
@@ -446,22 +448,25 @@ class Store:
         if self._closed:
             raise KvmgrError("the server is shutting down: the write was not made")
         revision = self._revision + 1
-        entries = {key: None if change is None else (*change, revision) for key, change in changes.items()}
-        commit = self._journal.append(entries, self._entry, revision)
+        commit = self._journal.append(changes, self._entry, revision)
         self._revision = revision
-        self._apply(entries)
+        self._apply(changes)
         return commit
 
-    def _apply(self, entries: Changes) -> None:
-        """Set each key's entry (None: remove the key, remembering its version), and wake whoever waits on it."""
-        data, expiry, versions = self._data, self._expiry, self._versions
-        for key, entry in entries.items():
-            if entry is None:
+    def _apply(self, changes: Changes) -> None:
+        """Make each change as of the current revision (None: remove the key, remembering its version), and wake
+        whoever waits on the key."""
+        data, expiry, versions, revision = self._data, self._expiry, self._versions, self._revision
+        for key, change in changes.items():
+            versions[key] = revision
+            if change is None:
                 data.pop(key, None)
                 expiry.pop(key, None)
-                versions[key] = self._revision
+                if len(versions) > len(data) + MAX_TOMBSTONES:  # only a delete leaves a version without a key
+                    self._forget_tombstones()
+                    versions = self._versions
             else:
-                data[key], deadline, versions[key] = entry
+                data[key], deadline = change
                 if deadline is not None:
                     expiry[key] = deadline
                     heapq.heappush(self._deadlines, (deadline, key))
@@ -469,8 +474,6 @@ class Store:
                     expiry.pop(key, None)
             if self._watchers:
                 self._wake(key)
-        if len(versions) > len(data) + MAX_TOMBSTONES:
-            self._forget_tombstones()
 
     def _wake(self, key: str) -> None:
         """Answer every wait on key with its value and version now."""
@@ -493,7 +496,7 @@ class Store:
         with self._lock:
             undo = self._journal.fail_uncommitted(failure)
             self._revision += 1
-            restored = {key: None if previous is None else (*previous[:2], self._revision) for key, previous in reversed(undo)}
+            restored: dict[str, Change] = {key: None if previous is None else previous[:2] for key, previous in reversed(undo)}
             self._apply(restored)  # a key written several times ends at its oldest record: the last committed state
 
     def close(self) -> None:
@@ -568,7 +571,7 @@ class Store:
 
 def _once_committed(commit: Commit, answer: T) -> T | Deferred:
     """answer itself once the write is durable; else a Deferred of it, resolved when its commit is."""
-    if commit is None:
+    if commit is None:  # the usual case (in memory): hot paths test it before calling
         return answer
     answered = commit.then(lambda _: answer, COMMIT_TIMEOUT, OutcomeUnknown(
         f"durable storage did not commit within {COMMIT_TIMEOUT:g}s: the write may or may not be made"))
