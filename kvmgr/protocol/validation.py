@@ -29,17 +29,21 @@ NOT_BYTES_LIKE = bytearray | memoryview  # buffers that look like bytes but are 
 
 def check_key(key: object, limits: Limits = DEFAULT_LIMITS) -> str:
     """The key as a plain str; InvalidKey unless it is a non-empty str that UTF-8 can encode, within max_key_bytes."""
+    if type(key) is str and key.isascii() and 0 < len(key) <= limits.max_key_bytes:  # the usual case, in one call
+        return key
     return _key(key, limits.max_key_bytes)
 
 
 def check_value(value: object, limits: Limits = DEFAULT_LIMITS) -> Value:
     """The value in plain form; InvalidValue unless it is plain data (kvmgr.protocol.values), its encoded size within max_value_bytes."""
+    if (type(value) is bytes or (type(value) is str and value.isascii())) and len(value) <= limits.max_value_bytes:
+        return value  # the usual case, in one call
     return _value(value, limits.max_value_bytes)
 
 
 def check_ttl(ttl: object) -> float | None:
     """A time to live in seconds: None (no expiry) or a finite number above 0, at most MAX_TTL; InvalidValue otherwise."""
-    return _ttl(ttl)
+    return None if ttl is None else _ttl(ttl)
 
 
 def ttl_milliseconds(ttl: float) -> int:
