@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import pickle
 import socket
 import struct
 import termios
@@ -304,9 +305,24 @@ def test_link_sees_eof_when_the_server_closes_mid_reply(pair: tuple[socket.socke
     assert time.monotonic() - started < 1.0  # at once, not at the deadline
 
 
-@pytest.mark.parametrize("result", [None, True, False, "saved", "updated", 1, 0, 1.0, "other", b"saved", ("saved",)], ids=repr)
+@pytest.mark.parametrize("result", [None, True, False, "saved", "updated", 1, 0, 1.0, ("saved",), [b"x"], {"k": "v"}], ids=repr)
 def test_a_return_frame_is_the_reply_frame_of_its_result_made_once_or_not(result: object) -> None:
     """The constant answers' replies are made once; each is the same bytes as reply_frame's, and 1 is never True's."""
     assert wire.return_frame(result) == wire.reply_frame(wire.RETURN, result)
     kind, decoded = wire.load_reply(wire.return_frame(result)[4:])
     assert kind == wire.RETURN and decoded == result and type(decoded) is type(result)
+
+
+@pytest.mark.parametrize("result", [
+    "", "other", "x" * 255, "x" * 256, "é" * 127, "é" * 128, "€" * 30_000, "\x00\n.", b"", b"saved", b"\x00" * 255,
+    b"\x86." * 128, bytes(range(256)) * 300,
+], ids=lambda result: f"{type(result).__name__}-{len(result)}")
+def test_a_str_or_bytes_return_frame_written_out_reads_as_pickle_dumps_own(result: str | bytes) -> None:
+    """A str or bytes reply's pickle is written out (no FRAME, no MEMOIZE), not made by pickle.dumps: every unpickler
+    (kvmgr's client, a stdlib proxy's pickle.loads) reads the same reply from it, and its header is its length."""
+    made = wire.return_frame(result)
+    assert wire.HEADER.unpack_from(made)[0] == len(made) - 4
+    for decode in (pickle.loads, wire.load_reply):
+        kind, decoded = decode(made[4:])
+        assert kind == wire.RETURN and decoded == result and type(decoded) is type(result)
+    assert pickle.loads(made[4:]) == pickle.loads(wire.reply_frame(wire.RETURN, result)[4:])
