@@ -184,9 +184,12 @@ class EventLoop:
     def _turn(self) -> None:
         """One round: wait for sockets (or the next timer), handle them, release settled replies, run due timers."""
         timers = self._timers
-        timeout = max(0.0, min(timers[0][0] - time.monotonic(), 1.0)) if timers else 1.0
+        now = time.monotonic() if timers else 0.0
+        timeout = timers[0][0] - now if timers else 1.0
+        timeout = 1.0 if timeout > 1.0 else 0.0 if timeout < 0.0 else timeout  # not min/max: they cost 10x as much
         connections = self.connections
-        for fd, mask in self.selector.poll(timeout):
+        events = self.selector.poll(timeout)
+        for fd, mask in events:
             conn = connections.get(fd)
             if conn is not None:
                 if mask & READABLE:
@@ -197,7 +200,7 @@ class EventLoop:
                 self._drain_wake()
             elif fd == self.listener.fileno():
                 self._accept()
-        if timers and timers[0][0] <= time.monotonic():
+        if timers and timers[0][0] <= (now if events else time.monotonic()):  # busy: a timer due meanwhile runs next turn
             self._run_timers()  # before releasing replies: a timer may settle one (a call's timeout, a lease that ends)
         if self._ready:
             self._run_ready()

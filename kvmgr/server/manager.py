@@ -77,6 +77,7 @@ class StoreServer(ManagerCalls, EventLoop):
         self.store_ident = f"{id(self.store):x}"
         self._handlers = {**self.store.handlers(session=lambda: self.current), "info": self.info}
         self.stats = CallStats(self._handlers)
+        self._calls = self.stats.calls  # counted in dispatch, on every call
         listener = open_listener(address)
         super().__init__(listener, authkey, limits)
         bound = listener.getsockname()
@@ -128,7 +129,7 @@ class StoreServer(ManagerCalls, EventLoop):
             function = self._handlers.get(method)
             if function is None or ident != self.store_ident:
                 raise self._not_exposed(ident, method)
-            self.stats.calls[method] += 1
+            self._calls[method] += 1
             result = function(*args, **kwargs) if kwargs else function(*args)
         except Exception as exc:
             self.stats.failed(method)
