@@ -111,7 +111,7 @@ def normalize_call(method: str, args: tuple) -> tuple:
     return normalize(*args)
 
 
-def _key(key: object, limit: int) -> str:
+def _key(key: object, limit: int = ANY_SIZE) -> str:
     if type(key) is str and key.isascii() and 0 < len(key) <= limit:  # the usual case, at the cost of two O(1) checks
         return key
     if not isinstance(key, str) or not key:
@@ -123,7 +123,7 @@ def _key(key: object, limit: int) -> str:
     return key
 
 
-def _value(value: object, limit: int, what: str = "value") -> Value:
+def _value(value: object, limit: int = ANY_SIZE, what: str = "value") -> Value:
     kind = type(value)
     if kind is bytes:
         assert isinstance(value, bytes)  # for the type checker: the exact-type test above is the fast path
@@ -277,8 +277,8 @@ def check_wait(timeout: object) -> float | None:
 
 # What a client sends: each parameter of the operation table in plain form. No sizes are checked here.
 PARAMETER_CHECKS: dict[str, Callable[[object], object]] = {
-    "key": lambda key: _key(key, ANY_SIZE),
-    "value": lambda value: _value(value, ANY_SIZE),
+    "key": _key,  # ANY_SIZE by default: called directly, the usual calls' checks add no frame of their own
+    "value": _value,
     "expected": lambda expected: _expected(expected, ANY_SIZE),
     "keys": lambda keys: _key_list(keys, ANY_SIZE),
     "mapping": lambda mapping: _mapping(mapping, ANY_SIZE, ANY_SIZE),
@@ -303,12 +303,13 @@ OPERATION_CHECKS: dict[tuple[str, str], Callable[[object], object]] = {
 
 
 def _normalizer(spec: OpSpec) -> Callable[..., tuple]:
-    """The function that puts a call's arguments in plain form, parameter by parameter (one argument: no loop)."""
+    """The function that puts a call's arguments in plain form, parameter by parameter (one argument: no loop; more:
+    map and operator.call, no generator; an optional parameter left out is not checked)."""
     checks = [OPERATION_CHECKS.get((spec.name, name)) or PARAMETER_CHECKS[name] for name in spec.params]
     if len(checks) == 1:
         check = checks[0]
         return lambda argument: (check(argument),)
-    return lambda *arguments: tuple(check(argument) for check, argument in zip(checks, arguments, strict=False))
+    return lambda *arguments: tuple(map(operator.call, checks, arguments))
 
 
 _CALLS: dict[str, tuple[int, int, Callable[..., tuple]]] = {
