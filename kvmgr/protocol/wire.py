@@ -190,14 +190,14 @@ def _written_out_result(data: bytes) -> tuple[str, str | bytes] | None:
     exactly to the closing TUPLE2 and STOP."""
     if not data.startswith(_RETURN_PICKLE) or not data.endswith(b"\x86."):
         return None
-    size, code = len(data), data[11]  # an int: `in` on bytes would first try it as one, raising and clearing a TypeError
-    if (code == _SHORT_BYTES or code == _SHORT_STR) and data[12] == size - 15:
+    size, code = len(data), data[11]  # an int (`in` a bytes would try it as an int first, raising and clearing a TypeError)
+    if code in (_SHORT_BYTES, _SHORT_STR) and data[12] == size - 15:
         value = data[13:-2]
-    elif (code == _BYTES or code == _STR) and size >= 18 and _unpack_length(data, 12)[0] == size - 18:
+    elif code in (_BYTES, _STR) and size >= 18 and _unpack_length(data, 12)[0] == size - 18:
         value = data[16:-2]
     else:
         return None
-    return RETURN, value if code == _SHORT_BYTES or code == _BYTES else value.decode("utf-8", "surrogatepass")
+    return RETURN, value if code in (_SHORT_BYTES, _BYTES) else value.decode("utf-8", "surrogatepass")
 
 
 def dump(message: object) -> bytes:
