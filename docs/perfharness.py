@@ -1,9 +1,15 @@
-"""Instructions per request of a server process (callgrind), kvmgr vs the selectors floor.
+"""Instructions per request (callgrind) of a server or a client process: kvmgr against the selectors floor.
 
-.venv/bin/python docs/perfharness.py SERVER CLIENTS N1 N2 [unix|tcp]      (SERVER: kvmgr or selectors-floor)
-Runs the server under valgrind's callgrind twice (N1 and N2 requests per client, a store+get mix) and prints the
-difference of the user-space instructions over the difference of the requests: start-up and handshakes cancel out.
-Needs valgrind (apt-get install valgrind). A development measurement, not part of the test suite.
+.venv/bin/python docs/perfharness.py SERVER CLIENTS N1 N2 [unix|tcp]   instructions per request of the server process
+.venv/bin/python docs/perfharness.py --strace SERVER CLIENTS N [unix|tcp]   its system calls (strace -c), N requests per client
+.venv/bin/python docs/perfharness.py --client get|mix N1 N2              instructions per call of a kvmgr client process
+
+SERVER is kvmgr or selectors-floor. The server runs under valgrind's callgrind twice (N1 and N2 requests per client, a
+store+get mix of 16-byte keys and 100-byte values, one call at a time per client); the difference of the user-space
+instructions over the difference of the requests is printed, so start-up and handshakes cancel out. --client does
+the same for a process using kvmgr.connect (get, or store and get in turn, on one key) against a kvmgr server that
+is not measured. Needs valgrind (and strace for --strace): apt-get install valgrind strace. A development
+measurement, not part of the test suite; run it from the tree's root.
 """
 
 from __future__ import annotations
@@ -25,16 +31,17 @@ from kvmgr.protocol import wire
 AUTHKEY = b"perf-harness-key"
 VALUE = b"v" * 100
 KEYS = [f"p{index:015d}" for index in range(1000)]
+ENV = {**os.environ, "KVMGR_AUTHKEY": AUTHKEY.decode(), "PYTHONHASHSEED": "0"}
 
 
 def client(server: str, address: str, count: int, seed: int) -> None:
+    """One raw client of the server measured: preload, say ready, wait for go, then `count` calls one at a time."""
     family_address: object = address
     if ":" in address:
         host, port = address.rsplit(":", 1)
         family_address = (host, int(port))
     conn = connection.Client(family_address, authkey=AUTHKEY)
-    fd = conn.fileno()
-    sock = wire.FramedSocket(fd)
+    sock = wire.FramedSocket(conn.fileno())
     rng = random.Random(seed)
     if server == "kvmgr":
         sock.send(wire.dump((None, wire.OPEN_STORE, (1,), {})))
@@ -60,53 +67,120 @@ def client(server: str, address: str, count: int, seed: int) -> None:
     print("done", flush=True)
 
 
-def measure(server: str, clients: int, count: int, transport: str, tool: str = "callgrind") -> float:
-    tmp = tempfile.mkdtemp(prefix="perfh-")
-    if transport == "unix":
-        address = os.path.join(tmp, "sock")
-    else:
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            address = f"127.0.0.1:{probe.getsockname()[1]}"
-    out = os.path.join(tmp, "cg.out")
-    env = {**os.environ, "KVMGR_AUTHKEY": AUTHKEY.decode(), "PYTHONHASHSEED": "0"}
+def kvmgr_client(op: str, address: str, count: int) -> None:
+    """A kvmgr.connect client making `count` calls: get, or store and get in turn."""
+    import kvmgr
+
+    store = kvmgr.connect(address)
+    store.store(KEYS[0], VALUE)
+    for index in range(count):
+        if op == "get" or index % 2:
+            store.get(KEYS[0])
+        else:
+            store.store(KEYS[0], VALUE)
+    store.close()
+
+
+def start_server(server: str, address: str, prefix: list[str]) -> subprocess.Popen[str]:
     if server == "kvmgr":
         command = [sys.executable, "-m", "kvmgr", "serve", "--address", address]
     else:
         command = [sys.executable, "-m", "kvmgr.tools.bench", "--serve", "selectors-floor", "--address", address]
-    prefix = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}"] if tool == "callgrind" else []
-    proc = subprocess.Popen(prefix + command, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    proc = subprocess.Popen(prefix + command, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     assert proc.stdout is not None
     proc.stdout.readline()
-    workers = [subprocess.Popen([sys.executable, __file__, "--client", server, address, str(count), str(seed)],
-                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+    return proc
+
+
+def new_address(tmp: str, transport: str) -> str:
+    if transport == "unix":
+        return os.path.join(tmp, "sock")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return f"127.0.0.1:{probe.getsockname()[1]}"
+
+
+def run_clients(server: str, address: str, clients: int, count: int) -> None:
+    workers = [subprocess.Popen([sys.executable, __file__, "--raw-client", server, address, str(count), str(seed)],
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=ENV)
                for seed in range(clients)]
     for worker in workers:
-        assert worker.stdout.readline().strip() == "ready"
+        assert worker.stdout is not None and worker.stdout.readline().strip() == "ready"
     for worker in workers:
+        assert worker.stdin is not None
         worker.stdin.write("go\n")
         worker.stdin.flush()
     for worker in workers:
         worker.wait()
+
+
+def callgrind_total(out: str) -> int:
+    with open(out) as profile:
+        match = re.search(r"^totals: (\d+)", profile.read(), re.M)
+    assert match is not None
+    return int(match.group(1))
+
+
+def measure(server: str, clients: int, count: int, transport: str) -> int:
+    """The server process's instructions over a whole run of `count` requests per client."""
+    tmp = tempfile.mkdtemp(prefix="perfh-")
+    address, out = new_address(tmp, transport), os.path.join(tmp, "cg.out")
+    proc = start_server(server, address, ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}"])
+    run_clients(server, address, clients, count)
     time.sleep(0.2)
     proc.send_signal(signal.SIGTERM)
     proc.wait(60)
-    if tool != "callgrind":
-        return 0.0
-    with open(out) as profile:
-        text = profile.read()
-    total = int(re.search(r"^totals: (\d+)", text, re.M).group(1))
-    os.rename(out, f"/tmp/cg-{server}-{clients}-{count}-{transport}.out")
-    return total
+    return callgrind_total(out)
+
+
+def trace(server: str, clients: int, count: int, transport: str) -> str:
+    """strace -c's table of the server's system calls while the clients run (attached after start-up)."""
+    tmp = tempfile.mkdtemp(prefix="perfh-")
+    address, out = new_address(tmp, transport), os.path.join(tmp, "strace.txt")
+    proc = start_server(server, address, [])
+    tracer = subprocess.Popen(["strace", "-c", "-f", "-p", str(proc.pid), "-o", out], stderr=subprocess.DEVNULL)
+    time.sleep(1)  # attached
+    run_clients(server, address, clients, count)
+    tracer.send_signal(signal.SIGINT)
+    tracer.wait(30)
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(60)
+    with open(out) as table:
+        return table.read()
+
+
+def measure_client(op: str, count: int) -> int:
+    """A kvmgr client process's instructions over `count` calls."""
+    tmp = tempfile.mkdtemp(prefix="perfh-")
+    address, out = new_address(tmp, "unix"), os.path.join(tmp, "cg.out")
+    server = start_server("kvmgr", address, [])
+    try:
+        subprocess.run(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", sys.executable, __file__,
+                        "--kvmgr-client", op, address, str(count)], env=ENV, check=True, stderr=subprocess.DEVNULL)
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(60)
+    return callgrind_total(out)
+
+
+def main(argv: list[str]) -> None:
+    if argv[0] == "--raw-client":
+        client(argv[1], argv[2], int(argv[3]), int(argv[4]))
+    elif argv[0] == "--kvmgr-client":
+        kvmgr_client(argv[1], argv[2], int(argv[3]))
+    elif argv[0] == "--strace":
+        print(trace(argv[1], int(argv[2]), int(argv[3]), argv[4] if len(argv) > 4 else "unix"))
+    elif argv[0] == "--client":
+        op, n1, n2 = argv[1], int(argv[2]), int(argv[3])
+        first, second = measure_client(op, n1), measure_client(op, n2)
+        print(f"kvmgr client {op}: {(second - first) / (n2 - n1):,.0f} Ir/call  ({first:,} / {second:,})")
+    else:
+        server, clients, n1, n2 = argv[0], int(argv[1]), int(argv[2]), int(argv[3])
+        transport = argv[4] if len(argv) > 4 else "unix"
+        first, second = measure(server, clients, n1, transport), measure(server, clients, n2, transport)
+        print(f"{server} clients={clients} {transport}: {(second - first) / (clients * (n2 - n1)):,.0f} Ir/request  "
+              f"({first:,} / {second:,})")
 
 
 if __name__ == "__main__":
-    if sys.argv[1] == "--client":
-        client(sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]))
-        sys.exit(0)
-    server, clients, n1, n2 = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
-    transport = sys.argv[5] if len(sys.argv) > 5 else "unix"
-    first = measure(server, clients, n1, transport)
-    second = measure(server, clients, n2, transport)
-    per = (second - first) / (clients * (n2 - n1))
-    print(f"{server} clients={clients} {transport}: {per:,.0f} Ir/request  ({first:,} / {second:,})")
+    main(sys.argv[1:])
