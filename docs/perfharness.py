@@ -3,6 +3,7 @@
 .venv/bin/python docs/perfharness.py SERVER CLIENTS N1 N2 [unix|tcp]   instructions per request of the server process
 .venv/bin/python docs/perfharness.py --strace SERVER CLIENTS N [unix|tcp]   its system calls (strace -c), N requests per client
 .venv/bin/python docs/perfharness.py --client get|mix N1 N2              instructions per call of a kvmgr client process
+.venv/bin/python docs/perfharness.py --wall SERVER CLIENTS N1 N2 [unix|tcp]   the server's CPU time per request (no valgrind)
 
 SERVER is kvmgr or selectors-floor. The server runs under valgrind's callgrind twice (N1 and N2 requests per client, a
 store+get mix of 16-byte keys and 100-byte values, one call at a time per client); the difference of the user-space
@@ -149,6 +150,21 @@ def trace(server: str, clients: int, count: int, transport: str) -> str:
         return table.read()
 
 
+def cpu_seconds(server: str, clients: int, count: int, transport: str) -> float:
+    """The server process's CPU time (user + system, psutil) over a whole run of `count` requests per client."""
+    import psutil
+
+    tmp = tempfile.mkdtemp(prefix="perfh-")
+    address = new_address(tmp, transport)
+    proc = start_server(server, address, [])
+    before = psutil.Process(proc.pid).cpu_times()
+    run_clients(server, address, clients, count)
+    after = psutil.Process(proc.pid).cpu_times()
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(60)
+    return after.user + after.system - before.user - before.system
+
+
 def measure_client(op: str, count: int) -> int:
     """A kvmgr client process's instructions over `count` calls."""
     tmp = tempfile.mkdtemp(prefix="perfh-")
@@ -170,6 +186,11 @@ def main(argv: list[str]) -> None:
         kvmgr_client(argv[1], argv[2], int(argv[3]))
     elif argv[0] == "--strace":
         print(trace(argv[1], int(argv[2]), int(argv[3]), argv[4] if len(argv) > 4 else "unix"))
+    elif argv[0] == "--wall":
+        server, clients, n1, n2 = argv[1], int(argv[2]), int(argv[3]), int(argv[4])
+        transport = argv[5] if len(argv) > 5 else "unix"
+        spent = cpu_seconds(server, clients, n2, transport) - cpu_seconds(server, clients, n1, transport)
+        print(f"{server} clients={clients} {transport}: {spent / (clients * (n2 - n1)) * 1e6:.1f} µs of server CPU/request")
     elif argv[0] == "--client":
         op, n1, n2 = argv[1], int(argv[2]), int(argv[3])
         first, second = measure_client(op, n1), measure_client(op, n2)
