@@ -316,8 +316,8 @@ def test_a_return_frame_is_the_reply_frame_of_its_result_made_once_or_not(result
 
 
 @pytest.mark.parametrize("result", [
-    "", "other", "x" * 255, "x" * 256, "é" * 127, "é" * 128, "€" * 30_000, "\x00\n.", b"", b"saved", b"\x00" * 255,
-    b"\x86." * 128, bytes(range(256)) * 300,
+    "", "other", "x" * 255, "x" * 256, "é" * 127, "é" * 128, "€" * 30_000, "\x00\n.", "\ud800", "a\udfffb" * 100,
+    b"", b"saved", b"\x00" * 255, b"\x86." * 128, bytes(range(256)) * 300,
 ], ids=lambda result: f"{type(result).__name__}-{len(result)}")
 def test_a_str_or_bytes_return_frame_written_out_reads_as_pickle_dumps_own(result: str | bytes) -> None:
     """A str or bytes reply's pickle is written out (no FRAME, no MEMOIZE), not made by pickle.dumps: every unpickler

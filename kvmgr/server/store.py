@@ -457,14 +457,13 @@ class Store:
         """Make each change as of the current revision (None: remove the key, remembering its version), and wake
         whoever waits on the key."""
         data, expiry, versions, revision = self._data, self._expiry, self._versions, self._revision
+        deleted = False
         for key, change in changes.items():
             versions[key] = revision
             if change is None:
                 data.pop(key, None)
                 expiry.pop(key, None)
-                if len(versions) > len(data) + MAX_TOMBSTONES:  # only a delete leaves a version without a key
-                    self._forget_tombstones()
-                    versions = self._versions
+                deleted = True
             else:
                 data[key], deadline = change
                 if deadline is not None:
@@ -474,6 +473,8 @@ class Store:
                     expiry.pop(key, None)
             if self._watchers:
                 self._wake(key)
+        if deleted and len(versions) > len(data) + MAX_TOMBSTONES:  # only a delete leaves a version without a key
+            self._forget_tombstones()
 
     def _wake(self, key: str) -> None:
         """Answer every wait on key with its value and version now."""
