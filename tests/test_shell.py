@@ -179,7 +179,11 @@ def test_ctrl_c_abandons_the_line_and_ctrl_d_leaves(shell: Terminal) -> None:
     shell.type("set half")
     shell.expect("set half")
     shell.type("\x03")
-    shell.expect(PROMPT)
+    try:
+        shell.expect(PROMPT, timeout=5)
+    except AssertionError:  # CPython's input() missed the SIGINT (it came between two selects, python/cpython#112585,
+        shell.type("\x03")  # seen once in a loaded CI run): a second Ctrl-C, as a user would press, is acted on
+        shell.expect(PROMPT)
     assert shell.run("exists half") == ["False"]
     shell.type("\x04")
     assert shell.process.wait(20) == 0
@@ -265,7 +269,7 @@ def test_sigterm_ends_the_shell(group: ProcessGroup, target: Target, home: Path)
     shell.process.send_signal(signal.SIGTERM)
     try:
         status = shell.process.wait(5)
-    except psutil.TimeoutExpired:  # seen once in a loaded CI run: the first SIGTERM was not acted on (readline); a second one
+    except psutil.TimeoutExpired:  # seen once in a loaded CI run: input() missed it (python/cpython#112585); a second one
         shell.process.send_signal(signal.SIGTERM)
         status = shell.process.wait(20)
     assert status != 0
