@@ -20,14 +20,15 @@ import pickle
 import random
 import re
 import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
 from multiprocessing import connection
 
+import psutil
+
 from kvmgr.protocol import wire
+from kvmgr.tools.processes import ProcessGroup, python_module, wait_until_ready
 
 AUTHKEY = b"perf-harness-key"
 VALUE = b"v" * 100
@@ -82,37 +83,36 @@ def kvmgr_client(op: str, address: str, count: int) -> None:
     store.close()
 
 
-def start_server(server: str, address: str, prefix: list[str]) -> subprocess.Popen[str]:
+READY = {"kvmgr": "kvmgr listening on ", "selectors-floor": "ready "}  # each server's ready line, before its address
+
+
+def start_server(group: ProcessGroup, server: str, transport: str, prefix: list[str]) -> tuple[psutil.Popen, str]:
+    """The server (under prefix: valgrind, or nothing) on a fresh Unix socket or a free loopback port; it and its address."""
+    address = os.path.join(tempfile.mkdtemp(prefix="perfh-"), "sock") if transport == "unix" else "127.0.0.1:0"
     if server == "kvmgr":
-        command = [sys.executable, "-m", "kvmgr", "serve", "--address", address]
+        command = python_module("kvmgr", "serve", "--address", address)
     else:
-        command = [sys.executable, "-m", "kvmgr.tools.bench", "--serve", "selectors-floor", "--address", address]
-    proc = subprocess.Popen(prefix + command, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    assert proc.stdout is not None
-    proc.stdout.readline()
-    return proc
+        command = python_module("kvmgr.tools.bench", "--serve", "selectors-floor", "--address", address)
+    proc = group.launch(prefix + command, ENV)
+    return proc, wait_until_ready(proc, READY[server], server, timeout=120)  # valgrind starts Python slowly
 
 
-def new_address(tmp: str, transport: str) -> str:
-    if transport == "unix":
-        return os.path.join(tmp, "sock")
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return f"127.0.0.1:{probe.getsockname()[1]}"
+def stop(proc: psutil.Popen) -> None:
+    """SIGTERM, and wait for a clean exit (callgrind writes its profile then); the group reaps it on any other path."""
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(60)
 
 
-def run_clients(server: str, address: str, clients: int, count: int) -> None:
-    workers = [subprocess.Popen([sys.executable, __file__, "--raw-client", server, address, str(count), str(seed)],
-                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=ENV)
+def run_clients(group: ProcessGroup, server: str, address: str, clients: int, count: int) -> None:
+    workers = [group.launch([sys.executable, __file__, "--raw-client", server, address, str(count), str(seed)], ENV, stdin=True)
                for seed in range(clients)]
     for worker in workers:
-        assert worker.stdout is not None and worker.stdout.readline().strip() == "ready"
+        assert worker.stdout.readline().strip() == b"ready"
     for worker in workers:
-        assert worker.stdin is not None
-        worker.stdin.write("go\n")
+        worker.stdin.write(b"go\n")
         worker.stdin.flush()
     for worker in workers:
-        worker.wait()
+        assert worker.wait(600) == 0, worker.stderr.read().decode(errors="replace")
 
 
 def callgrind_total(out: str) -> int:
@@ -124,58 +124,50 @@ def callgrind_total(out: str) -> int:
 
 def measure(server: str, clients: int, count: int, transport: str) -> int:
     """The server process's instructions over a whole run of `count` requests per client."""
-    tmp = tempfile.mkdtemp(prefix="perfh-")
-    address, out = new_address(tmp, transport), os.path.join(tmp, "cg.out")
-    proc = start_server(server, address, ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}"])
-    run_clients(server, address, clients, count)
-    time.sleep(0.2)
-    proc.send_signal(signal.SIGTERM)
-    proc.wait(60)
+    out = os.path.join(tempfile.mkdtemp(prefix="perfh-"), "cg.out")
+    with ProcessGroup() as group:
+        proc, address = start_server(group, server, transport, ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}"])
+        run_clients(group, server, address, clients, count)
+        time.sleep(0.2)
+        stop(proc)
     return callgrind_total(out)
 
 
 def trace(server: str, clients: int, count: int, transport: str) -> str:
     """strace -c's table of the server's system calls while the clients run (attached after start-up)."""
-    tmp = tempfile.mkdtemp(prefix="perfh-")
-    address, out = new_address(tmp, transport), os.path.join(tmp, "strace.txt")
-    proc = start_server(server, address, [])
-    tracer = subprocess.Popen(["strace", "-c", "-f", "-p", str(proc.pid), "-o", out], stderr=subprocess.DEVNULL)
-    time.sleep(1)  # attached
-    run_clients(server, address, clients, count)
-    tracer.send_signal(signal.SIGINT)
-    tracer.wait(30)
-    proc.send_signal(signal.SIGTERM)
-    proc.wait(60)
+    out = os.path.join(tempfile.mkdtemp(prefix="perfh-"), "strace.txt")
+    with ProcessGroup() as group:
+        proc, address = start_server(group, server, transport, [])
+        tracer = group.launch(["strace", "-c", "-f", "-p", str(proc.pid), "-o", out])
+        time.sleep(1)  # attached
+        run_clients(group, server, address, clients, count)
+        tracer.send_signal(signal.SIGINT)  # strace detaches and writes its table
+        tracer.wait(30)
+        stop(proc)
     with open(out) as table:
         return table.read()
 
 
 def cpu_seconds(server: str, clients: int, count: int, transport: str) -> float:
     """The server process's CPU time (user + system, psutil) over a whole run of `count` requests per client."""
-    import psutil
-
-    tmp = tempfile.mkdtemp(prefix="perfh-")
-    address = new_address(tmp, transport)
-    proc = start_server(server, address, [])
-    before = psutil.Process(proc.pid).cpu_times()
-    run_clients(server, address, clients, count)
-    after = psutil.Process(proc.pid).cpu_times()
-    proc.send_signal(signal.SIGTERM)
-    proc.wait(60)
+    with ProcessGroup() as group:
+        proc, address = start_server(group, server, transport, [])
+        before = proc.cpu_times()
+        run_clients(group, server, address, clients, count)
+        after = proc.cpu_times()
+        stop(proc)
     return after.user + after.system - before.user - before.system
 
 
 def measure_client(op: str, count: int) -> int:
     """A kvmgr client process's instructions over `count` calls."""
-    tmp = tempfile.mkdtemp(prefix="perfh-")
-    address, out = new_address(tmp, "unix"), os.path.join(tmp, "cg.out")
-    server = start_server("kvmgr", address, [])
-    try:
-        subprocess.run(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", sys.executable, __file__,
-                        "--kvmgr-client", op, address, str(count)], env=ENV, check=True, stderr=subprocess.DEVNULL)
-    finally:
-        server.send_signal(signal.SIGTERM)
-        server.wait(60)
+    out = os.path.join(tempfile.mkdtemp(prefix="perfh-"), "cg.out")
+    with ProcessGroup() as group:
+        _, address = start_server(group, "kvmgr", "unix", [])
+        client = group.launch(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", sys.executable, __file__,
+                               "--kvmgr-client", op, address, str(count)], ENV)
+        _, err = client.communicate(timeout=600)
+        assert client.returncode == 0, err.decode(errors="replace")
     return callgrind_total(out)
 
 

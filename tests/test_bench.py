@@ -150,12 +150,18 @@ def test_incr_row_counts_exactly_on_every_system_and_is_compared(tiny_run: tuple
     assert "FAIL" not in finished.stdout
 
 
-def test_only_incr_measures_just_the_incr_rows(tmp_path: Path) -> None:
-    out = tmp_path / "incr.json"
-    finished = subprocess.run(python_module("kvmgr.tools.bench", "--tiny", "--only", "incr", "--json", str(out)),
+def results_of_only(tmp_path: Path, section: str) -> list[dict]:
+    """The JSON results of `bench --tiny --only SECTION`, which must exit 0."""
+    out = tmp_path / f"{section}.json"
+    finished = subprocess.run(python_module("kvmgr.tools.bench", "--tiny", "--only", section, "--json", str(out)),
                               capture_output=True, text=True, timeout=300)
     assert finished.returncode == 0, finished.stderr
-    results = json.loads(out.read_text())["results"]
+    results: list[dict] = json.loads(out.read_text())["results"]
+    return results
+
+
+def test_only_incr_measures_just_the_incr_rows(tmp_path: Path) -> None:
+    results = results_of_only(tmp_path, "incr")
     assert {r["workload"] for r in results} == {"incr"}
     assert {(r["system"], r["clients"]) for r in results} >= {("kvmgr", 1), ("kvmgr", 2), ("multiprocessing-dict", 2)}
     assert all(r["lost_updates"] == 0 for r in results)
@@ -231,11 +237,7 @@ def test_startup_rows_compare_alice_and_help_with_python(tiny_run: tuple[subproc
 
 
 def test_only_startup_measures_just_the_startup_rows(tmp_path: Path) -> None:
-    out = tmp_path / "startup.json"
-    finished = subprocess.run(python_module("kvmgr.tools.bench", "--tiny", "--only", "startup", "--json", str(out)),
-                              capture_output=True, text=True, timeout=300)
-    assert finished.returncode == 0, finished.stderr
-    results = json.loads(out.read_text())["results"]
+    results = results_of_only(tmp_path, "startup")
     assert sorted(r["system"] for r in results) == ["alice --key=foo", "kvmgr --help", "python -c pass"]
     assert {r["workload"] for r in results} == {"startup"}
 
@@ -289,11 +291,7 @@ def test_aio_rows_check_every_answer_and_are_compared_with_redis_asyncio(tiny_ru
 
 
 def test_only_aio_measures_just_the_aio_rows(tmp_path: Path) -> None:
-    out = tmp_path / "aio.json"
-    finished = subprocess.run(python_module("kvmgr.tools.bench", "--tiny", "--only", "aio", "--json", str(out)),
-                              capture_output=True, text=True, timeout=300)
-    assert finished.returncode == 0, finished.stderr
-    results = json.loads(out.read_text())["results"]
+    results = results_of_only(tmp_path, "aio")
     assert {(r["system"], r["transport"]) for r in results} == aio_systems()
     assert {r["workload"] for r in results} == {"aio"} and all(r["wrong_answers"] == 0 for r in results)
 

@@ -40,6 +40,16 @@ def test_new_operations_parse_with_their_arguments(tmp_path: Path) -> None:
     assert (steps[8].repeat, steps[8].calls, steps[8].final) == (3, 3, FinalState(value=3))
 
 
+def assert_one_line_about_the_step(tmp_path: Path, fields: dict[str, str], problem: str) -> None:
+    """A scenario of one step with these fields is refused in one line naming the step and the problem."""
+    path = scenario(tmp_path, step(name="'odd'", **fields))
+    with pytest.raises(ScenarioError) as caught:
+        load_scenario(path)
+    message = str(caught.value)
+    assert message.startswith(f"{path}: step 1 (odd): ") and "\n" not in message
+    assert problem in message, message
+
+
 @pytest.mark.parametrize(("fields", "problem"), [
     ({"op": "'incr'", "key": "'n'", "repeat": "5", "expect": "5"}, "'repeat' needs a final-state expectation"),
     ({"op": "'incr'", "key": "'n'", "repeat": "0", "expect_final": "5"}, "'repeat' must be a whole number from 1 to 1000000 (got 0)"),
@@ -69,12 +79,7 @@ def test_new_operations_parse_with_their_arguments(tmp_path: Path) -> None:
     ({"op": "'incr'", "key": "'n'", "expect_final": "1979-05-27"}, "expect_final: value: date is not a value type"),
 ])
 def test_malformed_new_fields_are_one_line_naming_the_step(tmp_path: Path, fields: dict[str, str], problem: str) -> None:
-    path = scenario(tmp_path, step(name="'odd'", **fields))
-    with pytest.raises(ScenarioError) as caught:
-        load_scenario(path)
-    message = str(caught.value)
-    assert message.startswith(f"{path}: step 1 (odd): ") and "\n" not in message
-    assert problem in message, message
+    assert_one_line_about_the_step(tmp_path, fields, problem)
 
 
 def test_final_state_accepts_with_types_and_bounds() -> None:
@@ -171,12 +176,7 @@ def test_coordination_steps_parse_with_their_fields(tmp_path: Path) -> None:
     ({"op": "'qget'", "queue": "'q'", "with_next": "1", "expect": "'a'"}, "'with_next' must be true or false"),
 ])
 def test_malformed_coordination_steps_are_one_line_naming_the_step(tmp_path: Path, fields: dict[str, str], problem: str) -> None:
-    path = scenario(tmp_path, step(name="'odd'", **fields))
-    with pytest.raises(ScenarioError) as caught:
-        load_scenario(path)
-    message = str(caught.value)
-    assert message.startswith(f"{path}: step 1 (odd): ") and "\n" not in message
-    assert problem in message, message
+    assert_one_line_about_the_step(tmp_path, fields, problem)
 
 
 @pytest.mark.parametrize(("text", "problem"), [

@@ -175,15 +175,15 @@ class Bench:
         return [startup_sample(name, "tcp" if name.startswith("alice") else "none", sorted(seconds), baseline)
                 for name, seconds in times.items()]
 
-    def wall_time(self, name: str, argv: list[str], env: dict[str, str]) -> float:
+    def wall_time(self, name: str, argv: list[str], env: dict[str, str], timeout: float = STARTUP_TIMEOUT) -> float:
         """Seconds from launching argv to its exit, which must be status 0 (alice must print the value stored)."""
         started = time.perf_counter()
         process = self.group.launch(argv, env)
         try:
-            out, err = process.communicate(timeout=STARTUP_TIMEOUT)
+            out, err = process.communicate(timeout=timeout)
             seconds = time.perf_counter() - started
         except subprocess.TimeoutExpired as exc:
-            raise BenchError(f"{name} did not finish within {STARTUP_TIMEOUT:g}s") from exc
+            raise BenchError(f"{name} did not finish within {timeout:g}s") from exc
         finally:
             reap(process)
         if process.returncode != 0:
@@ -248,17 +248,7 @@ class Bench:
 
     def driver(self) -> list[Sample]:
         """Wall time of `python run_driver.py`, which must pass."""
-        started = time.perf_counter()
-        process = self.group.launch([sys.executable, str(RUN_DRIVER)], child_environment(None))
-        try:
-            _, err = process.communicate(timeout=DRIVER_TIMEOUT)
-            seconds = time.perf_counter() - started
-        except subprocess.TimeoutExpired as exc:
-            raise BenchError(f"run_driver.py did not finish within {DRIVER_TIMEOUT:g}s") from exc
-        finally:
-            reap(process)
-        if process.returncode != 0:
-            raise BenchError(f"run_driver.py failed with exit status {process.returncode}: {last_line(err.decode(errors='replace'))}")
+        seconds = self.wall_time("run_driver.py", [sys.executable, str(RUN_DRIVER)], child_environment(None), DRIVER_TIMEOUT)
         return [Sample("kvmgr", "tcp", "driver", 1, 1 / seconds, seconds * 1e6, seconds * 1e6, "runs/s")]
 
 
